@@ -1,0 +1,4 @@
+//! Platform implementations for real hardware.
+
+#[cfg(all(target_arch = "x86_64", not(loom)))]
+pub mod x86_64;

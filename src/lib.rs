@@ -1,0 +1,96 @@
+//! # ipiq: inter-processor message queues for the Hermit unikernel
+//!
+//! Any core can ask another core, or a set of cores, to run a function, cheaply and in order;
+//! a core can gather a set of cores into a rendezvous (*cpusync*) to act in lockstep, which the
+//! kernel uses for TLB shootdown. This is a port of DragonFly BSD's LWKT IPI queues
+//! (`sys/kern/lwkt_ipiq.c`), with the improvements DragonFly made later (per-target `npoll`,
+//! passive sends that turn active, nested-send deadlock avoidance) and a few of its own
+//! (sets of any size, recoverable watchdogs, exact `wait` under nesting).
+//!
+//! ## Architecture
+//! - [`Platform`] is the only door to the hardware: current core, core count, IPI, interrupt
+//!   save/restore, relax, time, TLB flushes. The protocol is `#![no_std]` + `alloc` and generic
+//!   over it. The kernel's implementation is [`arch::x86_64`] (x2APIC with an xAPIC fallback);
+//!   [`host`] (feature `std`) simulates cores with threads for tests, examples and benchmarks.
+//! - [`Ipiq`] holds the queue matrix: for every (sender, target) pair that has talked, one
+//!   single-producer/single-consumer FIFO of [`Message`]s (a function and two words), allocated
+//!   on first use, so an idle pair costs one pointer.
+//! - Operations, seed name in brackets: [`Ipiq::send`] (`lwkt_send_ipiq`),
+//!   [`Ipiq::send_passive`] (`_passive`), [`Ipiq::try_send`] (`_nowait`), [`Ipiq::send_many`]
+//!   (`_mask`, any [`CpuSet`]), [`Ipiq::seq`] / [`Ipiq::wait`] (`lwkt_seq_ipiq` /
+//!   `lwkt_wait_ipiq`), [`Ipiq::process`] (`lwkt_process_ipiq`, the interrupt, idle and
+//!   reschedule hook), [`Ipiq::tick`] (the timer hook), the cpusync family
+//!   ([`Ipiq::cpusync_simple`], [`Ipiq::cpusync_fastdata`], [`Ipiq::cpusync_start`],
+//!   [`CpuSync::add`], [`CpuSync::finish`]), [`Ipiq::shootdown`] (TLB shootdown on cpusync),
+//!   per-core [`Stats`], and the IPI-avoidance switch [`Ipiq::set_ipi_avoidance`].
+//!
+//! ## Invariants (each checked by a test in `tests/`)
+//! - **I1 order**: messages from core A to core B run on B in the order A sent them.
+//! - **I2 exactly once**: an accepted message runs once; none is lost when an IPI is lost, a
+//!   FIFO fills or a core was idle.
+//! - **I3 few IPIs**: while a target has not yet started draining, further senders send no IPI.
+//! - **I4 progress**: cores that all send to each other with full FIFOs still make progress.
+//! - **I5** [`Ipiq::wait`] returns only after the target returned from every message up to the
+//!   sequence number (also when message functions nest).
+//! - **I6 cpusync**: start returns once every target is held; targets run their finish work
+//!   before (fastdata: with) the master's finish; a held core can serve a second master.
+//! - **I7** a message to the current core runs at once, in the caller.
+//!
+//! ## Errors
+//! Nothing panics on bad input: an unknown core is [`Error::NoSuchCpu`], a full FIFO on
+//! [`Ipiq::try_send`] is [`Error::WouldBlock`], and a wait that never completes is logged, the
+//! IPI re-sent, and past [`Config::timeout_ns`] the caller gets [`Error::TimedOut`].
+//!
+//! ## Example (host platform)
+//! ```
+//! # #[cfg(feature = "std")] {
+//! use ipiq::host::{HostConfig, HostMachine, HostPlatform};
+//! use ipiq::{CpuSet, Ipiq};
+//! use std::sync::atomic::{AtomicUsize, Ordering};
+//!
+//! static RAN: AtomicUsize = AtomicUsize::new(0);
+//! fn work(_: &Ipiq<HostPlatform>, _: usize, _: usize) {
+//!     RAN.fetch_add(1, Ordering::Relaxed);
+//! }
+//!
+//! let machine = HostMachine::start(HostConfig::cpus(4));
+//! let sent = machine
+//!     .run_on(0, |core| core.ipiq().cpusync_simple(&CpuSet::all(4), work, 0, 0))
+//!     .unwrap()
+//!     .unwrap();
+//! assert_eq!(sent, 4);
+//! assert_eq!(RAN.load(Ordering::Relaxed), 4);
+//! machine.shutdown();
+//! # }
+//! ```
+
+#![cfg_attr(not(feature = "std"), no_std)]
+#![warn(missing_docs)]
+#![deny(unsafe_op_in_unsafe_fn)]
+
+extern crate alloc;
+
+pub mod arch;
+mod cpusync;
+mod cpuset;
+mod error;
+mod fifo;
+mod matrix;
+mod message;
+mod platform;
+mod stats;
+mod sync;
+mod tlb;
+
+#[cfg(all(feature = "std", not(loom)))]
+pub mod host;
+
+pub use cpusync::{CpuSync, SyncWork};
+pub use cpuset::CpuSet;
+pub use error::Error;
+pub use matrix::{Config, Ipiq, Seq};
+pub use message::{IpiFn, Message};
+pub use platform::{CpuId, IrqState, Platform};
+pub use stats::Stats;
+pub use sync::CachePadded;
+pub use tlb::Shootdown;

@@ -1,0 +1,770 @@
+//! [`Ipiq`]: the queue matrix (one [`Fifo`] for every sender/target pair that has talked) and
+//! the seed's send, process, wait and sequence operations.
+//!
+//! # Wake-up protocol (`npoll`)
+//! Each core has one `npoll` flag. A sender publishes its message (`windex`), then (after a
+//! SeqCst fence) tests the target's `npoll`: if it was clear the sender sets it and sends the IPI,
+//! otherwise the IPI is *avoided*, because the target is already signalled or draining. The target
+//! sets `npoll` when it starts draining, and before it stops it clears `npoll`, fences (SeqCst) and
+//! scans every queue once more. Both sides run "store; SeqCst fence; load", so at least one of them
+//! sees the other's store: either the target's last scan finds the message, or the sender finds
+//! `npoll` clear and sends an IPI. Hence any number of senders cause at most one IPI in flight per
+//! target (I3) and no message is left behind (I2). The loom model in `tests/loom.rs` checks this.
+//!
+//! # Context
+//! Every operation disables interrupts for its duration (through the platform), so it is never
+//! re-entered from an interrupt on the same core halfway through; message functions run with
+//! interrupts disabled. Operations may be nested from inside message functions: a message function
+//! may send, and a sender whose FIFO is full drains its own incoming queues (which may run further
+//! message functions) until the target catches up (I4).
+
+use alloc::boxed::Box;
+use alloc::vec::Vec;
+use core::ptr;
+
+use crate::cpusync::Requeued;
+use crate::error::Error;
+use crate::fifo::Fifo;
+use crate::message::{IpiFn, Message};
+use crate::platform::{CpuId, Platform};
+use crate::stats::{Counters, Stats};
+use crate::sync::{fence, AtomicBool, AtomicPtr, AtomicU64, CachePadded, Ordering, UnsafeCell};
+use crate::CpuSet;
+
+/// A sequence number on one sender/target FIFO, returned by a send; [`Ipiq::wait`] waits until
+/// the target has returned from every message up to it. `Seq(0)` is "nothing to wait for" (the
+/// sequence number of a message that already ran, such as one sent to the current core).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Seq(pub u64);
+
+/// Settings fixed when the [`Ipiq`] is built (two of them can be switched later).
+#[derive(Clone, Copy, Debug)]
+pub struct Config {
+    /// Slots per sender/target FIFO, a power of two, at least 2 (the seed's `MAXCPUFIFO`, 256).
+    pub fifo_slots: usize,
+    /// Skip the IPI when the target is already signalled or draining (the seed's
+    /// `ipiq_optimized`). Can be switched with [`Ipiq::set_ipi_avoidance`].
+    pub ipi_avoidance: bool,
+    /// Keep per-core statistics. Can be switched with [`Ipiq::set_stats`].
+    pub stats: bool,
+    /// Watchdogs re-send the IPI after this long without progress (nanoseconds).
+    pub resend_after_ns: u64,
+    /// Watchdogs log a warning after this long without progress.
+    pub warn_after_ns: u64,
+    /// Watchdogs give up with [`Error::TimedOut`] after this long without progress.
+    pub timeout_ns: u64,
+    /// TLB shootdowns of more pages than this flush everything instead.
+    pub shootdown_cutoff_pages: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            fifo_slots: 256,
+            ipi_avoidance: true,
+            stats: true,
+            resend_after_ns: 10_000_000,
+            warn_after_ns: 1_000_000_000,
+            timeout_ns: 10_000_000_000,
+            shootdown_cutoff_pages: 32,
+        }
+    }
+}
+
+/// How a message is queued.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// `send`: IPI unless avoided; drains own queues while the FIFO is over half full.
+    Active,
+    /// `send_passive`: no IPI until the FIFO is a quarter full; drained by the target's tick.
+    Passive,
+    /// `try_send`: like active, but refuses instead of draining when the FIFO is 2/3 full.
+    Nowait,
+}
+
+/// A value only its own core touches, with interrupts disabled.
+struct CoreLocal<T>(UnsafeCell<T>);
+
+impl<T> CoreLocal<T> {
+    /// Runs `f` on the value.
+    ///
+    /// # Safety
+    /// The caller runs on the core that owns the value, with interrupts disabled, and `f` does not
+    /// call back into ipiq (so no second `&mut` to the value exists while `f` runs).
+    unsafe fn with<R>(&self, f: impl FnOnce(&mut T) -> R) -> R {
+        // SAFETY: exclusive per the function's contract.
+        self.0.with_mut(|value| f(unsafe { &mut *value }))
+    }
+}
+
+/// One core's state as a target (plus its counters as a sender).
+struct PerCpu<P: Platform> {
+    /// Set by a sender that signalled this core, and by this core while it drains; cleared by this
+    /// core before its final scan. See the module docs.
+    npoll: CachePadded<AtomicBool>,
+    /// The FIFO from each sender, null until that sender first talks to this core. Written once
+    /// (Release) by the sender, read (Acquire) by this core and the sender.
+    incoming: Box<[AtomicPtr<Fifo<P>>]>,
+    /// Bit map of the senders whose `incoming` entry is set, so a drain visits only live FIFOs
+    /// (the seed's `gd_ipimask`). Bits are set (Release) by senders, never cleared.
+    senders: Box<[AtomicU64]>,
+    /// Whether the core has been brought up ([`Ipiq::cpu_online`]).
+    online: AtomicBool,
+    /// cpusyncs this core is held in, polled at the end of each drain (the seed's cpusync
+    /// requeue FIFO). Touched only by this core.
+    requeue: CoreLocal<Vec<Requeued<P>>>,
+    /// This core's statistics.
+    counters: Counters,
+}
+
+/// The inter-processor message queues of one machine.
+///
+/// ```
+/// # #[cfg(feature = "std")] {
+/// use ipiq::host::{HostConfig, HostMachine};
+/// use ipiq::{Ipiq, host::HostPlatform};
+/// use std::sync::atomic::{AtomicUsize, Ordering};
+///
+/// static HITS: AtomicUsize = AtomicUsize::new(0);
+/// fn hit(_: &Ipiq<HostPlatform>, n: usize, _: usize) {
+///     HITS.fetch_add(n, Ordering::Relaxed);
+/// }
+///
+/// let machine = HostMachine::start(HostConfig::cpus(2));
+/// machine.run_on(0, |core| {
+///     let ipiq = core.ipiq();
+///     let seq = ipiq.send(1, hit, 5, 0).unwrap();
+///     ipiq.wait(1, seq).unwrap();
+/// }).unwrap();
+/// assert_eq!(HITS.load(Ordering::Relaxed), 5);
+/// machine.shutdown();
+/// # }
+/// ```
+pub struct Ipiq<P: Platform> {
+    platform: P,
+    cpus: Box<[PerCpu<P>]>,
+    config: Config,
+    /// [`Config::ipi_avoidance`], switchable. Relaxed: a policy switch orders nothing.
+    ipi_avoidance: AtomicBool,
+    /// [`Config::stats`], switchable. Relaxed: a policy switch orders nothing.
+    stats_enabled: AtomicBool,
+}
+
+// SAFETY: every shared field is atomic; the `CoreLocal` requeue lists are touched only by their
+// own core with interrupts disabled (see `CoreLocal::with`), and FIFO slots are handed over by
+// the protocol in `fifo.rs`.
+unsafe impl<P: Platform> Sync for Ipiq<P> {}
+// SAFETY: as above; nothing refers to the creating thread.
+unsafe impl<P: Platform> Send for Ipiq<P> {}
+
+/// Tracks how long a spin loop has waited, re-sends IPIs and gives up (the seed's
+/// `lwkt_wait_ipiq` warning and panic, made recoverable).
+pub(crate) struct Watchdog {
+    start: u64,
+    last_resend: u64,
+    warned: bool,
+}
+
+impl<P: Platform> Ipiq<P> {
+    /// Builds the queues for `platform.cpu_count()` cores, none online yet except through
+    /// [`Ipiq::cpu_online`]. A `fifo_slots` that is not a power of two is rounded up (minimum 2).
+    pub fn new(platform: P, config: Config) -> Self {
+        let ncpu = platform.cpu_count().max(1);
+        let config = Config {
+            fifo_slots: config.fifo_slots.clamp(2, 1 << 20).next_power_of_two(),
+            ..config
+        };
+        let words = ncpu.div_ceil(64);
+        let cpus = (0..ncpu)
+            .map(|_| PerCpu {
+                npoll: CachePadded(AtomicBool::new(false)),
+                incoming: (0..ncpu).map(|_| AtomicPtr::new(ptr::null_mut())).collect(),
+                senders: (0..words).map(|_| AtomicU64::new(0)).collect(),
+                online: AtomicBool::new(false),
+                requeue: CoreLocal(UnsafeCell::new(Vec::new())),
+                counters: Counters::default(),
+            })
+            .collect();
+        Self {
+            platform,
+            cpus,
+            ipi_avoidance: AtomicBool::new(config.ipi_avoidance),
+            stats_enabled: AtomicBool::new(config.stats),
+            config,
+        }
+    }
+
+    /// The platform this instance runs on.
+    #[inline]
+    pub fn platform(&self) -> &P {
+        &self.platform
+    }
+
+    /// The settings in force.
+    pub fn config(&self) -> Config {
+        Config {
+            ipi_avoidance: self.ipi_avoidance.load(Ordering::Relaxed),
+            stats: self.stats_enabled.load(Ordering::Relaxed),
+            ..self.config
+        }
+    }
+
+    /// How many cores the queues serve.
+    #[inline]
+    pub fn cpu_count(&self) -> usize {
+        self.cpus.len()
+    }
+
+    /// The calling core.
+    #[inline]
+    pub fn current_cpu(&self) -> CpuId {
+        self.platform.current_cpu()
+    }
+
+    /// Marks `cpu` as brought up: it may now be sent to. The kernel calls this from the core's
+    /// bring-up path once it can take the ipiq interrupt.
+    pub fn cpu_online(&self, cpu: CpuId) -> Result<(), Error> {
+        self.check_cpu(cpu)?;
+        // Release: whatever the core set up before going online is visible to senders that see it
+        // online (Acquire in `is_online`).
+        self.cpus[cpu].online.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// Marks `cpu` as stopped: multicasts and cpusyncs skip it, unicasts are refused. Messages
+    /// already queued stay queued and run if the core drains again.
+    pub fn cpu_offline(&self, cpu: CpuId) -> Result<(), Error> {
+        self.check_cpu(cpu)?;
+        // Release: pairs with the Acquire in `is_online` (policy only).
+        self.cpus[cpu].online.store(false, Ordering::Release);
+        Ok(())
+    }
+
+    /// Whether `cpu` exists and is online.
+    pub fn is_online(&self, cpu: CpuId) -> bool {
+        // Acquire: pairs with the Release in `cpu_online`.
+        self.cpus
+            .get(cpu)
+            .is_some_and(|c| c.online.load(Ordering::Acquire))
+    }
+
+    /// The online cores.
+    pub fn online_set(&self) -> CpuSet {
+        (0..self.cpu_count()).filter(|&c| self.is_online(c)).collect()
+    }
+
+    /// Turns IPI avoidance on or off (the seed's `ipiq_optimized`). With it off every send of an
+    /// active message sends an IPI.
+    pub fn set_ipi_avoidance(&self, on: bool) {
+        // Relaxed: a policy switch; it orders no data.
+        self.ipi_avoidance.store(on, Ordering::Relaxed);
+    }
+
+    /// Turns statistics on or off.
+    pub fn set_stats(&self, on: bool) {
+        // Relaxed: a policy switch; it orders no data.
+        self.stats_enabled.store(on, Ordering::Relaxed);
+    }
+
+    /// A copy of `cpu`'s statistics.
+    pub fn stats(&self, cpu: CpuId) -> Result<Stats, Error> {
+        self.check_cpu(cpu)?;
+        Ok(self.cpus[cpu].counters.snapshot())
+    }
+
+    /// The sum of every core's statistics.
+    pub fn total_stats(&self) -> Stats {
+        let mut total = Stats::default();
+        for cpu in self.cpus.iter() {
+            total += cpu.counters.snapshot();
+        }
+        total
+    }
+
+    /// Zeroes every core's statistics (advisory: counts racing with it may survive).
+    pub fn reset_stats(&self) {
+        for cpu in self.cpus.iter() {
+            cpu.counters.reset();
+        }
+    }
+
+    // ----- sending -----------------------------------------------------------------------------
+
+    /// Queues `func(arg0, arg1)` to run on `target` and wakes it with an IPI unless it is already
+    /// signalled or draining (the seed's `lwkt_send_ipiq3`). Returns the sequence number for
+    /// [`Ipiq::wait`].
+    ///
+    /// Context: any, interrupts on or off, also from inside a message function. Does not block
+    /// except while the FIFO is over half full: then it drains the calling core's own incoming
+    /// queues until the target has taken the FIFO below a quarter (so cores that all flood each
+    /// other still progress, I4). A message to the calling core runs at once, in the caller (I7).
+    pub fn send(&self, target: CpuId, func: IpiFn<P>, arg0: usize, arg1: usize) -> Result<Seq, Error> {
+        self.send_kind(target, Message::new(func, arg0, arg1), Kind::Active)
+    }
+
+    /// Queues a message without sending an IPI (the seed's `lwkt_send_ipiq_passive`): the target
+    /// runs it at its next tick, IPI or drain. Once the FIFO is a quarter full the send becomes
+    /// active, so a stream of passive messages cannot pile up unboundedly behind a sleeping core.
+    pub fn send_passive(&self, target: CpuId, func: IpiFn<P>, arg0: usize, arg1: usize) -> Result<Seq, Error> {
+        self.send_kind(target, Message::new(func, arg0, arg1), Kind::Passive)
+    }
+
+    /// Like [`Ipiq::send`], but never drains: when the FIFO is at least 2/3 full it returns
+    /// [`Error::WouldBlock`] and queues nothing (the seed's `lwkt_send_ipiq_nowait`).
+    pub fn try_send(&self, target: CpuId, func: IpiFn<P>, arg0: usize, arg1: usize) -> Result<Seq, Error> {
+        self.send_kind(target, Message::new(func, arg0, arg1), Kind::Nowait)
+    }
+
+    /// Sends a boxed closure (a convenience over [`Ipiq::send`]; it allocates).
+    pub fn send_boxed<F>(&self, target: CpuId, f: F) -> Result<Seq, Error>
+    where
+        F: FnOnce(&Ipiq<P>) + Send + 'static,
+    {
+        type Boxed<P> = Box<dyn FnOnce(&Ipiq<P>) + Send>;
+        fn trampoline<P: Platform>(ipiq: &Ipiq<P>, raw: usize, _: usize) {
+            // SAFETY: `raw` came from `Box::into_raw` below and is consumed exactly once: the
+            // message runs once (I2), and the send that queued it succeeded.
+            let f = unsafe { Box::from_raw(raw as *mut Boxed<P>) };
+            f(ipiq)
+        }
+        let boxed: Box<Boxed<P>> = Box::new(Box::new(f));
+        let raw = Box::into_raw(boxed) as usize;
+        self.send(target, trampoline::<P>, raw, 0).inspect_err(|_| {
+            // SAFETY: the send failed, so nothing queued the pointer: reclaim it.
+            drop(unsafe { Box::from_raw(raw as *mut Boxed<P>) });
+        })
+    }
+
+    /// Sends `func(arg0, arg1)` to every online core of `set` (the seed's
+    /// `lwkt_send_ipiq_mask`): queues to all targets first, then signals them after a single
+    /// fence, and runs the calling core's share last, if it is in the set. Offline cores are
+    /// skipped. Returns how many cores got the message.
+    ///
+    /// Errors: [`Error::NoSuchCpu`] if the set names a core beyond the machine (nothing is sent),
+    /// [`Error::EmptySet`] if it names no online core, [`Error::TimedOut`] if a FIFO stayed full
+    /// (the messages already queued still run).
+    pub fn send_many(&self, set: &CpuSet, func: IpiFn<P>, arg0: usize, arg1: usize) -> Result<usize, Error> {
+        if let Some(max) = set.max() {
+            self.check_cpu(max)?;
+        }
+        let message = Message::new(func, arg0, arg1);
+        let irq = self.platform.irq_save();
+        let me = self.platform.current_cpu();
+        let mut queued = CpuSet::new();
+        let mut result = Ok(());
+        let mut include_self = false;
+        for target in set.iter().filter(|&t| self.is_online(t)) {
+            if target == me {
+                include_self = true;
+                continue;
+            }
+            match self.enqueue(me, target, message, Kind::Active, false) {
+                Ok(_) => {
+                    queued.insert(target);
+                }
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            }
+        }
+        if !queued.is_empty() {
+            // One store-load barrier for all targets (see `signal`).
+            fence(Ordering::SeqCst);
+            for target in queued.iter() {
+                self.signal_fenced(me, target, false);
+            }
+        }
+        let mut count = queued.len();
+        if include_self && result.is_ok() {
+            self.count(me, |c| &c.local, 1);
+            message.run(self);
+            count += 1;
+        }
+        self.platform.irq_restore(irq);
+        result?;
+        if count == 0 {
+            return Err(Error::EmptySet);
+        }
+        Ok(count)
+    }
+
+    fn send_kind(&self, target: CpuId, message: Message<P>, kind: Kind) -> Result<Seq, Error> {
+        self.check_cpu(target)?;
+        let irq = self.platform.irq_save();
+        let me = self.platform.current_cpu();
+        let result = if target == me {
+            self.count(me, |c| &c.local, 1);
+            message.run(self);
+            Ok(Seq(0))
+        } else if !self.is_online(target) {
+            Err(Error::CpuOffline(target))
+        } else {
+            self.enqueue(me, target, message, kind, true)
+        };
+        self.platform.irq_restore(irq);
+        result
+    }
+
+    /// Queues `message` on the `me -> target` FIFO and, if `signal`, wakes the target.
+    /// Interrupts are disabled by the caller.
+    fn enqueue(&self, me: CpuId, target: CpuId, message: Message<P>, kind: Kind, signal: bool) -> Result<Seq, Error> {
+        let fifo = self.fifo_to(me, target);
+        let capacity = fifo.capacity();
+        loop {
+            let used = fifo.used();
+            if kind == Kind::Nowait {
+                if used * 3 >= capacity * 2 {
+                    self.count(me, |c| &c.would_block, 1);
+                    return Err(Error::WouldBlock);
+                }
+            } else if used * 2 >= capacity {
+                // Over half full: make sure the target is coming, then serve our own queues until
+                // it has taken the FIFO below a quarter (the seed's fifo-full path). Draining here
+                // is what lets two cores flooding each other both progress.
+                self.count(me, |c| &c.fifo_full, 1);
+                fence(Ordering::SeqCst);
+                self.signal_fenced(me, target, false);
+                let mut watchdog = self.watchdog();
+                while fifo.used() * 4 >= capacity {
+                    self.drain(me, false);
+                    if fifo.used() * 4 < capacity {
+                        break;
+                    }
+                    self.check_watchdog(&mut watchdog, me, core::slice::from_ref(&target))?;
+                    self.platform.relax();
+                }
+                continue;
+            }
+            let Some(w) = fifo.push(message) else {
+                continue;
+            };
+            self.count(me, |c| &c.sent, 1);
+            if kind == Kind::Passive && (used + 1) * 4 < capacity {
+                self.count(me, |c| &c.passive, 1);
+            } else if signal {
+                self.signal(me, target);
+            }
+            return Ok(Seq(w));
+        }
+    }
+
+    /// Wakes `target` after a message was published: IPI unless `npoll` says it is already
+    /// signalled or draining.
+    #[inline]
+    fn signal(&self, me: CpuId, target: CpuId) {
+        // SeqCst fence: the store-load barrier between our `windex` store and our `npoll` load
+        // (see the module docs; the target runs the mirror image).
+        fence(Ordering::SeqCst);
+        self.signal_fenced(me, target, false);
+    }
+
+    /// [`Ipiq::signal`] after the caller's fence. `force` sends the IPI whatever `npoll` says
+    /// (watchdogs: the previous IPI may have been lost).
+    fn signal_fenced(&self, me: CpuId, target: CpuId, force: bool) {
+        let npoll = &self.cpus[target].npoll;
+        // Relaxed load, then swap only if clear: ordering comes from the caller's SeqCst fence.
+        // Reading `true` is safe to act on: whoever set it either sends an IPI after setting it or
+        // is the target itself, which scans again after clearing it.
+        let avoid = self.ipi_avoidance.load(Ordering::Relaxed)
+            && !force
+            && (npoll.load(Ordering::Relaxed) || npoll.swap(true, Ordering::Relaxed));
+        if avoid {
+            self.count(me, |c| &c.avoided, 1);
+        } else {
+            // Relaxed: as above; set so later senders skip their IPI.
+            npoll.store(true, Ordering::Relaxed);
+            self.count(me, |c| &c.ipis, 1);
+            self.platform.send_ipi(target);
+        }
+    }
+
+    /// The FIFO from `me` to `target`, allocated on first use (an idle pair costs a pointer).
+    fn fifo_to(&self, me: CpuId, target: CpuId) -> &Fifo<P> {
+        let slot = &self.cpus[target].incoming[me];
+        // Acquire: pairs with the Release store below (by this same core earlier, or—after a
+        // migration—by the task's previous core, which is still the same sender index).
+        let mut fifo = slot.load(Ordering::Acquire);
+        if fifo.is_null() {
+            fifo = Box::into_raw(Box::new(Fifo::new(self.config.fifo_slots)));
+            // Release: the FIFO's initialised contents before the pointer. Only core `me` writes
+            // this slot, with interrupts disabled, so no other writer races with this store.
+            slot.store(fifo, Ordering::Release);
+            // Release: the pointer before the bit; the target reads the bit with Acquire.
+            self.cpus[target].senders[me / 64].fetch_or(1 << (me % 64), Ordering::Release);
+        }
+        // SAFETY: non-null pointers in `incoming` come from `Box::into_raw` and are freed only in
+        // `Drop`, which has `&mut self`.
+        unsafe { &*fifo }
+    }
+
+    /// The FIFO from `sender` to `target`, if they have talked.
+    fn fifo_between(&self, sender: CpuId, target: CpuId) -> Option<&Fifo<P>> {
+        // Acquire: pairs with the Release in `fifo_to`.
+        let fifo = self.cpus[target].incoming[sender].load(Ordering::Acquire);
+        // SAFETY: see `fifo_to`.
+        (!fifo.is_null()).then(|| unsafe { &*fifo })
+    }
+
+    // ----- sequence numbers and waiting --------------------------------------------------------
+
+    /// The sequence number of the last message the calling core queued for `target` (the seed's
+    /// `lwkt_seq_ipiq`).
+    pub fn seq(&self, target: CpuId) -> Result<Seq, Error> {
+        self.check_cpu(target)?;
+        let me = self.platform.current_cpu();
+        Ok(Seq(self.fifo_between(me, target).map_or(0, Fifo::windex)))
+    }
+
+    /// Waits until `target` has returned from every message the calling core queued for it up to
+    /// `seq` (the seed's `lwkt_wait_ipiq`, I5), draining the calling core's own queues meanwhile.
+    ///
+    /// A watchdog re-sends the IPI, logs a warning, and past [`Config::timeout_ns`] returns
+    /// [`Error::TimedOut`] instead of hanging. A `seq` this core never issued to `target` is
+    /// [`Error::InvalidSequence`]; an old one returns at once.
+    pub fn wait(&self, target: CpuId, seq: Seq) -> Result<(), Error> {
+        self.check_cpu(target)?;
+        let irq = self.platform.irq_save();
+        let me = self.platform.current_cpu();
+        let result = self.wait_inner(me, target, seq);
+        self.platform.irq_restore(irq);
+        result
+    }
+
+    fn wait_inner(&self, me: CpuId, target: CpuId, seq: Seq) -> Result<(), Error> {
+        if target == me || seq.0 == 0 {
+            return Ok(());
+        }
+        let Some(fifo) = self.fifo_between(me, target) else {
+            return Err(Error::InvalidSequence);
+        };
+        if seq.0 > fifo.windex() {
+            return Err(Error::InvalidSequence);
+        }
+        let mut watchdog = self.watchdog();
+        while fifo.xindex() < seq.0 {
+            self.drain(me, false);
+            if fifo.xindex() >= seq.0 {
+                break;
+            }
+            self.check_watchdog(&mut watchdog, me, core::slice::from_ref(&target))?;
+            self.platform.relax();
+        }
+        Ok(())
+    }
+
+    /// Messages accepted on every FIFO whose function has not yet returned (zero once the
+    /// machine is quiet: nothing accepted was lost).
+    pub fn outstanding(&self) -> u64 {
+        let mut total = 0;
+        for target in 0..self.cpus.len() {
+            for sender in self.senders_of(target) {
+                if let Some(fifo) = self.fifo_between(sender, target) {
+                    total += fifo.windex() - fifo.xindex();
+                }
+            }
+        }
+        total
+    }
+
+    /// Whether `sender -> target` has returned from everything up to `seq` (no waiting).
+    pub fn is_done(&self, sender: CpuId, target: CpuId, seq: Seq) -> Result<bool, Error> {
+        self.check_cpu(sender)?;
+        self.check_cpu(target)?;
+        Ok(sender == target || seq.0 == 0 || self.fifo_between(sender, target).is_some_and(|f| f.xindex() >= seq.0))
+    }
+
+    pub(crate) fn watchdog(&self) -> Watchdog {
+        let now = self.platform.now_ns();
+        Watchdog {
+            start: now,
+            last_resend: now,
+            warned: false,
+        }
+    }
+
+    /// One watchdog step in a spin loop waiting on `targets`: re-sends their IPIs every
+    /// [`Config::resend_after_ns`], warns once after [`Config::warn_after_ns`], and fails after
+    /// [`Config::timeout_ns`].
+    pub(crate) fn check_watchdog(&self, watchdog: &mut Watchdog, me: CpuId, targets: &[CpuId]) -> Result<(), Error> {
+        let now = self.platform.now_ns();
+        let waited = now.saturating_sub(watchdog.start);
+        if waited >= self.config.timeout_ns {
+            log::error!("ipiq: cpu {me} gave up waiting on cpus {targets:?} after {waited} ns");
+            self.count(me, |c| &c.timeouts, 1);
+            return Err(Error::TimedOut);
+        }
+        if waited >= self.config.warn_after_ns && !watchdog.warned {
+            watchdog.warned = true;
+            log::warn!("ipiq: cpu {me} still waiting on cpus {targets:?} after {waited} ns; re-sending IPIs");
+        }
+        if now.saturating_sub(watchdog.last_resend) >= self.config.resend_after_ns {
+            watchdog.last_resend = now;
+            for &target in targets {
+                if target != me {
+                    self.count(me, |c| &c.ipi_resent, 1);
+                    self.signal_fenced(me, target, true);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    // ----- draining ------------------------------------------------------------------------------
+
+    /// Runs every message queued for the calling core, and keeps serving its queues while it is
+    /// held in a cpusync (the seed's `lwkt_process_ipiq`). Returns how many messages ran.
+    ///
+    /// The kernel calls this from the ipiq interrupt handler (then sends EOI), from the idle loop
+    /// before halting, and at voluntary reschedule. Context: any; interrupts are disabled inside.
+    /// Re-entered from a message function (through a nested send or wait), it continues with the
+    /// next message, so nothing deadlocks and per-sender order holds (I1).
+    pub fn process(&self) -> usize {
+        let irq = self.platform.irq_save();
+        let me = self.platform.current_cpu();
+        let n = self.drain(me, true);
+        self.platform.irq_restore(irq);
+        n
+    }
+
+    /// The timer-tick hook: drains everything, passive messages included, and counts it.
+    pub fn tick(&self) -> usize {
+        let irq = self.platform.irq_save();
+        let me = self.platform.current_cpu();
+        self.count(me, |c| &c.ticks, 1);
+        let n = self.drain(me, true);
+        self.count(me, |c| &c.tick_drained, n as u64);
+        self.platform.irq_restore(irq);
+        n
+    }
+
+    /// Whether any message waits for the calling core (for the idle loop's last check before
+    /// halting; call with interrupts disabled).
+    pub fn pending(&self) -> bool {
+        let me = self.platform.current_cpu();
+        self.senders_of(me).any(|s| self.fifo_between(s, me).is_some_and(Fifo::has_pending))
+            // SAFETY: on our own core, interrupts disabled by the caller, no call back into ipiq.
+            || unsafe { self.cpus[me].requeue.with(|q| !q.is_empty()) }
+    }
+
+    fn senders_of(&self, me: CpuId) -> impl Iterator<Item = CpuId> + '_ {
+        self.cpus[me].senders.iter().enumerate().flat_map(|(i, word)| {
+            // Acquire: pairs with the Release `fetch_or` in `fifo_to`.
+            let mut bits = word.load(Ordering::Acquire);
+            core::iter::from_fn(move || {
+                if bits == 0 {
+                    return None;
+                }
+                let bit = bits.trailing_zeros() as usize;
+                bits &= bits - 1;
+                Some(i * 64 + bit)
+            })
+        })
+    }
+
+    /// Drains the calling core `me` (interrupts disabled). With `hold`, keeps going while the core
+    /// is held in a cpusync; without (nested drains inside a caller's own spin loop), polls each
+    /// held cpusync once.
+    pub(crate) fn drain(&self, me: CpuId, hold: bool) -> usize {
+        let cpu = &self.cpus[me];
+        // Relaxed: tells senders we are draining so they may skip the IPI; the exit protocol
+        // below (clear, SeqCst fence, scan) is what guarantees no message is missed.
+        cpu.npoll.store(true, Ordering::Relaxed);
+        let mut total = 0;
+        loop {
+            let mut ran = 0;
+            for sender in self.senders_of(me) {
+                if let Some(fifo) = self.fifo_between(sender, me) {
+                    while let Some(taken) = fifo.take() {
+                        taken.message.run(self);
+                        fifo.finish(taken);
+                        ran += 1;
+                    }
+                }
+            }
+            let held = self.poll_requeued(me);
+            total += ran;
+            // Relaxed: ordered by the SeqCst fence that follows.
+            if cpu.npoll.load(Ordering::Relaxed) {
+                // Relaxed store, then the SeqCst fence: our store-load barrier (module docs).
+                cpu.npoll.store(false, Ordering::Relaxed);
+                fence(Ordering::SeqCst);
+                continue;
+            }
+            if ran > 0 {
+                continue;
+            }
+            if held && hold {
+                self.platform.relax();
+                continue;
+            }
+            break;
+        }
+        self.count(me, |c| &c.processed, total as u64);
+        total
+    }
+
+    /// Polls the cpusyncs `me` is held in; returns whether any still holds it.
+    fn poll_requeued(&self, me: CpuId) -> bool {
+        let requeue = &self.cpus[me].requeue;
+        // SAFETY: our own core, interrupts disabled; the closure does not call into ipiq.
+        let list = unsafe { requeue.with(core::mem::take) };
+        if list.is_empty() {
+            return false;
+        }
+        let mut still = Vec::new();
+        for entry in list {
+            if !entry.poll(self) {
+                still.push(entry);
+            }
+        }
+        let held = !still.is_empty();
+        if held {
+            // SAFETY: as above. Entries requeued by the polls themselves (none today) are kept.
+            unsafe { requeue.with(|q| q.extend(still)) };
+        }
+        held
+    }
+
+    /// Holds `me` in a cpusync (called by the cpusync's remote entry on the target).
+    pub(crate) fn requeue(&self, me: CpuId, entry: Requeued<P>) {
+        // SAFETY: called on core `me` from a message function (interrupts disabled); the closure
+        // does not call into ipiq.
+        unsafe { self.cpus[me].requeue.with(|q| q.push(entry)) };
+    }
+
+    // ----- helpers ---------------------------------------------------------------------------------
+
+    #[inline]
+    pub(crate) fn check_cpu(&self, cpu: CpuId) -> Result<(), Error> {
+        if cpu < self.cpus.len() {
+            Ok(())
+        } else {
+            Err(Error::NoSuchCpu(cpu))
+        }
+    }
+
+    /// Adds `n` to one of `me`'s counters, if statistics are on.
+    #[inline]
+    pub(crate) fn count(&self, me: CpuId, counter: impl FnOnce(&Counters) -> &AtomicU64, n: u64) {
+        // Relaxed: a policy switch.
+        if self.stats_enabled.load(Ordering::Relaxed) {
+            Counters::add(counter(&self.cpus[me].counters), n);
+        }
+    }
+}
+
+impl<P: Platform> Drop for Ipiq<P> {
+    fn drop(&mut self) {
+        for cpu in self.cpus.iter() {
+            for slot in cpu.incoming.iter() {
+                let fifo = slot.load(Ordering::Relaxed);
+                if !fifo.is_null() {
+                    // SAFETY: allocated by `Box::into_raw` in `fifo_to`; `&mut self` means no core
+                    // uses it any more.
+                    drop(unsafe { Box::from_raw(fifo) });
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,97 @@
+//! Per-core statistics (the seed's `ipiq_count`, `ipiq_fifofull`, `ipiq_avoided`,
+//! `ipiq_passive`, `ipiq_cscount`, and more).
+
+use crate::sync::{AtomicU64, Ordering};
+
+macro_rules! counters {
+    ($( $(#[$doc:meta])* $name:ident, )*) => {
+        /// One core's counters. Each counter is written only by the core it belongs to (with
+        /// interrupts disabled), so a plain load-and-store suffices; other cores read them
+        /// Relaxed, because statistics order nothing.
+        #[derive(Debug, Default)]
+        pub(crate) struct Counters {
+            $( $(#[$doc])* pub(crate) $name: AtomicU64, )*
+        }
+
+        /// A copy of one core's statistics (or their sum over cores).
+        #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+        pub struct Stats {
+            $( $(#[$doc])* pub $name: u64, )*
+        }
+
+        impl Counters {
+            pub(crate) fn snapshot(&self) -> Stats {
+                // Relaxed: statistics are advisory and order nothing.
+                Stats { $( $name: self.$name.load(Ordering::Relaxed), )* }
+            }
+
+            pub(crate) fn reset(&self) {
+                // Relaxed: see `snapshot`.
+                $( self.$name.store(0, Ordering::Relaxed); )*
+            }
+        }
+
+        impl core::ops::AddAssign for Stats {
+            fn add_assign(&mut self, other: Stats) {
+                $( self.$name += other.$name; )*
+            }
+        }
+
+        impl Stats {
+            /// The names of the fields, in declaration order (for tables).
+            pub const NAMES: &'static [&'static str] = &[$( stringify!($name), )*];
+
+            /// The values of the fields, in the order of [`Stats::NAMES`].
+            pub fn values(&self) -> impl Iterator<Item = u64> {
+                [$( self.$name, )*].into_iter()
+            }
+        }
+    };
+}
+
+counters! {
+    /// Messages this core queued for other cores (active, passive and nowait).
+    sent,
+    /// Messages sent to this core itself, which ran at once in the caller.
+    local,
+    /// IPIs this core sent.
+    ipis,
+    /// Sends that needed no IPI because the target was already signalled or draining.
+    avoided,
+    /// Passive messages queued without an IPI.
+    passive,
+    /// Sends that found the FIFO at least half full (and drained their own queues).
+    fifo_full,
+    /// `try_send` calls refused with `WouldBlock`.
+    would_block,
+    /// Messages this core ran from its incoming FIFOs.
+    processed,
+    /// Of those, messages drained by the timer tick.
+    tick_drained,
+    /// Timer ticks seen.
+    ticks,
+    /// cpusyncs this core led.
+    cpusync,
+    /// cpusyncs this core took part in as a target.
+    cpusync_target,
+    /// TLB shootdowns this core led.
+    shootdowns,
+    /// Pages invalidated by those shootdowns (by range).
+    shootdown_pages,
+    /// Shootdowns that flushed everything instead of a range.
+    full_flushes,
+    /// IPIs re-sent by a watchdog (wait, full FIFO, cpusync).
+    ipi_resent,
+    /// Waits that returned `TimedOut`.
+    timeouts,
+}
+
+impl Counters {
+    /// Adds `n` to `counter`. Only the owning core calls this, with interrupts disabled.
+    #[inline]
+    pub(crate) fn add(counter: &AtomicU64, n: u64) {
+        // Relaxed load and store, not a locked RMW: the owning core is the only writer, so no
+        // update is lost, and statistics order nothing.
+        counter.store(counter.load(Ordering::Relaxed).wrapping_add(n), Ordering::Relaxed);
+    }
+}
