@@ -15,7 +15,8 @@ mkdir -p "$(dirname "$fresh")"
 cp -r "$pristine" "$fresh"
 for p in "$@"; do
     echo "    applying $(basename "$p")"
-    patch -s -p1 -d "$fresh" --no-backup-if-mismatch <"$p"
+    patch -s -p1 -d "$fresh" --no-backup-if-mismatch <"$p" \
+        || { echo "error: $(basename "$p") does not apply on top of the patches before it" >&2; exit 1; }
 done
 # The copy lives inside the project's tree: give it a workspace of its own.
 grep -q '^\[workspace\]' "$fresh/Cargo.toml" || printf '\n[workspace]\n' >>"$fresh/Cargo.toml"
