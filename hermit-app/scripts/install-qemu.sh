@@ -8,6 +8,7 @@ set -euo pipefail
 command -v qemu-system-x86_64 >/dev/null 2>&1 && exit 0
 
 echo "==> installing qemu-system-x86 from Debian (~10 s)"
+start=$SECONDS
 sudo=""
 [ "$(id -u)" -eq 0 ] || sudo="sudo"
 
@@ -35,3 +36,4 @@ else
     $sudo apt-get install -y -qq --no-install-recommends qemu-system-x86
 fi
 command -v qemu-system-x86_64 >/dev/null 2>&1 || { echo "error: qemu-system-x86_64 still missing" >&2; exit 1; }
+echo "    qemu: $((SECONDS - start)) s, $(qemu-system-x86_64 --version | head -n 1)"

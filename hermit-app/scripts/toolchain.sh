@@ -13,7 +13,9 @@ nightly)
         exit 0
     fi
     echo "==> installing toolchain $tc (rust-src, llvm-tools-preview; ~15 s)"
+    start=$SECONDS
     rustup toolchain install "$tc" --profile minimal --component rust-src,llvm-tools-preview
+    echo "    toolchain: $((SECONDS - start)) s"
     ;;
 loader)
     if ! rustup run stable rustc --version >/dev/null 2>&1; then
