@@ -26,15 +26,17 @@ unsafe impl GlobalAlloc for BumpAllocator {
         let base = self.heap.0.get() as usize;
         let mut result = core::ptr::null_mut();
         // Relaxed is enough: a single CPU, and the range itself carries no other data.
-        let _ = self.next.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |next| {
-            let start = (base + next).next_multiple_of(layout.align()) - base;
-            let end = start.checked_add(layout.size())?;
-            if end > HEAP_SIZE {
-                return None;
-            }
-            result = (base + start) as *mut u8;
-            Some(end)
-        });
+        let _ = self
+            .next
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |next| {
+                let start = (base + next).next_multiple_of(layout.align()) - base;
+                let end = start.checked_add(layout.size())?;
+                if end > HEAP_SIZE {
+                    return None;
+                }
+                result = (base + start) as *mut u8;
+                Some(end)
+            });
         result
     }
 

@@ -80,7 +80,10 @@ fn align_up(value: u64, align: u64) -> u64 {
 extern "C" fn loader_main(mbi_address: u32, magic: u32) -> ! {
     serial::Serial::init();
     println!("ipiq-loader: multiboot info at {mbi_address:#x}");
-    assert_eq!(magic, MULTIBOOT_BOOTLOADER_MAGIC, "not started by a multiboot loader");
+    assert_eq!(
+        magic, MULTIBOOT_BOOTLOADER_MAGIC,
+        "not started by a multiboot loader"
+    );
 
     let mut memory_management = IdentityMapped;
     // SAFETY: EBX held the MBI address on entry, and all of it is identity-mapped.
@@ -105,7 +108,10 @@ extern "C" fn loader_main(mbi_address: u32, magic: u32) -> ! {
     let loader_end = core::ptr::addr_of!(bss_end) as u64;
     let highest = mbi.find_highest_address().max(app_end).max(loader_end);
     let base = align_up(highest, KERNEL_ALIGN).max(MIN_KERNEL_BASE);
-    assert!(base + mem_size <= MAPPED_END, "the application does not fit below 4 GiB");
+    assert!(
+        base + mem_size <= MAPPED_END,
+        "the application does not fit below 4 GiB"
+    );
 
     // Available RAM in ascending order: the kernel takes page-table frames from these in order
     // and must meet identity-mapped memory first.
@@ -117,7 +123,8 @@ extern "C" fn loader_main(mbi_address: u32, magic: u32) -> ! {
         .collect();
     ram.sort_unstable();
     assert!(
-        ram.iter().any(|&(start, len)| start <= base && base + mem_size <= start + len),
+        ram.iter()
+            .any(|&(start, len)| start <= base && base + mem_size <= start + len),
         "not enough RAM for the application ({mem_size:#x} bytes at {base:#x})"
     );
 
@@ -130,14 +137,14 @@ extern "C" fn loader_main(mbi_address: u32, magic: u32) -> ! {
     );
 
     // SAFETY: base..base+mem_size is identity-mapped RAM above everything the loader uses.
-    let memory = unsafe {
-        core::slice::from_raw_parts_mut(base as *mut MaybeUninit<u8>, mem_size as usize)
-    };
+    let memory =
+        unsafe { core::slice::from_raw_parts_mut(base as *mut MaybeUninit<u8>, mem_size as usize) };
     let loaded = object.load_kernel(memory, base);
 
     // The command line lives in QEMU's MBI area, which nothing overwrites before the kernel reads it.
-    let command_line: Option<&'static str> =
-        mbi.command_line().map(|line| unsafe { &*(line as *const str) });
+    let command_line: Option<&'static str> = mbi
+        .command_line()
+        .map(|line| unsafe { &*(line as *const str) });
     let fdt = device_tree(&ram, command_line.unwrap_or(""));
 
     let boot_info = BootInfo {

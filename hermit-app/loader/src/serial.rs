@@ -12,7 +12,9 @@ pub const COM1: u16 = 0x3f8;
 /// The caller must know that writing `value` to `port` has no effect beyond the device's.
 #[inline]
 pub unsafe fn outb(port: u16, value: u8) {
-    unsafe { asm!("out dx, al", in("dx") port, in("al") value, options(nomem, nostack, preserves_flags)) };
+    unsafe {
+        asm!("out dx, al", in("dx") port, in("al") value, options(nomem, nostack, preserves_flags))
+    };
 }
 
 /// Write one 32-bit value to an I/O port.
@@ -21,14 +23,18 @@ pub unsafe fn outb(port: u16, value: u8) {
 /// As for [`outb`].
 #[inline]
 pub unsafe fn outl(port: u16, value: u32) {
-    unsafe { asm!("out dx, eax", in("dx") port, in("eax") value, options(nomem, nostack, preserves_flags)) };
+    unsafe {
+        asm!("out dx, eax", in("dx") port, in("eax") value, options(nomem, nostack, preserves_flags))
+    };
 }
 
 #[inline]
 fn inb(port: u16) -> u8 {
     let value: u8;
     // SAFETY: reading a UART register has no side effect on memory.
-    unsafe { asm!("in al, dx", out("al") value, in("dx") port, options(nomem, nostack, preserves_flags)) };
+    unsafe {
+        asm!("in al, dx", out("al") value, in("dx") port, options(nomem, nostack, preserves_flags))
+    };
     value
 }
 

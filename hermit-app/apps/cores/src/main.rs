@@ -53,7 +53,9 @@ unsafe extern "C" {
 /// Ring 0 (Hermit applications run there) and an MSR that exists on this CPU.
 unsafe fn rdmsr(msr: u32) -> u64 {
     let (low, high): (u32, u32);
-    unsafe { asm!("rdmsr", in("ecx") msr, out("eax") low, out("edx") high, options(nomem, nostack)) };
+    unsafe {
+        asm!("rdmsr", in("ecx") msr, out("eax") low, out("edx") high, options(nomem, nostack))
+    };
     (u64::from(high) << 32) | u64::from(low)
 }
 
@@ -97,7 +99,13 @@ fn main() {
     for core in 0..count {
         // SAFETY: `core` < processor count, so the selector names an existing core.
         let id = unsafe {
-            sys_spawn2(report, core, NORMAL_PRIORITY, THREAD_STACK_SIZE, core as isize)
+            sys_spawn2(
+                report,
+                core,
+                NORMAL_PRIORITY,
+                THREAD_STACK_SIZE,
+                core as isize,
+            )
         };
         if id < 0 {
             println!("error: cannot start a thread on core {core} ({id})");
@@ -120,18 +128,28 @@ fn main() {
             continue;
         }
         let id = (word & 0xffff_ffff) as u32;
-        let mode = if word & X2APIC != 0 { "x2APIC" } else { "xAPIC" };
+        let mode = if word & X2APIC != 0 {
+            "x2APIC"
+        } else {
+            "xAPIC"
+        };
         println!("core {core}: apic id {id} ({mode})");
         reported += 1;
         ids.insert(id);
         identity &= id as usize == core;
     }
-    println!("apic ids equal core indices: {}", if identity { "yes" } else { "no" });
+    println!(
+        "apic ids equal core indices: {}",
+        if identity { "yes" } else { "no" }
+    );
 
     if reported == count && ids.len() == count {
         println!("all {count} cores reported");
     } else {
-        println!("error: {reported} of {count} cores reported, {} distinct apic ids", ids.len());
+        println!(
+            "error: {reported} of {count} cores reported, {} distinct apic ids",
+            ids.len()
+        );
         std::process::exit(1);
     }
 }
