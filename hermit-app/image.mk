@@ -1,0 +1,108 @@
+# The Hermit image pipeline: kernel, loader, applications, QEMU and uhyve runs.
+#
+# Included by the top-level Makefile (`include hermit-app/image.mk`) or used on its own
+# (`make -f hermit-app/image.mk image`). Every path below is derived from this file's own
+# location, so both work from any directory. Long steps live in hermit-app/scripts/.
+# See hermit-app/README-image.md for what each step does and how long it takes.
+#
+# Targets:  image loader qemu uhyve image-test image-run image-clean
+# Variables (make VAR=value):
+#   KERNEL=patched|stock   kernel source with or without hermit-app/kernel/patches/*.patch
+#   APP=cores              application under hermit-app/apps/
+#   SMP=4 CPU=... MEM=512M QEMU/uhyve guest shape (qemu, uhyve, image-run)
+#   LOADER=path            multiboot loader for QEMU (default: the project's own, built here;
+#                          Hermit's official hermit-loader-x86_64 works too)
+#   KERNEL_FEATURES=...    hermit-kernel cargo features
+#   QEMU_TIMEOUT=120 UHYVE_TIMEOUT=120   seconds before a run is killed
+
+IMAGE_HERMIT_APP := $(patsubst %/,%,$(dir $(abspath $(lastword $(MAKEFILE_LIST)))))
+IMAGE_SCRIPTS    := $(IMAGE_HERMIT_APP)/scripts
+IMAGE_BUILD      := $(IMAGE_HERMIT_APP)/build
+
+HERMIT_TOOLCHAIN      ?= nightly-2025-03-15
+HERMIT_KERNEL_VERSION ?= 0.11.0
+UHYVE_VERSION         ?= 0.10.0
+KERNEL          ?= patched
+KERNEL_FEATURES ?= smp,acpi,fsgsbase
+APP             ?= cores
+SMP             ?= 4
+CPU             ?= qemu64,+x2apic,+fsgsbase
+MEM             ?= 512M
+QEMU_TIMEOUT    ?= 120
+UHYVE_TIMEOUT   ?= 120
+
+ifeq ($(filter $(KERNEL),patched stock),)
+$(error KERNEL must be 'patched' or 'stock', not '$(KERNEL)')
+endif
+
+IMAGE_PRISTINE   := $(IMAGE_BUILD)/registry/hermit-kernel-$(HERMIT_KERNEL_VERSION)
+IMAGE_KERNEL_DIR := $(IMAGE_BUILD)/kernel-$(KERNEL)
+IMAGE_PATCHES    := $(if $(filter patched,$(KERNEL)),$(sort $(wildcard $(IMAGE_HERMIT_APP)/kernel/patches/*.patch)))
+IMAGE_APP_DIR     = $(IMAGE_HERMIT_APP)/apps/$(APP)
+IMAGE             = $(IMAGE_KERNEL_DIR)/apps/x86_64-unknown-hermit/release/$(APP)
+IPIQ_LOADER      := $(IMAGE_BUILD)/loader/x86_64-unknown-none/release/ipiq-loader
+LOADER           ?= $(IPIQ_LOADER)
+# Build the project's loader only when it is the one in use.
+IMAGE_LOADER_DEP := $(if $(filter $(IPIQ_LOADER),$(LOADER)),loader)
+
+.PHONY: image loader qemu uhyve image-test image-run image-clean
+.PHONY: hermit-toolchain hermit-kernel qemu-install image-force
+
+## image: kernel archive (patched or stock) + application image
+image: hermit-kernel
+	@$(IMAGE_SCRIPTS)/build-app.sh $(HERMIT_TOOLCHAIN) $(IMAGE_APP_DIR) $(IMAGE_KERNEL_DIR) $(IMAGE_KERNEL_DIR)/apps
+	@echo "==> image: $(IMAGE)"
+
+hermit-toolchain:
+	@$(IMAGE_SCRIPTS)/toolchain.sh nightly $(HERMIT_TOOLCHAIN)
+
+# Pristine registry source, fetched once per kernel version.
+$(IMAGE_PRISTINE)/.fetched: $(IMAGE_SCRIPTS)/fetch-kernel.sh | hermit-toolchain
+	@$(IMAGE_SCRIPTS)/fetch-kernel.sh $(HERMIT_TOOLCHAIN) $(HERMIT_KERNEL_VERSION) $(IMAGE_PRISTINE)
+	@touch $@
+
+# The list of patches in use: rewritten only when it changes, so removing a patch re-prepares.
+$(IMAGE_KERNEL_DIR)/patches.list: image-force
+	@mkdir -p $(@D)
+	@echo '$(notdir $(IMAGE_PATCHES))' | cmp -s - $@ || echo '$(notdir $(IMAGE_PATCHES))' >$@
+
+# Kernel source for this variant: a fresh copy with the patches applied in order.
+$(IMAGE_KERNEL_DIR)/.prepared: $(IMAGE_PRISTINE)/.fetched $(IMAGE_KERNEL_DIR)/patches.list $(IMAGE_PATCHES) $(IMAGE_SCRIPTS)/prepare-kernel.sh
+	@echo "==> preparing $(KERNEL) kernel source ($(words $(IMAGE_PATCHES)) patches)"
+	@$(IMAGE_SCRIPTS)/prepare-kernel.sh $(IMAGE_PRISTINE) $(IMAGE_KERNEL_DIR)/src $(IMAGE_PATCHES)
+	@touch $@
+
+# Cargo decides what to recompile; the export steps run only when an archive changed.
+hermit-kernel: $(IMAGE_KERNEL_DIR)/.prepared hermit-toolchain
+	@$(IMAGE_SCRIPTS)/build-kernel.sh $(HERMIT_TOOLCHAIN) $(IMAGE_KERNEL_DIR)/src $(IMAGE_KERNEL_DIR) \
+		$(KERNEL_FEATURES) $(IMAGE_HERMIT_APP)/builtins $(IMAGE_BUILD)/builtins
+
+## loader: the project's multiboot loader (stable toolchain)
+loader:
+	@$(IMAGE_SCRIPTS)/build-loader.sh $(IMAGE_HERMIT_APP)/loader $(IMAGE_BUILD)/loader
+
+qemu-install:
+	@$(IMAGE_SCRIPTS)/install-qemu.sh
+
+## qemu: boot APP under QEMU with SMP cores on CPU; succeeds only if the application exits 0
+qemu: image $(IMAGE_LOADER_DEP) qemu-install
+	@echo "==> booting $(APP) under QEMU: $(SMP) cores, cpu $(CPU), $(MEM)"
+	@$(IMAGE_SCRIPTS)/qemu.sh $(LOADER) $(IMAGE) $(SMP) $(CPU) $(MEM) $(QEMU_TIMEOUT)
+
+## uhyve: run APP under uhyve with SMP cores (needs KVM with VMX/SVM)
+uhyve: image
+	@$(IMAGE_SCRIPTS)/uhyve.sh $(IMAGE) $(SMP) $(UHYVE_TIMEOUT) $(UHYVE_VERSION)
+
+## image-test: boot the cores app with 1, 2, 4, 8 cores, x2APIC and xAPIC, check the output
+image-test: override APP := cores
+image-test: image $(IMAGE_LOADER_DEP) qemu-install
+	@$(IMAGE_SCRIPTS)/image-test.sh $(LOADER) $(IMAGE) $(KERNEL) $(IMAGE_KERNEL_DIR)/test-logs $(QEMU_TIMEOUT)
+
+## image-run: build everything and boot the first application with 4 cores
+image-run: image $(IMAGE_LOADER_DEP) qemu-install
+	@echo "==> booting $(APP) under QEMU: 4 cores, cpu $(CPU), $(MEM)"
+	@$(IMAGE_SCRIPTS)/qemu.sh $(LOADER) $(IMAGE) 4 $(CPU) $(MEM) $(QEMU_TIMEOUT)
+
+## image-clean: remove every build output of the pipeline
+image-clean:
+	rm -rf $(IMAGE_BUILD)
