@@ -1,0 +1,473 @@
+//! One host-platform test per invariant I1–I7 (see the crate docs).
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ipiq::host::{HostConfig, HostMachine, HostPlatform};
+use ipiq::{Config, CpuSet, Ipiq, Seq, SyncWork};
+
+type Q = Ipiq<HostPlatform>;
+
+/// Reads a `&'static T` smuggled through a message word.
+fn arg<T>(word: usize) -> &'static T {
+    // SAFETY (test helper): every caller passes the address of a `static` or leaked value.
+    unsafe { &*(word as *const T) }
+}
+
+fn leak<T>(value: T) -> usize {
+    Box::leak(Box::new(value)) as *const T as usize
+}
+
+fn machine(cpus: usize, slots: usize) -> HostMachine {
+    let mut config = HostConfig::cpus(cpus);
+    config.ipiq = Config {
+        fifo_slots: slots,
+        resend_after_ns: 200_000,
+        ..Config::default()
+    };
+    HostMachine::start(config)
+}
+
+// ----- I1: per-sender order ---------------------------------------------------------------------
+
+struct OrderBook {
+    /// last[target][sender]: last sequence seen.
+    last: Vec<Vec<AtomicU64>>,
+    violations: AtomicUsize,
+    received: AtomicUsize,
+}
+
+fn check_order(ipiq: &Q, book: usize, packed: usize) {
+    let book: &OrderBook = arg(book);
+    let (sender, n) = (packed >> 32, (packed & 0xffff_ffff) as u64);
+    let me = ipiq.current_cpu();
+    let last = &book.last[me][sender];
+    if last.load(Ordering::Relaxed) + 1 != n {
+        book.violations.fetch_add(1, Ordering::Relaxed);
+    }
+    last.store(n, Ordering::Relaxed);
+    book.received.fetch_add(1, Ordering::Relaxed);
+}
+
+#[test]
+fn i1_messages_from_one_sender_run_in_order() {
+    const CPUS: usize = 4;
+    const PER_PAIR: usize = 5_000;
+    let machine = machine(CPUS, 8);
+    let book = leak(OrderBook {
+        last: (0..CPUS).map(|_| (0..CPUS).map(|_| AtomicU64::new(0)).collect()).collect(),
+        violations: AtomicUsize::new(0),
+        received: AtomicUsize::new(0),
+    });
+    machine.run_on_all(move |core| {
+        let q = core.ipiq();
+        let me = core.cpu();
+        for n in 1..=PER_PAIR {
+            for target in (0..CPUS).filter(|&t| t != me) {
+                // Mix active, passive and nowait sends: order holds across all of them.
+                let packed = (me << 32) | n;
+                match n % 3 {
+                    0 => q.send(target, check_order, book, packed).unwrap(),
+                    1 => q.send_passive(target, check_order, book, packed).unwrap(),
+                    _ => loop {
+                        match q.try_send(target, check_order, book, packed) {
+                            Ok(seq) => break seq,
+                            Err(ipiq::Error::WouldBlock) => {
+                                q.process();
+                            }
+                            Err(e) => panic!("{e}"),
+                        }
+                    },
+                };
+            }
+        }
+        for target in (0..CPUS).filter(|&t| t != me) {
+            let seq = q.seq(target).unwrap();
+            q.wait(target, seq).unwrap();
+        }
+    });
+    let book: &OrderBook = arg(book);
+    assert_eq!(book.violations.load(Ordering::Relaxed), 0);
+    assert_eq!(book.received.load(Ordering::Relaxed), CPUS * (CPUS - 1) * PER_PAIR);
+    machine.shutdown();
+}
+
+// ----- I2: exactly once, with lost IPIs, full FIFOs and idle cores ----------------------------------
+
+fn bump(_: &Q, counts: usize, id: usize) {
+    let counts: &Vec<AtomicUsize> = arg(counts);
+    counts[id].fetch_add(1, Ordering::Relaxed);
+}
+
+#[test]
+fn i2_every_accepted_message_runs_exactly_once_even_when_ipis_are_lost() {
+    const CPUS: usize = 3;
+    const PER_CORE: usize = 20_000;
+    let mut config = HostConfig::cpus(CPUS);
+    config.ipiq = Config {
+        fifo_slots: 4,
+        resend_after_ns: 200_000,
+        ..Config::default()
+    };
+    config.drop_ipi_per_mille = 300;
+    config.delay_ipi_per_mille = 200;
+    let machine = HostMachine::start(config);
+    let counts = leak((0..CPUS * PER_CORE).map(|_| AtomicUsize::new(0)).collect::<Vec<_>>());
+    machine.run_on_all(move |core| {
+        let q = core.ipiq();
+        let me = core.cpu();
+        for i in 0..PER_CORE {
+            let target = (me + 1 + i % (CPUS - 1)) % CPUS;
+            let id = me * PER_CORE + i;
+            if i % 2 == 0 {
+                q.send(target, bump, counts, id).unwrap();
+            } else {
+                q.send_passive(target, bump, counts, id).unwrap();
+            }
+        }
+    });
+    // The cores are idle now: what is left is drained by IPIs that arrive late, or the tick.
+    assert!(machine.quiesce(Duration::from_secs(20)), "messages left undrained");
+    let counts: &Vec<AtomicUsize> = arg(counts);
+    let wrong: Vec<_> = (0..counts.len()).filter(|&i| counts[i].load(Ordering::Relaxed) != 1).collect();
+    assert!(wrong.is_empty(), "{} messages ran other than once, first {:?}", wrong.len(), &wrong[..wrong.len().min(5)]);
+    let faults = machine.platform().ipi_faults();
+    assert!(faults.dropped > 0, "fault injection dropped nothing: {faults:?}");
+    machine.shutdown();
+}
+
+// ----- I3: few IPIs ---------------------------------------------------------------------------------
+
+fn nothing(_: &Q, _: usize, _: usize) {}
+
+#[test]
+fn i3_senders_to_a_target_that_has_not_drained_send_one_ipi_between_them() {
+    const CPUS: usize = 4;
+    let machine = machine(CPUS, 256);
+    let busy = Arc::new(AtomicBool::new(true));
+    let busy_target = busy.clone();
+    // Core 0 is busy with interrupts "off" (no interrupt point) until released.
+    let target = machine
+        .spawn_on(0, move |_core| {
+            while busy_target.load(Ordering::Acquire) {
+                std::hint::spin_loop();
+            }
+        })
+        .unwrap();
+    // Senders one after another, so each sees the previous one's signal.
+    for sender in 1..CPUS {
+        machine
+            .run_on(sender, |core| {
+                for _ in 0..50 {
+                    core.ipiq().send(0, nothing, 0, 0).unwrap();
+                }
+            })
+            .unwrap();
+    }
+    let q = machine.ipiq();
+    let ipis: u64 = (1..CPUS).map(|c| q.stats(c).unwrap().ipis).sum();
+    let avoided: u64 = (1..CPUS).map(|c| q.stats(c).unwrap().avoided).sum();
+    assert_eq!(ipis, 1, "one IPI in flight for the target, whatever the number of senders");
+    assert_eq!(avoided, 3 * 50 - 1);
+    busy.store(false, Ordering::Release);
+    target.join();
+    assert!(machine.quiesce(Duration::from_secs(5)));
+    assert_eq!(q.stats(0).unwrap().processed, 150);
+
+    // With avoidance switched off, every active send sends an IPI.
+    q.reset_stats();
+    q.set_ipi_avoidance(false);
+    machine
+        .run_on(1, |core| {
+            for _ in 0..20 {
+                core.ipiq().send(0, nothing, 0, 0).unwrap();
+            }
+        })
+        .unwrap();
+    assert_eq!(q.stats(1).unwrap().ipis, 20);
+    machine.shutdown();
+}
+
+// ----- I4: progress with full FIFOs and nested sends --------------------------------------------------
+
+fn ping_back(q: &Q, remaining: usize, done: usize) {
+    let done_counter: &AtomicUsize = arg(done);
+    done_counter.fetch_add(1, Ordering::Relaxed);
+    if remaining > 0 {
+        let me = q.current_cpu();
+        let next = (me + 1) % q.cpu_count();
+        // A nested send from inside a message function, into a 4-slot FIFO.
+        q.send(next, ping_back, remaining - 1, done).unwrap();
+    }
+}
+
+#[test]
+fn i4_cores_flooding_each_other_through_tiny_fifos_all_progress() {
+    const CPUS: usize = 4;
+    const PER_CORE: usize = 3_000;
+    const HOPS: usize = 3;
+    let machine = machine(CPUS, 4);
+    let done = leak(AtomicUsize::new(0));
+    let started = Instant::now();
+    machine.run_on_all(move |core| {
+        let q = core.ipiq();
+        for i in 0..PER_CORE {
+            for target in (0..CPUS).filter(|&t| t != core.cpu()) {
+                let _ = i;
+                q.send(target, ping_back, HOPS, done).unwrap();
+            }
+        }
+    });
+    assert!(machine.quiesce(Duration::from_secs(30)), "flood did not finish");
+    let done: &AtomicUsize = arg(done);
+    assert_eq!(done.load(Ordering::Relaxed), CPUS * (CPUS - 1) * PER_CORE * (HOPS + 1));
+    let full: u64 = (0..CPUS).map(|c| machine.ipiq().stats(c).unwrap().fifo_full).sum();
+    assert!(full > 0, "the FIFOs never filled: the test did not exercise the full path");
+    eprintln!("i4: {} messages in {:?}, fifo-full {full}", done.load(Ordering::Relaxed), started.elapsed());
+    machine.shutdown();
+}
+
+// ----- I5: wait returns only after every function up to seq returned --------------------------------------
+
+struct Slow {
+    returned: Vec<AtomicBool>,
+}
+
+fn slow(q: &Q, state: usize, index: usize) {
+    let state: &Slow = arg(state);
+    if index % 2 == 0 {
+        // Nested drain: the next message (index + 1) runs and returns while this one is still on
+        // the stack. A wait for index + 1 must still wait for this one.
+        q.process();
+    }
+    let until = Instant::now() + Duration::from_micros(300);
+    while Instant::now() < until {
+        std::hint::spin_loop();
+    }
+    state.returned[index].store(true, Ordering::Release);
+}
+
+#[test]
+fn i5_wait_returns_only_after_every_function_up_to_seq_returned() {
+    const N: usize = 200;
+    let machine = machine(2, 256);
+    let state = leak(Slow {
+        returned: (0..N).map(|_| AtomicBool::new(false)).collect(),
+    });
+    let failures = machine
+        .run_on(0, move |core| {
+            let q = core.ipiq();
+            let state_ref: &Slow = arg(state);
+            let mut failures = 0;
+            for pair in 0..N / 2 {
+                let _first = q.send(1, slow, state, 2 * pair).unwrap();
+                let second: Seq = q.send(1, slow, state, 2 * pair + 1).unwrap();
+                q.wait(1, second).unwrap();
+                for i in 0..=2 * pair + 1 {
+                    if !state_ref.returned[i].load(Ordering::Acquire) {
+                        failures += 1;
+                    }
+                }
+            }
+            failures
+        })
+        .unwrap();
+    assert_eq!(failures, 0);
+    machine.shutdown();
+}
+
+// ----- I6: cpusync ----------------------------------------------------------------------------------------
+
+struct SyncBook {
+    started: AtomicUsize,
+    finished: AtomicUsize,
+    after: AtomicUsize,
+}
+
+fn sync_start(_: &Q, book: usize, _: usize) {
+    arg::<SyncBook>(book).started.fetch_add(1, Ordering::AcqRel);
+}
+fn sync_finish(_: &Q, book: usize, _: usize) {
+    arg::<SyncBook>(book).finished.fetch_add(1, Ordering::AcqRel);
+}
+fn sync_after(_: &Q, book: usize, _: usize) {
+    arg::<SyncBook>(book).after.fetch_add(1, Ordering::AcqRel);
+}
+
+#[test]
+fn i6_cpusync_start_gathers_all_and_finish_waits_for_their_finish_work() {
+    const CPUS: usize = 4;
+    let machine = machine(CPUS, 16);
+    let book = leak(SyncBook {
+        started: AtomicUsize::new(0),
+        finished: AtomicUsize::new(0),
+        after: AtomicUsize::new(0),
+    });
+    let (entered, finished) = machine
+        .run_on(0, move |core| {
+            let q = core.ipiq();
+            let b: &SyncBook = arg(book);
+            let work = SyncWork {
+                start: Some(ipiq::Message::new(sync_start, book, 0)),
+                finish: Some(ipiq::Message::new(sync_finish, book, 0)),
+                after: Some(ipiq::Message::new(sync_after, book, 0)),
+            };
+            let mut sync = q.cpusync_start(&[1, 2].into_iter().collect(), work).unwrap();
+            let entered_at_start = b.started.load(Ordering::Acquire);
+            // While held, the targets have not run their finish work.
+            assert_eq!(b.finished.load(Ordering::Acquire), 0);
+            sync.add(3).unwrap();
+            assert_eq!(b.started.load(Ordering::Acquire), 3);
+            assert_eq!(sync.add(3), Err(ipiq::Error::AlreadyInSync(3)));
+            sync.finish().unwrap();
+            (entered_at_start, b.finished.load(Ordering::Acquire))
+        })
+        .unwrap();
+    assert_eq!(entered, 2);
+    assert_eq!(finished, 3);
+    assert!(machine.quiesce(Duration::from_secs(5)));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while arg::<SyncBook>(book).after.load(Ordering::Acquire) < 3 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert_eq!(arg::<SyncBook>(book).after.load(Ordering::Acquire), 3, "fastdata work ran on every target");
+    machine.shutdown();
+}
+
+fn count_one(_: &Q, counter: usize, _: usize) {
+    arg::<AtomicUsize>(counter).fetch_add(1, Ordering::AcqRel);
+}
+
+#[test]
+fn i6_a_core_held_in_a_cpusync_serves_a_second_master() {
+    const CPUS: usize = 3;
+    let machine = machine(CPUS, 16);
+    let counter = leak(AtomicUsize::new(0));
+    let held = Arc::new(AtomicBool::new(false));
+    let release = Arc::new(AtomicBool::new(false));
+    let (held2, release2) = (held.clone(), release.clone());
+    // Master 0 holds core 1.
+    let first = machine
+        .spawn_on(0, move |core| {
+            let sync = core.ipiq().cpusync_start(&CpuSet::single(1), SyncWork::default()).unwrap();
+            held2.store(true, Ordering::Release);
+            while !release2.load(Ordering::Acquire) {
+                core.interrupt_point();
+                std::hint::spin_loop();
+            }
+            sync.finish().unwrap();
+        })
+        .unwrap();
+    while !held.load(Ordering::Acquire) {
+        std::thread::yield_now();
+    }
+    // Master 2 runs a simple cpusync over core 1 (held) and itself while core 1 is held.
+    let ran = machine
+        .run_on(2, move |core| core.ipiq().cpusync_simple(&[1, 2].into_iter().collect(), count_one, counter, 0))
+        .unwrap()
+        .unwrap();
+    assert_eq!(ran, 2);
+    assert_eq!(arg::<AtomicUsize>(counter).load(Ordering::Acquire), 2);
+    release.store(true, Ordering::Release);
+    first.join();
+    // Two masters syncing each other at once both finish.
+    let results = machine.run_on_all(move |core| {
+        let others: CpuSet = (0..CPUS).filter(|&c| c != core.cpu()).collect();
+        for _ in 0..200 {
+            core.ipiq().cpusync_simple(&others, count_one, counter, 0).unwrap();
+        }
+    });
+    assert_eq!(results.len(), CPUS);
+    assert_eq!(arg::<AtomicUsize>(counter).load(Ordering::Acquire), 2 + CPUS * 200 * (CPUS - 1));
+    machine.shutdown();
+}
+
+#[test]
+fn i6_shootdown_flushes_every_other_core_before_returning() {
+    const CPUS: usize = 4;
+    let machine = machine(CPUS, 16);
+    let (ranged, full) = machine
+        .run_on(1, |core| {
+            let q = core.ipiq();
+            (q.shootdown(0x40_0000, 8).unwrap(), q.shootdown(0x40_0000, 10_000).unwrap())
+        })
+        .unwrap();
+    assert_eq!((ranged.targets, ranged.full), (3, false));
+    assert_eq!((full.targets, full.full), (3, true));
+    for cpu in 0..CPUS {
+        let flushes = machine.platform().tlb_flushes(cpu);
+        assert_eq!((flushes.ranges, flushes.pages, flushes.full), (1, 8, 1), "cpu {cpu}");
+    }
+    let stats = machine.ipiq().stats(1).unwrap();
+    assert_eq!((stats.shootdowns, stats.shootdown_pages, stats.full_flushes), (2, 8, 1));
+    machine.shutdown();
+}
+
+// ----- I7: local messages run at once --------------------------------------------------------------------
+
+#[test]
+fn i7_a_message_to_the_current_core_runs_in_the_caller() {
+    let machine = machine(2, 16);
+    let counter = leak(AtomicUsize::new(0));
+    let (seq, seen) = machine
+        .run_on(1, move |core| {
+            let seq = core.ipiq().send(1, count_one, counter, 0).unwrap();
+            (seq, arg::<AtomicUsize>(counter).load(Ordering::Acquire))
+        })
+        .unwrap();
+    assert_eq!(seq, Seq(0));
+    assert_eq!(seen, 1, "ran before send returned");
+    assert_eq!(machine.ipiq().stats(1).unwrap().local, 1);
+    assert_eq!(machine.ipiq().stats(1).unwrap().ipis, 0);
+    machine.shutdown();
+}
+
+#[test]
+fn one_core_machine_runs_everything_locally() {
+    let machine = machine(1, 16);
+    let counter = leak(AtomicUsize::new(0));
+    machine
+        .run_on(0, move |core| {
+            let q = core.ipiq();
+            q.send(0, count_one, counter, 0).unwrap();
+            q.send_passive(0, count_one, counter, 0).unwrap();
+            assert_eq!(q.send_many(&CpuSet::all(1), count_one, counter, 0), Ok(1));
+            assert_eq!(q.cpusync_simple(&CpuSet::all(1), count_one, counter, 0), Ok(1));
+            q.shootdown(0, 1).unwrap();
+        })
+        .unwrap();
+    assert_eq!(arg::<AtomicUsize>(counter).load(Ordering::Acquire), 4);
+    assert_eq!(machine.ipiq().stats(0).unwrap().ipis, 0);
+    machine.shutdown();
+}
+
+#[test]
+fn multicast_reaches_every_online_core_with_one_fence() {
+    const CPUS: usize = 4;
+    let machine = machine(CPUS, 16);
+    let counter = leak(AtomicUsize::new(0));
+    machine.ipiq().cpu_offline(3).unwrap();
+    let n = machine
+        .run_on(0, move |core| core.ipiq().send_many(&CpuSet::all(CPUS), count_one, counter, 0))
+        .unwrap()
+        .unwrap();
+    assert_eq!(n, 3, "offline core 3 skipped, the caller included");
+    assert!(machine.quiesce(Duration::from_secs(5)));
+    assert_eq!(arg::<AtomicUsize>(counter).load(Ordering::Acquire), 3);
+    machine.shutdown();
+}
+
+#[test]
+fn boxed_closures_run_on_their_target() {
+    let machine = machine(2, 16);
+    let (tx, rx) = std::sync::mpsc::channel();
+    machine
+        .run_on(0, move |core| {
+            let seq = core.ipiq().send_boxed(1, move |q| tx.send(q.current_cpu()).unwrap()).unwrap();
+            core.ipiq().wait(1, seq).unwrap();
+        })
+        .unwrap();
+    assert_eq!(rx.recv_timeout(Duration::from_secs(5)).unwrap(), 1);
+    machine.shutdown();
+}
