@@ -65,13 +65,14 @@ impl<P: Platform> Requeued<P> {
         if !self.state.released.load(Ordering::Acquire) {
             return false;
         }
+        let me = ipiq.current_cpu();
         if let Some(finish) = self.state.work.finish {
-            finish.run(ipiq);
+            finish.run(ipiq, me);
         }
         // Release: the finish work's effects before the count the master waits on.
         self.state.left.fetch_add(1, Ordering::Release);
         if let Some(after) = self.state.work.after {
-            after.run(ipiq);
+            after.run(ipiq, me);
         }
         true
     }
@@ -82,10 +83,10 @@ fn enter<P: Platform>(ipiq: &Ipiq<P>, raw: usize, _: usize) {
     // SAFETY: `raw` is a reference the master made with `Arc::into_raw` for this one message, and
     // each message runs exactly once; it is consumed here.
     let state = unsafe { Arc::from_raw(raw as *const SyncState<P>) };
-    if let Some(start) = state.work.start {
-        start.run(ipiq);
-    }
     let me = ipiq.current_cpu();
+    if let Some(start) = state.work.start {
+        start.run(ipiq, me);
+    }
     ipiq.count(me, |c| &c.cpusync_target, 1);
     // Release: the start work's effects before the count the master waits on.
     state.entered.fetch_add(1, Ordering::Release);
@@ -152,27 +153,61 @@ impl<P: Platform> Ipiq<P> {
     /// `lwkt_cpusync_simple`): all targets are gathered, then each runs it as its finish work,
     /// and the caller runs it too if it is in the set; returns after all have run it, with how
     /// many cores did.
-    pub fn cpusync_simple(&self, set: &CpuSet, func: IpiFn<P>, arg0: usize, arg1: usize) -> Result<usize, Error> {
+    pub fn cpusync_simple(
+        &self,
+        set: &CpuSet,
+        func: IpiFn<P>,
+        arg0: usize,
+        arg1: usize,
+    ) -> Result<usize, Error> {
         let message = Message::new(func, arg0, arg1);
-        self.cpusync_with_master(set, SyncWork { finish: Some(message), ..SyncWork::default() }, message, true)
+        self.cpusync_with_master(
+            set,
+            SyncWork {
+                finish: Some(message),
+                ..SyncWork::default()
+            },
+            message,
+            true,
+        )
     }
 
     /// Like [`Ipiq::cpusync_simple`], but the targets run the function after counting out, while
     /// the caller goes on (the seed's `lwkt_cpusync_fastdata`): it must use only its argument
     /// words, never the caller's stack.
-    pub fn cpusync_fastdata(&self, set: &CpuSet, func: IpiFn<P>, arg0: usize, arg1: usize) -> Result<usize, Error> {
+    pub fn cpusync_fastdata(
+        &self,
+        set: &CpuSet,
+        func: IpiFn<P>,
+        arg0: usize,
+        arg1: usize,
+    ) -> Result<usize, Error> {
         let message = Message::new(func, arg0, arg1);
-        self.cpusync_with_master(set, SyncWork { after: Some(message), ..SyncWork::default() }, message, false)
+        self.cpusync_with_master(
+            set,
+            SyncWork {
+                after: Some(message),
+                ..SyncWork::default()
+            },
+            message,
+            false,
+        )
     }
 
-    fn cpusync_with_master(&self, set: &CpuSet, work: SyncWork<P>, message: Message<P>, wait: bool) -> Result<usize, Error> {
+    fn cpusync_with_master(
+        &self,
+        set: &CpuSet,
+        work: SyncWork<P>,
+        message: Message<P>,
+        wait: bool,
+    ) -> Result<usize, Error> {
         let sync = self.cpusync_start(set, work)?;
         let count = sync.members.len();
         let me = sync.master;
         let irq = self.platform().irq_save();
         let ran_here = set.contains(me);
         if ran_here {
-            message.run(self);
+            message.run(self, me);
         }
         self.platform().irq_restore(irq);
         if wait {

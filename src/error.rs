@@ -46,10 +46,10 @@ impl Error {
     pub fn errno(&self) -> i32 {
         match self {
             Error::NoSuchCpu(_) | Error::EmptySet | Error::InvalidSequence => -22, // EINVAL
-            Error::CpuOffline(_) => -19,                                            // ENODEV
-            Error::WouldBlock => -11,                                               // EAGAIN
-            Error::TimedOut => -110,                                                // ETIMEDOUT
-            Error::AlreadyInSync(_) => -17,                                         // EEXIST
+            Error::CpuOffline(_) => -19,                                           // ENODEV
+            Error::WouldBlock => -11,                                              // EAGAIN
+            Error::TimedOut => -110,                                               // ETIMEDOUT
+            Error::AlreadyInSync(_) => -17,                                        // EEXIST
         }
     }
 }

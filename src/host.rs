@@ -124,7 +124,9 @@ impl HostPlatform {
     fn new(config: &HostConfig) -> Self {
         Self {
             epoch: Instant::now(),
-            cores: (0..config.cpus.max(1)).map(|_| CoreState::default()).collect(),
+            cores: (0..config.cpus.max(1))
+                .map(|_| CoreState::default())
+                .collect(),
             drop_per_mille: config.drop_ipi_per_mille.min(1000),
             delay_per_mille: config.delay_ipi_per_mille.min(1000),
             delay: config.ipi_delay,
@@ -167,7 +169,9 @@ impl HostPlatform {
         }
         let now = Instant::now();
         let due: Vec<CpuId> = {
-            let Ok(mut list) = self.delayed.lock() else { return };
+            let Ok(mut list) = self.delayed.lock() else {
+                return;
+            };
             let mut due = Vec::new();
             list.retain(|&(at, cpu)| {
                 let keep = at > now;
@@ -205,11 +209,13 @@ impl HostPlatform {
 
     /// The TLB flushes core `cpu` performed.
     pub fn tlb_flushes(&self, cpu: CpuId) -> TlbFlushes {
-        self.cores.get(cpu).map_or_else(TlbFlushes::default, |c| TlbFlushes {
-            ranges: c.range_flushes.load(Ordering::Relaxed),
-            pages: c.pages_flushed.load(Ordering::Relaxed),
-            full: c.full_flushes.load(Ordering::Relaxed),
-        })
+        self.cores
+            .get(cpu)
+            .map_or_else(TlbFlushes::default, |c| TlbFlushes {
+                ranges: c.range_flushes.load(Ordering::Relaxed),
+                pages: c.pages_flushed.load(Ordering::Relaxed),
+                full: c.full_flushes.load(Ordering::Relaxed),
+            })
     }
 }
 
@@ -218,7 +224,9 @@ impl Platform for HostPlatform {
         match CURRENT.with(Cell::get) {
             Some(cpu) => cpu,
             // A harness bug, not bad input: ipiq calls belong on simulated cores.
-            None => panic!("ipiq host platform: this thread is not a simulated core (use HostMachine::run_on)"),
+            None => panic!(
+                "ipiq host platform: this thread is not a simulated core (use HostMachine::run_on)"
+            ),
         }
     }
 
@@ -273,11 +281,14 @@ impl Platform for HostPlatform {
     fn flush_tlb_range(&self, _start: usize, pages: usize) {
         let core = &self.cores[self.current_cpu()];
         core.range_flushes.fetch_add(1, Ordering::Relaxed);
-        core.pages_flushed.fetch_add(pages as u64, Ordering::Relaxed);
+        core.pages_flushed
+            .fetch_add(pages as u64, Ordering::Relaxed);
     }
 
     fn flush_tlb_all(&self) {
-        self.cores[self.current_cpu()].full_flushes.fetch_add(1, Ordering::Relaxed);
+        self.cores[self.current_cpu()]
+            .full_flushes
+            .fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -335,7 +346,10 @@ impl HostCore<'_> {
     /// Sleeps until an IPI, a task or the next tick. Race-free: an unpark that comes between
     /// the last check and the park makes the park return at once (park's token).
     fn sleep(&self) {
-        let wait = self.next_tick.get().saturating_duration_since(Instant::now());
+        let wait = self
+            .next_tick
+            .get()
+            .saturating_duration_since(Instant::now());
         let wait = wait.min(Duration::from_micros(500));
         if !wait.is_zero() {
             thread::park_timeout(wait);
@@ -385,7 +399,9 @@ impl HostMachine {
                 .spawn(move || core_loop(cpu, &core_ipiq, &rx, &stop, tick))
                 .expect("spawning a simulated core thread");
             // Registered here too, so unparks work before the thread has started.
-            let _ = ipiq.platform().cores[cpu].thread.set(handle.thread().clone());
+            let _ = ipiq.platform().cores[cpu]
+                .thread
+                .set(handle.thread().clone());
             threads.push(handle);
         }
         // Every core must be online before a task sends to it.
@@ -496,7 +512,13 @@ impl Drop for HostMachine {
     }
 }
 
-fn core_loop(cpu: CpuId, ipiq: &Ipiq<HostPlatform>, inbox: &mpsc::Receiver<Task>, stop: &AtomicBool, tick: Duration) {
+fn core_loop(
+    cpu: CpuId,
+    ipiq: &Ipiq<HostPlatform>,
+    inbox: &mpsc::Receiver<Task>,
+    stop: &AtomicBool,
+    tick: Duration,
+) {
     CURRENT.with(|c| c.set(Some(cpu)));
     let core = HostCore {
         cpu,

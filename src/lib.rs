@@ -71,8 +71,8 @@
 extern crate alloc;
 
 pub mod arch;
-mod cpusync;
 mod cpuset;
+mod cpusync;
 mod error;
 mod fifo;
 mod matrix;
@@ -85,8 +85,8 @@ mod tlb;
 #[cfg(all(feature = "std", not(loom)))]
 pub mod host;
 
-pub use cpusync::{CpuSync, SyncWork};
 pub use cpuset::CpuSet;
+pub use cpusync::{CpuSync, SyncWork};
 pub use error::Error;
 pub use matrix::{Config, Ipiq, Seq};
 pub use message::{IpiFn, Message};

@@ -19,8 +19,11 @@
 //! message functions) until the target catches up (I4).
 
 use alloc::boxed::Box;
+use alloc::collections::VecDeque;
 use alloc::vec::Vec;
 use core::ptr;
+
+use hashbrown::HashMap;
 
 use crate::cpusync::Requeued;
 use crate::error::Error;
@@ -28,7 +31,9 @@ use crate::fifo::Fifo;
 use crate::message::{IpiFn, Message};
 use crate::platform::{CpuId, Platform};
 use crate::stats::{Counters, Stats};
-use crate::sync::{fence, AtomicBool, AtomicPtr, AtomicU64, CachePadded, Ordering, UnsafeCell};
+use crate::sync::{
+    fence, AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, CachePadded, Ordering, UnsafeCell,
+};
 use crate::CpuSet;
 
 /// A sequence number on one sender/target FIFO, returned by a send; [`Ipiq::wait`] waits until
@@ -113,6 +118,15 @@ struct PerCpu<P: Platform> {
     /// cpusyncs this core is held in, polled at the end of each drain (the seed's cpusync
     /// requeue FIFO). Touched only by this core.
     requeue: CoreLocal<Vec<Requeued<P>>>,
+    /// Messages this core queued for a target whose FIFO was full while it ran a message
+    /// function, in send order per target; pushed into the FIFO as room appears. Touched only by
+    /// this core.
+    spill: CoreLocal<HashMap<CpuId, VecDeque<Message<P>>>>,
+    /// How many messages `spill` holds (Relaxed: read by other cores only for `outstanding`).
+    spilled: AtomicU64,
+    /// How many message functions are running on this core's stack (nesting depth). Touched
+    /// only by this core; atomic only so that the type is `Sync` without unsafe.
+    running: AtomicUsize,
     /// This core's statistics.
     counters: Counters,
 }
@@ -182,6 +196,9 @@ impl<P: Platform> Ipiq<P> {
                 senders: (0..words).map(|_| AtomicU64::new(0)).collect(),
                 online: AtomicBool::new(false),
                 requeue: CoreLocal(UnsafeCell::new(Vec::new())),
+                spill: CoreLocal(UnsafeCell::new(HashMap::new())),
+                spilled: AtomicU64::new(0),
+                running: AtomicUsize::new(0),
                 counters: Counters::default(),
             })
             .collect();
@@ -250,7 +267,9 @@ impl<P: Platform> Ipiq<P> {
 
     /// The online cores.
     pub fn online_set(&self) -> CpuSet {
-        (0..self.cpu_count()).filter(|&c| self.is_online(c)).collect()
+        (0..self.cpu_count())
+            .filter(|&c| self.is_online(c))
+            .collect()
     }
 
     /// Turns IPI avoidance on or off (the seed's `ipiq_optimized`). With it off every send of an
@@ -298,20 +317,38 @@ impl<P: Platform> Ipiq<P> {
     /// except while the FIFO is over half full: then it drains the calling core's own incoming
     /// queues until the target has taken the FIFO below a quarter (so cores that all flood each
     /// other still progress, I4). A message to the calling core runs at once, in the caller (I7).
-    pub fn send(&self, target: CpuId, func: IpiFn<P>, arg0: usize, arg1: usize) -> Result<Seq, Error> {
+    pub fn send(
+        &self,
+        target: CpuId,
+        func: IpiFn<P>,
+        arg0: usize,
+        arg1: usize,
+    ) -> Result<Seq, Error> {
         self.send_kind(target, Message::new(func, arg0, arg1), Kind::Active)
     }
 
     /// Queues a message without sending an IPI (the seed's `lwkt_send_ipiq_passive`): the target
     /// runs it at its next tick, IPI or drain. Once the FIFO is a quarter full the send becomes
     /// active, so a stream of passive messages cannot pile up unboundedly behind a sleeping core.
-    pub fn send_passive(&self, target: CpuId, func: IpiFn<P>, arg0: usize, arg1: usize) -> Result<Seq, Error> {
+    pub fn send_passive(
+        &self,
+        target: CpuId,
+        func: IpiFn<P>,
+        arg0: usize,
+        arg1: usize,
+    ) -> Result<Seq, Error> {
         self.send_kind(target, Message::new(func, arg0, arg1), Kind::Passive)
     }
 
     /// Like [`Ipiq::send`], but never drains: when the FIFO is at least 2/3 full it returns
     /// [`Error::WouldBlock`] and queues nothing (the seed's `lwkt_send_ipiq_nowait`).
-    pub fn try_send(&self, target: CpuId, func: IpiFn<P>, arg0: usize, arg1: usize) -> Result<Seq, Error> {
+    pub fn try_send(
+        &self,
+        target: CpuId,
+        func: IpiFn<P>,
+        arg0: usize,
+        arg1: usize,
+    ) -> Result<Seq, Error> {
         self.send_kind(target, Message::new(func, arg0, arg1), Kind::Nowait)
     }
 
@@ -343,7 +380,13 @@ impl<P: Platform> Ipiq<P> {
     /// Errors: [`Error::NoSuchCpu`] if the set names a core beyond the machine (nothing is sent),
     /// [`Error::EmptySet`] if it names no online core, [`Error::TimedOut`] if a FIFO stayed full
     /// (the messages already queued still run).
-    pub fn send_many(&self, set: &CpuSet, func: IpiFn<P>, arg0: usize, arg1: usize) -> Result<usize, Error> {
+    pub fn send_many(
+        &self,
+        set: &CpuSet,
+        func: IpiFn<P>,
+        arg0: usize,
+        arg1: usize,
+    ) -> Result<usize, Error> {
         if let Some(max) = set.max() {
             self.check_cpu(max)?;
         }
@@ -378,7 +421,7 @@ impl<P: Platform> Ipiq<P> {
         let mut count = queued.len();
         if include_self && result.is_ok() {
             self.count(me, |c| &c.local, 1);
-            message.run(self);
+            message.run(self, me);
             count += 1;
         }
         self.platform.irq_restore(irq);
@@ -395,7 +438,7 @@ impl<P: Platform> Ipiq<P> {
         let me = self.platform.current_cpu();
         let result = if target == me {
             self.count(me, |c| &c.local, 1);
-            message.run(self);
+            message.run(self, me);
             Ok(Seq(0))
         } else if !self.is_online(target) {
             Err(Error::CpuOffline(target))
@@ -408,9 +451,41 @@ impl<P: Platform> Ipiq<P> {
 
     /// Queues `message` on the `me -> target` FIFO and, if `signal`, wakes the target.
     /// Interrupts are disabled by the caller.
-    fn enqueue(&self, me: CpuId, target: CpuId, message: Message<P>, kind: Kind, signal: bool) -> Result<Seq, Error> {
+    ///
+    /// Inside a message function (`running > 0`) a send never blocks: if the FIFO is full the
+    /// message goes to this core's spill list for `target` and the drain loop pushes it as room
+    /// appears. Blocking there would pin the function on the stack while the nested drain runs
+    /// further functions that block in turn: under a flood the nesting grows without bound (a
+    /// kernel stack overflow) and the outermost wait can never finish. With the spill list a
+    /// send nests at most one drain deep, and cores flooding each other still progress (I4).
+    fn enqueue(
+        &self,
+        me: CpuId,
+        target: CpuId,
+        message: Message<P>,
+        kind: Kind,
+        signal: bool,
+    ) -> Result<Seq, Error> {
         let fifo = self.fifo_to(me, target);
         let capacity = fifo.capacity();
+        // Relaxed: core-local.
+        let nested = self.cpus[me].running.load(Ordering::Relaxed) > 0;
+        if self.spill_len(me, target) > 0 {
+            // Earlier messages to this target still wait in the spill list: they go first (I1).
+            if kind == Kind::Nowait {
+                self.count(me, |c| &c.would_block, 1);
+                return Err(Error::WouldBlock);
+            }
+            if nested {
+                return Ok(self.spill_push(me, target, message, signal));
+            }
+            let mut watchdog = self.watchdog();
+            while self.flush_spill(me, target) > 0 {
+                self.drain(me, false);
+                self.check_watchdog(&mut watchdog, me, core::slice::from_ref(&target))?;
+                self.platform.relax();
+            }
+        }
         loop {
             let used = fifo.used();
             if kind == Kind::Nowait {
@@ -419,10 +494,16 @@ impl<P: Platform> Ipiq<P> {
                     return Err(Error::WouldBlock);
                 }
             } else if used * 2 >= capacity {
+                self.count(me, |c| &c.fifo_full, 1);
+                if nested {
+                    if fifo.used() < capacity {
+                        break;
+                    }
+                    return Ok(self.spill_push(me, target, message, signal));
+                }
                 // Over half full: make sure the target is coming, then serve our own queues until
                 // it has taken the FIFO below a quarter (the seed's fifo-full path). Draining here
                 // is what lets two cores flooding each other both progress.
-                self.count(me, |c| &c.fifo_full, 1);
                 fence(Ordering::SeqCst);
                 self.signal_fenced(me, target, false);
                 let mut watchdog = self.watchdog();
@@ -436,17 +517,124 @@ impl<P: Platform> Ipiq<P> {
                 }
                 continue;
             }
-            let Some(w) = fifo.push(message) else {
-                continue;
-            };
-            self.count(me, |c| &c.sent, 1);
-            if kind == Kind::Passive && (used + 1) * 4 < capacity {
-                self.count(me, |c| &c.passive, 1);
-            } else if signal {
-                self.signal(me, target);
-            }
-            return Ok(Seq(w));
+            break;
         }
+        let used = fifo.used();
+        let Some(w) = fifo.push(message) else {
+            // Unreachable: only this core fills the FIFO, and it checked for room above.
+            return Ok(self.spill_push(me, target, message, signal));
+        };
+        self.count(me, |c| &c.sent, 1);
+        if kind == Kind::Passive && (used + 1) * 4 < capacity {
+            self.count(me, |c| &c.passive, 1);
+        } else if signal {
+            self.signal(me, target);
+        }
+        Ok(Seq(w))
+    }
+
+    /// Messages `me` holds in its spill list for `target`.
+    fn spill_len(&self, me: CpuId, target: CpuId) -> usize {
+        // Relaxed: core-local; the map is looked at only when something is spilled.
+        if self.cpus[me].spilled.load(Ordering::Relaxed) == 0 {
+            return 0;
+        }
+        // SAFETY: our own core, interrupts disabled by the caller; the closure does not call
+        // into ipiq.
+        unsafe {
+            self.cpus[me]
+                .spill
+                .with(|spill| spill.get(&target).map_or(0, VecDeque::len))
+        }
+    }
+
+    /// Appends `message` to `me`'s spill list for `target`; returns the sequence number it will
+    /// have once pushed (the FIFO's write index plus its place in the list).
+    fn spill_push(&self, me: CpuId, target: CpuId, message: Message<P>, signal: bool) -> Seq {
+        // SAFETY: as in `spill_len`.
+        let place = unsafe {
+            self.cpus[me].spill.with(|spill| {
+                let list = spill.entry(target).or_default();
+                list.push_back(message);
+                list.len()
+            })
+        };
+        let spilled = &self.cpus[me].spilled;
+        // Relaxed load and store: only this core writes it (see `spilled`).
+        spilled.store(spilled.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+        self.count(me, |c| &c.sent, 1);
+        self.count(me, |c| &c.spilled, 1);
+        if signal {
+            // The FIFO is full: make sure the target is draining it.
+            self.signal(me, target);
+        }
+        Seq(self.fifo_to(me, target).windex() + place as u64)
+    }
+
+    /// Pushes what fits of `me`'s spill list for `target` into the FIFO; returns how many
+    /// messages are still spilled for that target.
+    fn flush_spill(&self, me: CpuId, target: CpuId) -> usize {
+        let fifo = self.fifo_to(me, target);
+        // SAFETY: as in `spill_len`; `Fifo::push` does not call into ipiq.
+        let (pushed, left) = unsafe {
+            self.cpus[me].spill.with(|spill| {
+                let Some(list) = spill.get_mut(&target) else {
+                    return (0, 0);
+                };
+                let mut pushed = 0u64;
+                while let Some(&message) = list.front() {
+                    if fifo.push(message).is_none() {
+                        break;
+                    }
+                    list.pop_front();
+                    pushed += 1;
+                }
+                let left = list.len();
+                if left == 0 {
+                    spill.remove(&target);
+                }
+                (pushed, left)
+            })
+        };
+        if pushed > 0 {
+            let spilled = &self.cpus[me].spilled;
+            // Relaxed load and store: only this core writes it.
+            spilled.store(spilled.load(Ordering::Relaxed) - pushed, Ordering::Relaxed);
+            self.signal(me, target);
+        }
+        left
+    }
+
+    /// Flushes every spill list of `me`; returns the targets that still have spilled messages.
+    fn flush_spills(&self, me: CpuId) -> Vec<CpuId> {
+        // Relaxed: core-local.
+        if self.cpus[me].spilled.load(Ordering::Relaxed) == 0 {
+            return Vec::new();
+        }
+        // SAFETY: as in `spill_len`.
+        let targets: Vec<CpuId> = unsafe {
+            self.cpus[me]
+                .spill
+                .with(|spill| spill.keys().copied().collect())
+        };
+        targets
+            .into_iter()
+            .filter(|&t| self.flush_spill(me, t) > 0)
+            .collect()
+    }
+
+    /// Marks a message function as running on `me` (called around every message).
+    #[inline]
+    pub(crate) fn enter_message(&self, me: CpuId) {
+        // Relaxed: core-local nesting depth.
+        self.cpus[me].running.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The message function entered last on `me` returned.
+    #[inline]
+    pub(crate) fn exit_message(&self, me: CpuId) {
+        // Relaxed: core-local nesting depth.
+        self.cpus[me].running.fetch_sub(1, Ordering::Relaxed);
     }
 
     /// Wakes `target` after a message was published: IPI unless `npoll` says it is already
@@ -472,8 +660,8 @@ impl<P: Platform> Ipiq<P> {
         if avoid {
             self.count(me, |c| &c.avoided, 1);
         } else {
-            // Relaxed: as above; set so later senders skip their IPI.
-            npoll.store(true, Ordering::Relaxed);
+            // Relaxed: as above; set (by RMW, see `drain`) so later senders skip their IPI.
+            npoll.swap(true, Ordering::Relaxed);
             self.count(me, |c| &c.ipis, 1);
             self.platform.send_ipi(target);
         }
@@ -512,8 +700,12 @@ impl<P: Platform> Ipiq<P> {
     /// `lwkt_seq_ipiq`).
     pub fn seq(&self, target: CpuId) -> Result<Seq, Error> {
         self.check_cpu(target)?;
+        let irq = self.platform.irq_save();
         let me = self.platform.current_cpu();
-        Ok(Seq(self.fifo_between(me, target).map_or(0, Fifo::windex)))
+        let queued = self.fifo_between(me, target).map_or(0, Fifo::windex);
+        let seq = Seq(queued + self.spill_len(me, target) as u64);
+        self.platform.irq_restore(irq);
+        Ok(seq)
     }
 
     /// Waits until `target` has returned from every message the calling core queued for it up to
@@ -538,7 +730,7 @@ impl<P: Platform> Ipiq<P> {
         let Some(fifo) = self.fifo_between(me, target) else {
             return Err(Error::InvalidSequence);
         };
-        if seq.0 > fifo.windex() {
+        if seq.0 > fifo.windex() + self.spill_len(me, target) as u64 {
             return Err(Error::InvalidSequence);
         }
         let mut watchdog = self.watchdog();
@@ -563,6 +755,8 @@ impl<P: Platform> Ipiq<P> {
                     total += fifo.windex() - fifo.xindex();
                 }
             }
+            // Relaxed: a snapshot for observers.
+            total += self.cpus[target].spilled.load(Ordering::Relaxed);
         }
         total
     }
@@ -571,7 +765,11 @@ impl<P: Platform> Ipiq<P> {
     pub fn is_done(&self, sender: CpuId, target: CpuId, seq: Seq) -> Result<bool, Error> {
         self.check_cpu(sender)?;
         self.check_cpu(target)?;
-        Ok(sender == target || seq.0 == 0 || self.fifo_between(sender, target).is_some_and(|f| f.xindex() >= seq.0))
+        Ok(sender == target
+            || seq.0 == 0
+            || self
+                .fifo_between(sender, target)
+                .is_some_and(|f| f.xindex() >= seq.0))
     }
 
     pub(crate) fn watchdog(&self) -> Watchdog {
@@ -586,7 +784,12 @@ impl<P: Platform> Ipiq<P> {
     /// One watchdog step in a spin loop waiting on `targets`: re-sends their IPIs every
     /// [`Config::resend_after_ns`], warns once after [`Config::warn_after_ns`], and fails after
     /// [`Config::timeout_ns`].
-    pub(crate) fn check_watchdog(&self, watchdog: &mut Watchdog, me: CpuId, targets: &[CpuId]) -> Result<(), Error> {
+    pub(crate) fn check_watchdog(
+        &self,
+        watchdog: &mut Watchdog,
+        me: CpuId,
+        targets: &[CpuId],
+    ) -> Result<(), Error> {
         let now = self.platform.now_ns();
         let waited = now.saturating_sub(watchdog.start);
         if waited >= self.config.timeout_ns {
@@ -645,21 +848,27 @@ impl<P: Platform> Ipiq<P> {
         self.senders_of(me).any(|s| self.fifo_between(s, me).is_some_and(Fifo::has_pending))
             // SAFETY: on our own core, interrupts disabled by the caller, no call back into ipiq.
             || unsafe { self.cpus[me].requeue.with(|q| !q.is_empty()) }
+            // Relaxed: core-local.
+            || self.cpus[me].spilled.load(Ordering::Relaxed) > 0
     }
 
     fn senders_of(&self, me: CpuId) -> impl Iterator<Item = CpuId> + '_ {
-        self.cpus[me].senders.iter().enumerate().flat_map(|(i, word)| {
-            // Acquire: pairs with the Release `fetch_or` in `fifo_to`.
-            let mut bits = word.load(Ordering::Acquire);
-            core::iter::from_fn(move || {
-                if bits == 0 {
-                    return None;
-                }
-                let bit = bits.trailing_zeros() as usize;
-                bits &= bits - 1;
-                Some(i * 64 + bit)
+        self.cpus[me]
+            .senders
+            .iter()
+            .enumerate()
+            .flat_map(|(i, word)| {
+                // Acquire: pairs with the Release `fetch_or` in `fifo_to`.
+                let mut bits = word.load(Ordering::Acquire);
+                core::iter::from_fn(move || {
+                    if bits == 0 {
+                        return None;
+                    }
+                    let bit = bits.trailing_zeros() as usize;
+                    bits &= bits - 1;
+                    Some(i * 64 + bit)
+                })
             })
-        })
     }
 
     /// Drains the calling core `me` (interrupts disabled). With `hold`, keeps going while the core
@@ -668,35 +877,49 @@ impl<P: Platform> Ipiq<P> {
     pub(crate) fn drain(&self, me: CpuId, hold: bool) -> usize {
         let cpu = &self.cpus[me];
         // Relaxed: tells senders we are draining so they may skip the IPI; the exit protocol
-        // below (clear, SeqCst fence, scan) is what guarantees no message is missed.
-        cpu.npoll.store(true, Ordering::Relaxed);
+        // below (clear, SeqCst fence, scan) is what guarantees no message is missed. Every write
+        // to `npoll` is a read-modify-write, so all of them form one chain that each reads the
+        // last: a clear can never be ordered before a sender's set that it did not see.
+        cpu.npoll.swap(true, Ordering::Relaxed);
         let mut total = 0;
+        let mut spill_watchdog = None;
         loop {
             let mut ran = 0;
             for sender in self.senders_of(me) {
                 if let Some(fifo) = self.fifo_between(sender, me) {
                     while let Some(taken) = fifo.take() {
-                        taken.message.run(self);
+                        taken.message.run(self, me);
                         fifo.finish(taken);
                         ran += 1;
                     }
                 }
             }
             let held = self.poll_requeued(me);
+            let spilling = self.flush_spills(me);
             total += ran;
-            // Relaxed: ordered by the SeqCst fence that follows.
-            if cpu.npoll.load(Ordering::Relaxed) {
-                // Relaxed store, then the SeqCst fence: our store-load barrier (module docs).
-                cpu.npoll.store(false, Ordering::Relaxed);
+            // Relaxed RMW, then the SeqCst fence: our store-load barrier (module docs). When it
+            // was already clear, we cleared it and scanned after a fence in an earlier pass (or a
+            // sender that set it since has sent an IPI), so no further pass is owed.
+            if cpu.npoll.swap(false, Ordering::Relaxed) {
                 fence(Ordering::SeqCst);
                 continue;
             }
             if ran > 0 {
                 continue;
             }
-            if held && hold {
+            if hold && held {
                 self.platform.relax();
                 continue;
+            }
+            if hold && !spilling.is_empty() {
+                // Our spilled messages wait for room in their targets' FIFOs: keep serving our
+                // own queues (the targets may be waiting on us) until they are in, or until the
+                // watchdog says a target is not draining (then the next drain or tick retries).
+                let watchdog = spill_watchdog.get_or_insert_with(|| self.watchdog());
+                if self.check_watchdog(watchdog, me, &spilling).is_ok() {
+                    self.platform.relax();
+                    continue;
+                }
             }
             break;
         }

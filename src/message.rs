@@ -26,10 +26,13 @@ impl<P: Platform> Message<P> {
         Self { func, arg0, arg1 }
     }
 
-    /// Runs the message on the calling core.
+    /// Runs the message on core `me` (the calling core), counting it as a message context so
+    /// that sends from inside it never block (see `Ipiq::enqueue`).
     #[inline]
-    pub(crate) fn run(self, ipiq: &Ipiq<P>) {
-        (self.func)(ipiq, self.arg0, self.arg1)
+    pub(crate) fn run(self, ipiq: &Ipiq<P>, me: crate::CpuId) {
+        ipiq.enter_message(me);
+        (self.func)(ipiq, self.arg0, self.arg1);
+        ipiq.exit_message(me);
     }
 }
 

@@ -62,6 +62,8 @@ counters! {
     passive,
     /// Sends that found the FIFO at least half full (and drained their own queues).
     fifo_full,
+    /// Sends from inside a message function that found the FIFO full and went to the spill list.
+    spilled,
     /// `try_send` calls refused with `WouldBlock`.
     would_block,
     /// Messages this core ran from its incoming FIFOs.
@@ -92,6 +94,9 @@ impl Counters {
     pub(crate) fn add(counter: &AtomicU64, n: u64) {
         // Relaxed load and store, not a locked RMW: the owning core is the only writer, so no
         // update is lost, and statistics order nothing.
-        counter.store(counter.load(Ordering::Relaxed).wrapping_add(n), Ordering::Relaxed);
+        counter.store(
+            counter.load(Ordering::Relaxed).wrapping_add(n),
+            Ordering::Relaxed,
+        );
     }
 }

@@ -41,7 +41,10 @@ impl<P: Platform> Ipiq<P> {
     /// answer have flushed, and the local TLB is always flushed).
     pub fn shootdown(&self, start: usize, pages: usize) -> Result<Shootdown, Error> {
         if pages == 0 {
-            return Ok(Shootdown { targets: 0, full: false });
+            return Ok(Shootdown {
+                targets: 0,
+                full: false,
+            });
         }
         let full = pages > self.config().shootdown_cutoff_pages;
         let start = start & !0xfff;
@@ -55,7 +58,12 @@ impl<P: Platform> Ipiq<P> {
         self.shootdown_inner(0, FULL, 0)
     }
 
-    fn shootdown_inner(&self, start: usize, pages_arg: usize, pages: usize) -> Result<Shootdown, Error> {
+    fn shootdown_inner(
+        &self,
+        start: usize,
+        pages_arg: usize,
+        pages: usize,
+    ) -> Result<Shootdown, Error> {
         let me = self.current_cpu();
         let irq = self.platform().irq_save();
         let mut others = self.online_set();

@@ -56,7 +56,9 @@ fn i1_messages_from_one_sender_run_in_order() {
     const PER_PAIR: usize = 5_000;
     let machine = machine(CPUS, 8);
     let book = leak(OrderBook {
-        last: (0..CPUS).map(|_| (0..CPUS).map(|_| AtomicU64::new(0)).collect()).collect(),
+        last: (0..CPUS)
+            .map(|_| (0..CPUS).map(|_| AtomicU64::new(0)).collect())
+            .collect(),
         violations: AtomicUsize::new(0),
         received: AtomicUsize::new(0),
     });
@@ -89,7 +91,10 @@ fn i1_messages_from_one_sender_run_in_order() {
     });
     let book: &OrderBook = arg(book);
     assert_eq!(book.violations.load(Ordering::Relaxed), 0);
-    assert_eq!(book.received.load(Ordering::Relaxed), CPUS * (CPUS - 1) * PER_PAIR);
+    assert_eq!(
+        book.received.load(Ordering::Relaxed),
+        CPUS * (CPUS - 1) * PER_PAIR
+    );
     machine.shutdown();
 }
 
@@ -113,7 +118,11 @@ fn i2_every_accepted_message_runs_exactly_once_even_when_ipis_are_lost() {
     config.drop_ipi_per_mille = 300;
     config.delay_ipi_per_mille = 200;
     let machine = HostMachine::start(config);
-    let counts = leak((0..CPUS * PER_CORE).map(|_| AtomicUsize::new(0)).collect::<Vec<_>>());
+    let counts = leak(
+        (0..CPUS * PER_CORE)
+            .map(|_| AtomicUsize::new(0))
+            .collect::<Vec<_>>(),
+    );
     machine.run_on_all(move |core| {
         let q = core.ipiq();
         let me = core.cpu();
@@ -128,12 +137,25 @@ fn i2_every_accepted_message_runs_exactly_once_even_when_ipis_are_lost() {
         }
     });
     // The cores are idle now: what is left is drained by IPIs that arrive late, or the tick.
-    assert!(machine.quiesce(Duration::from_secs(20)), "messages left undrained");
+    assert!(
+        machine.quiesce(Duration::from_secs(20)),
+        "messages left undrained"
+    );
     let counts: &Vec<AtomicUsize> = arg(counts);
-    let wrong: Vec<_> = (0..counts.len()).filter(|&i| counts[i].load(Ordering::Relaxed) != 1).collect();
-    assert!(wrong.is_empty(), "{} messages ran other than once, first {:?}", wrong.len(), &wrong[..wrong.len().min(5)]);
+    let wrong: Vec<_> = (0..counts.len())
+        .filter(|&i| counts[i].load(Ordering::Relaxed) != 1)
+        .collect();
+    assert!(
+        wrong.is_empty(),
+        "{} messages ran other than once, first {:?}",
+        wrong.len(),
+        &wrong[..wrong.len().min(5)]
+    );
     let faults = machine.platform().ipi_faults();
-    assert!(faults.dropped > 0, "fault injection dropped nothing: {faults:?}");
+    assert!(
+        faults.dropped > 0,
+        "fault injection dropped nothing: {faults:?}"
+    );
     machine.shutdown();
 }
 
@@ -168,7 +190,10 @@ fn i3_senders_to_a_target_that_has_not_drained_send_one_ipi_between_them() {
     let q = machine.ipiq();
     let ipis: u64 = (1..CPUS).map(|c| q.stats(c).unwrap().ipis).sum();
     let avoided: u64 = (1..CPUS).map(|c| q.stats(c).unwrap().avoided).sum();
-    assert_eq!(ipis, 1, "one IPI in flight for the target, whatever the number of senders");
+    assert_eq!(
+        ipis, 1,
+        "one IPI in flight for the target, whatever the number of senders"
+    );
     assert_eq!(avoided, 3 * 50 - 1);
     busy.store(false, Ordering::Release);
     target.join();
@@ -219,12 +244,27 @@ fn i4_cores_flooding_each_other_through_tiny_fifos_all_progress() {
             }
         }
     });
-    assert!(machine.quiesce(Duration::from_secs(30)), "flood did not finish");
+    assert!(
+        machine.quiesce(Duration::from_secs(30)),
+        "flood did not finish"
+    );
     let done: &AtomicUsize = arg(done);
-    assert_eq!(done.load(Ordering::Relaxed), CPUS * (CPUS - 1) * PER_CORE * (HOPS + 1));
-    let full: u64 = (0..CPUS).map(|c| machine.ipiq().stats(c).unwrap().fifo_full).sum();
-    assert!(full > 0, "the FIFOs never filled: the test did not exercise the full path");
-    eprintln!("i4: {} messages in {:?}, fifo-full {full}", done.load(Ordering::Relaxed), started.elapsed());
+    assert_eq!(
+        done.load(Ordering::Relaxed),
+        CPUS * (CPUS - 1) * PER_CORE * (HOPS + 1)
+    );
+    let full: u64 = (0..CPUS)
+        .map(|c| machine.ipiq().stats(c).unwrap().fifo_full)
+        .sum();
+    assert!(
+        full > 0,
+        "the FIFOs never filled: the test did not exercise the full path"
+    );
+    eprintln!(
+        "i4: {} messages in {:?}, fifo-full {full}",
+        done.load(Ordering::Relaxed),
+        started.elapsed()
+    );
     machine.shutdown();
 }
 
@@ -236,7 +276,7 @@ struct Slow {
 
 fn slow(q: &Q, state: usize, index: usize) {
     let state: &Slow = arg(state);
-    if index % 2 == 0 {
+    if index.is_multiple_of(2) {
         // Nested drain: the next message (index + 1) runs and returns while this one is still on
         // the stack. A wait for index + 1 must still wait for this one.
         q.process();
@@ -289,7 +329,9 @@ fn sync_start(_: &Q, book: usize, _: usize) {
     arg::<SyncBook>(book).started.fetch_add(1, Ordering::AcqRel);
 }
 fn sync_finish(_: &Q, book: usize, _: usize) {
-    arg::<SyncBook>(book).finished.fetch_add(1, Ordering::AcqRel);
+    arg::<SyncBook>(book)
+        .finished
+        .fetch_add(1, Ordering::AcqRel);
 }
 fn sync_after(_: &Q, book: usize, _: usize) {
     arg::<SyncBook>(book).after.fetch_add(1, Ordering::AcqRel);
@@ -313,7 +355,9 @@ fn i6_cpusync_start_gathers_all_and_finish_waits_for_their_finish_work() {
                 finish: Some(ipiq::Message::new(sync_finish, book, 0)),
                 after: Some(ipiq::Message::new(sync_after, book, 0)),
             };
-            let mut sync = q.cpusync_start(&[1, 2].into_iter().collect(), work).unwrap();
+            let mut sync = q
+                .cpusync_start(&[1, 2].into_iter().collect(), work)
+                .unwrap();
             let entered_at_start = b.started.load(Ordering::Acquire);
             // While held, the targets have not run their finish work.
             assert_eq!(b.finished.load(Ordering::Acquire), 0);
@@ -331,7 +375,11 @@ fn i6_cpusync_start_gathers_all_and_finish_waits_for_their_finish_work() {
     while arg::<SyncBook>(book).after.load(Ordering::Acquire) < 3 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(1));
     }
-    assert_eq!(arg::<SyncBook>(book).after.load(Ordering::Acquire), 3, "fastdata work ran on every target");
+    assert_eq!(
+        arg::<SyncBook>(book).after.load(Ordering::Acquire),
+        3,
+        "fastdata work ran on every target"
+    );
     machine.shutdown();
 }
 
@@ -350,7 +398,10 @@ fn i6_a_core_held_in_a_cpusync_serves_a_second_master() {
     // Master 0 holds core 1.
     let first = machine
         .spawn_on(0, move |core| {
-            let sync = core.ipiq().cpusync_start(&CpuSet::single(1), SyncWork::default()).unwrap();
+            let sync = core
+                .ipiq()
+                .cpusync_start(&CpuSet::single(1), SyncWork::default())
+                .unwrap();
             held2.store(true, Ordering::Release);
             while !release2.load(Ordering::Acquire) {
                 core.interrupt_point();
@@ -364,7 +415,10 @@ fn i6_a_core_held_in_a_cpusync_serves_a_second_master() {
     }
     // Master 2 runs a simple cpusync over core 1 (held) and itself while core 1 is held.
     let ran = machine
-        .run_on(2, move |core| core.ipiq().cpusync_simple(&[1, 2].into_iter().collect(), count_one, counter, 0))
+        .run_on(2, move |core| {
+            core.ipiq()
+                .cpusync_simple(&[1, 2].into_iter().collect(), count_one, counter, 0)
+        })
         .unwrap()
         .unwrap();
     assert_eq!(ran, 2);
@@ -375,11 +429,16 @@ fn i6_a_core_held_in_a_cpusync_serves_a_second_master() {
     let results = machine.run_on_all(move |core| {
         let others: CpuSet = (0..CPUS).filter(|&c| c != core.cpu()).collect();
         for _ in 0..200 {
-            core.ipiq().cpusync_simple(&others, count_one, counter, 0).unwrap();
+            core.ipiq()
+                .cpusync_simple(&others, count_one, counter, 0)
+                .unwrap();
         }
     });
     assert_eq!(results.len(), CPUS);
-    assert_eq!(arg::<AtomicUsize>(counter).load(Ordering::Acquire), 2 + CPUS * 200 * (CPUS - 1));
+    assert_eq!(
+        arg::<AtomicUsize>(counter).load(Ordering::Acquire),
+        2 + CPUS * 200 * (CPUS - 1)
+    );
     machine.shutdown();
 }
 
@@ -390,17 +449,27 @@ fn i6_shootdown_flushes_every_other_core_before_returning() {
     let (ranged, full) = machine
         .run_on(1, |core| {
             let q = core.ipiq();
-            (q.shootdown(0x40_0000, 8).unwrap(), q.shootdown(0x40_0000, 10_000).unwrap())
+            (
+                q.shootdown(0x40_0000, 8).unwrap(),
+                q.shootdown(0x40_0000, 10_000).unwrap(),
+            )
         })
         .unwrap();
     assert_eq!((ranged.targets, ranged.full), (3, false));
     assert_eq!((full.targets, full.full), (3, true));
     for cpu in 0..CPUS {
         let flushes = machine.platform().tlb_flushes(cpu);
-        assert_eq!((flushes.ranges, flushes.pages, flushes.full), (1, 8, 1), "cpu {cpu}");
+        assert_eq!(
+            (flushes.ranges, flushes.pages, flushes.full),
+            (1, 8, 1),
+            "cpu {cpu}"
+        );
     }
     let stats = machine.ipiq().stats(1).unwrap();
-    assert_eq!((stats.shootdowns, stats.shootdown_pages, stats.full_flushes), (2, 8, 1));
+    assert_eq!(
+        (stats.shootdowns, stats.shootdown_pages, stats.full_flushes),
+        (2, 8, 1)
+    );
     machine.shutdown();
 }
 
@@ -433,7 +502,10 @@ fn one_core_machine_runs_everything_locally() {
             q.send(0, count_one, counter, 0).unwrap();
             q.send_passive(0, count_one, counter, 0).unwrap();
             assert_eq!(q.send_many(&CpuSet::all(1), count_one, counter, 0), Ok(1));
-            assert_eq!(q.cpusync_simple(&CpuSet::all(1), count_one, counter, 0), Ok(1));
+            assert_eq!(
+                q.cpusync_simple(&CpuSet::all(1), count_one, counter, 0),
+                Ok(1)
+            );
             q.shootdown(0, 1).unwrap();
         })
         .unwrap();
@@ -449,7 +521,10 @@ fn multicast_reaches_every_online_core_with_one_fence() {
     let counter = leak(AtomicUsize::new(0));
     machine.ipiq().cpu_offline(3).unwrap();
     let n = machine
-        .run_on(0, move |core| core.ipiq().send_many(&CpuSet::all(CPUS), count_one, counter, 0))
+        .run_on(0, move |core| {
+            core.ipiq()
+                .send_many(&CpuSet::all(CPUS), count_one, counter, 0)
+        })
         .unwrap()
         .unwrap();
     assert_eq!(n, 3, "offline core 3 skipped, the caller included");
@@ -464,7 +539,10 @@ fn boxed_closures_run_on_their_target() {
     let (tx, rx) = std::sync::mpsc::channel();
     machine
         .run_on(0, move |core| {
-            let seq = core.ipiq().send_boxed(1, move |q| tx.send(q.current_cpu()).unwrap()).unwrap();
+            let seq = core
+                .ipiq()
+                .send_boxed(1, move |q| tx.send(q.current_cpu()).unwrap())
+                .unwrap();
             core.ipiq().wait(1, seq).unwrap();
         })
         .unwrap();

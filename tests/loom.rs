@@ -67,7 +67,10 @@ fn inc(_: &Q, counter: usize, _: usize) {
 fn new_ipiq(cpus: usize, slots: usize) -> Arc<Q> {
     let q = Arc::new(Ipiq::new(
         LoomPlatform::new(cpus),
-        Config { fifo_slots: slots, ..Config::default() },
+        Config {
+            fifo_slots: slots,
+            ..Config::default()
+        },
     ));
     for cpu in 0..cpus {
         q.cpu_online(cpu).unwrap();
@@ -77,6 +80,8 @@ fn new_ipiq(cpus: usize, slots: usize) -> Arc<Q> {
 
 fn builder(default_preemptions: usize) -> loom::model::Builder {
     let mut b = loom::model::Builder::new();
+    // Spin loops (wait, cpusync) make long paths.
+    b.max_branches = b.max_branches.max(100_000);
     if b.preemption_bound.is_none() {
         b.preemption_bound = Some(default_preemptions);
     }
