@@ -23,13 +23,15 @@ HERMIT_TOOLCHAIN      ?= nightly-2025-03-15
 HERMIT_KERNEL_VERSION ?= 0.11.0
 UHYVE_VERSION         ?= 0.10.0
 KERNEL          ?= patched
-KERNEL_FEATURES ?= smp,acpi,fsgsbase
+KERNEL_FEATURES ?= smp,acpi,fsgsbase,mmap
 APP             ?= cores
 SMP             ?= 4
 CPU             ?= qemu64,+x2apic,+fsgsbase
 MEM             ?= 512M
 QEMU_TIMEOUT    ?= 120
 UHYVE_TIMEOUT   ?= 120
+# vCPU counts the ipiq-tests application boots with in image-test (8 hangs in its stress test).
+IPIQ_TESTS_SMP  ?= 1 2 4
 
 ifeq ($(filter $(KERNEL),patched stock),)
 $(error KERNEL must be 'patched' or 'stock', not '$(KERNEL)')
@@ -93,10 +95,16 @@ qemu: image $(IMAGE_LOADER_DEP) qemu-install
 uhyve: image
 	@$(IMAGE_SCRIPTS)/uhyve.sh $(IMAGE) $(SMP) $(UHYVE_TIMEOUT) $(UHYVE_VERSION)
 
-## image-test: boot the cores app with 1, 2, 4, 8 cores, x2APIC and xAPIC, check the output
+## image-test: boot the cores app (and, patched, ipiq-tests) with 1, 2, 4, 8 cores, x2APIC and xAPIC, check the output
 image-test: override APP := cores
 image-test: image $(IMAGE_LOADER_DEP) qemu-install
+ifeq ($(KERNEL),patched)
+	@$(IMAGE_SCRIPTS)/build-app.sh $(HERMIT_TOOLCHAIN) $(IMAGE_HERMIT_APP)/apps/ipiq-tests $(IMAGE_KERNEL_DIR) $(IMAGE_KERNEL_DIR)/apps
+	@IPIQ_TESTS_SMP="$(IPIQ_TESTS_SMP)" $(IMAGE_SCRIPTS)/image-test.sh $(LOADER) $(IMAGE) $(KERNEL) $(IMAGE_KERNEL_DIR)/test-logs $(QEMU_TIMEOUT) \
+		$(IMAGE_KERNEL_DIR)/apps/x86_64-unknown-hermit/release/ipiq-tests
+else
 	@$(IMAGE_SCRIPTS)/image-test.sh $(LOADER) $(IMAGE) $(KERNEL) $(IMAGE_KERNEL_DIR)/test-logs $(QEMU_TIMEOUT)
+endif
 
 ## image-run: build everything and boot the first application with 4 cores
 image-run: image $(IMAGE_LOADER_DEP) qemu-install

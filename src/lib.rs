@@ -84,6 +84,8 @@ mod tlb;
 
 #[cfg(all(feature = "std", not(loom)))]
 pub mod host;
+#[cfg(target_os = "hermit")]
+pub mod hermit;
 
 pub use cpuset::CpuSet;
 pub use cpusync::{CpuSync, SyncWork};

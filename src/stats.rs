@@ -41,6 +41,13 @@ macro_rules! counters {
             /// The names of the fields, in declaration order (for tables).
             pub const NAMES: &'static [&'static str] = &[$( stringify!($name), )*];
 
+            /// Statistics from values in the order of [`Stats::NAMES`] (missing ones are 0,
+            /// extra ones ignored): the inverse of [`Stats::values`].
+            pub fn from_values(values: &[u64]) -> Self {
+                let mut values = values.iter().copied();
+                Stats { $( $name: values.next().unwrap_or(0), )* }
+            }
+
             /// The values of the fields, in the order of [`Stats::NAMES`].
             pub fn values(&self) -> impl Iterator<Item = u64> {
                 [$( self.$name, )*].into_iter()

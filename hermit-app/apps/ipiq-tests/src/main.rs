@@ -1,0 +1,601 @@
+//! ipiq-tests: in-guest tests of ipiq through the patched kernel's `sys_ipiq_*` syscalls.
+//!
+//! One line per test (`PASS name: detail` / `FAIL name: reason`), the statistics per core, and
+//! `ipiq-tests: N passed, M failed`; exits 0 only if every test passed. Checked by
+//! `hermit-app/scripts/check-ipiq-tests.sh` from `make -f hermit-app/image.mk image-test`.
+//!
+//! Message functions run on the target core in interrupt context: they only touch atomics.
+
+use std::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use ipiq::hermit;
+use ipiq::{CpuSet, Error};
+
+const MAX_CORES: usize = 64;
+const THREAD_STACK_SIZE: usize = 0x4_0000;
+const NORMAL_PRIORITY: u8 = 2;
+/// ipiq's tick period in the kernel patch (µs) and the bound this test holds passive messages to.
+const TICK_PERIOD: Duration = Duration::from_millis(10);
+const PASSIVE_BOUND: Duration = Duration::from_millis(100);
+/// The stress test's target message count and wall-time budget.
+const STRESS_TARGET: u64 = 1_000_000;
+const STRESS_BUDGET: Duration = Duration::from_secs(10);
+
+unsafe extern "C" {
+    fn sys_spawn2(func: unsafe extern "C" fn(usize), arg: usize, prio: u8, stack_size: usize, selector: isize) -> i32;
+    fn sys_join(id: i32) -> i32;
+    fn sys_mmap(size: usize, prot_flags: u32, ret: &mut *mut u8) -> i32;
+    fn sys_munmap(ptr: *mut u8, size: usize) -> i32;
+}
+
+// ----- pinned threads --------------------------------------------------------------------------
+
+type Job = Box<dyn FnOnce() + Send>;
+
+unsafe extern "C" fn pinned_entry(raw: usize) {
+    // SAFETY: `raw` came from `Box::into_raw` in `spawn_on`, consumed exactly once here.
+    let job = unsafe { Box::from_raw(raw as *mut Job) };
+    job();
+}
+
+/// A thread pinned to `core`; join it with `join`.
+fn spawn_on(core: usize, job: impl FnOnce() + Send + 'static) -> i32 {
+    let raw = Box::into_raw(Box::new(Box::new(job) as Job)) as usize;
+    // SAFETY: `pinned_entry` takes ownership of `raw`; `core` is below the core count.
+    let tid = unsafe { sys_spawn2(pinned_entry, raw, NORMAL_PRIORITY, THREAD_STACK_SIZE, core as isize) };
+    assert!(tid >= 0, "spawn on core {core} failed");
+    tid
+}
+
+fn join(tid: i32) {
+    // SAFETY: a task id returned by sys_spawn2.
+    unsafe { sys_join(tid) };
+}
+
+fn run_on<T: Send + 'static>(core: usize, job: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = mpsc::channel();
+    let tid = spawn_on(core, move || {
+        let _ = tx.send(job());
+    });
+    join(tid);
+    rx.recv().expect("pinned job did not report")
+}
+
+/// The APIC id of the core running the caller (equals the core index under QEMU; checked).
+fn apic_id() -> usize {
+    // SAFETY: CPUID exists on every x86_64 CPU.
+    #[allow(unused_unsafe)]
+    let leaf1 = unsafe { std::arch::x86_64::__cpuid(1) };
+    (leaf1.ebx >> 24) as usize
+}
+
+// ----- message functions -----------------------------------------------------------------------
+
+static RAN: [AtomicU64; MAX_CORES] = [const { AtomicU64::new(0) }; MAX_CORES];
+static RAN_WHERE_WRONG: AtomicU64 = AtomicU64::new(0);
+
+/// Counts a run on the core named by `expected_core` (checked against where it really ran).
+extern "C" fn count_on(expected_core: usize) {
+    let here = apic_id();
+    if here != expected_core {
+        RAN_WHERE_WRONG.fetch_add(1, Ordering::Relaxed);
+    }
+    if let Some(counter) = RAN.get(here) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+fn ran(core: usize) -> u64 {
+    RAN[core].load(Ordering::Relaxed)
+}
+
+/// Per (sender, target) pair: the next sequence index expected, and order violations.
+static NEXT: [[AtomicU64; MAX_CORES]; MAX_CORES] = [const { [const { AtomicU64::new(0) }; MAX_CORES] }; MAX_CORES];
+static OUT_OF_ORDER: AtomicU64 = AtomicU64::new(0);
+
+/// Argument: sender in bits 56..63, index in bits 0..55. Checks per-pair order (I1).
+extern "C" fn ordered(arg: usize) {
+    let sender = arg >> 56;
+    let index = (arg & ((1 << 56) - 1)) as u64;
+    let here = apic_id();
+    let (Some(row), true) = (NEXT.get(sender), here < MAX_CORES) else {
+        return;
+    };
+    // Only core `here` touches NEXT[sender][here] (messages to it run there).
+    let next = &row[here];
+    if next.load(Ordering::Relaxed) != index {
+        OUT_OF_ORDER.fetch_add(1, Ordering::Relaxed);
+    }
+    next.store(index + 1, Ordering::Relaxed);
+}
+
+static PASSIVE_DONE: AtomicU64 = AtomicU64::new(0);
+extern "C" fn passive_hit(_: usize) {
+    PASSIVE_DONE.fetch_add(1, Ordering::Release);
+}
+
+// ----- the tests -------------------------------------------------------------------------------
+
+struct Report {
+    passed: usize,
+    failed: usize,
+}
+
+impl Report {
+    fn check(&mut self, name: &str, result: Result<String, String>) {
+        match result {
+            Ok(detail) => {
+                println!("PASS {name}: {detail}");
+                self.passed += 1;
+            }
+            Err(reason) => {
+                println!("FAIL {name}: {reason}");
+                self.failed += 1;
+            }
+        }
+    }
+}
+
+fn ensure(ok: bool, why: impl FnOnce() -> String) -> Result<(), String> {
+    if ok {
+        Ok(())
+    } else {
+        Err(why())
+    }
+}
+
+fn others(me: usize, cpus: usize) -> Vec<usize> {
+    (0..cpus).filter(|&c| c != me).collect()
+}
+
+fn test_core_id(cpus: usize) -> Result<String, String> {
+    for core in 0..cpus {
+        let (id, apic) = run_on(core, || (hermit::core_id(), apic_id()));
+        ensure(id == core && apic == core, || format!("thread pinned to {core} reports core {id}, APIC {apic}"))?;
+    }
+    Ok(format!("{cpus} cores, ids match"))
+}
+
+fn test_send(me: usize, cpus: usize) -> Result<String, String> {
+    let mut targets = others(me, cpus);
+    targets.push(me);
+    for &t in &targets {
+        let before = ran(t);
+        let seq = hermit::send(t, count_on, t).map_err(|e| format!("send to {t}: {e}"))?;
+        hermit::wait(t, seq).map_err(|e| format!("wait on {t}: {e}"))?;
+        ensure(ran(t) == before + 1, || format!("message to {t} had not run after wait"))?;
+    }
+    ensure(RAN_WHERE_WRONG.load(Ordering::Relaxed) == 0, || "a message ran on the wrong core".into())?;
+    Ok(format!("{} targets (self included: ran in the caller)", targets.len()))
+}
+
+fn test_seq_wait(me: usize, cpus: usize) -> Result<String, String> {
+    let t = if cpus > 1 { (me + 1) % cpus } else { me };
+    let mut last = ipiq::Seq(0);
+    for _ in 0..10 {
+        last = hermit::send(t, count_on, t).map_err(|e| e.to_string())?;
+    }
+    let seq = hermit::seq(t).map_err(|e| e.to_string())?;
+    ensure(t == me || seq == last, || format!("seq {seq:?} != last send {last:?}"))?;
+    hermit::wait(t, seq).map_err(|e| e.to_string())?;
+    if t != me {
+        let bogus = ipiq::Seq(seq.0 + 1000);
+        ensure(hermit::wait(t, bogus) == Err(Error::InvalidSequence), || "wait on a never-issued seq did not fail".into())?;
+    }
+    Ok(format!("seq {} to core {t}", seq.0))
+}
+
+fn test_passive_wait(me: usize, cpus: usize) -> Result<String, String> {
+    let t = if cpus > 1 { (me + 1) % cpus } else { me };
+    let before = ran(t);
+    let seq = hermit::send_passive(t, count_on, t).map_err(|e| e.to_string())?;
+    hermit::wait(t, seq).map_err(|e| e.to_string())?;
+    ensure(ran(t) == before + 1, || "passive message had not run after wait".into())?;
+    Ok(format!("core {t}"))
+}
+
+fn test_errors(cpus: usize) -> Result<String, String> {
+    let bad = cpus + 5;
+    ensure(hermit::send(bad, count_on, 0) == Err(Error::NoSuchCpu(bad)), || "send to unknown core".into())?;
+    ensure(hermit::send_passive(bad, count_on, 0).is_err(), || "passive to unknown core".into())?;
+    ensure(hermit::try_send(bad, count_on, 0).is_err(), || "try_send to unknown core".into())?;
+    ensure(hermit::seq(bad).is_err() && hermit::wait(bad, ipiq::Seq(1)).is_err(), || "seq/wait on unknown core".into())?;
+    ensure(hermit::stats(bad).is_err(), || "stats of unknown core".into())?;
+    let mut set = CpuSet::all(cpus);
+    set.insert(bad);
+    ensure(hermit::send_many(&set, count_on, 0).is_err(), || "send_many beyond the machine".into())?;
+    ensure(hermit::send_many(&CpuSet::new(), count_on, 0).is_err(), || "send_many to the empty set".into())?;
+    // Raw syscalls with null or oversized arguments: errors, never a kernel panic.
+    // SAFETY: the kernel validates these arguments; null pointers are part of the test.
+    unsafe {
+        ensure(hermit::sys::sys_ipiq_send(0, 0, 0, std::ptr::null_mut()) < 0, || "null function".into())?;
+        ensure(hermit::sys::sys_ipiq_send_many(std::ptr::null(), 3, count_on as usize, 0) < 0, || "null set".into())?;
+        ensure(hermit::sys::sys_ipiq_send_many([1u64; 1].as_ptr(), 100_000, count_on as usize, 0) < 0, || "huge set".into())?;
+        ensure(hermit::sys::sys_ipiq_stats(0, std::ptr::null_mut(), 4) < 0, || "null stats buffer".into())?;
+        ensure(hermit::sys::sys_ipiq_seq(0, std::ptr::null_mut()) < 0, || "null seq".into())?;
+        ensure(hermit::sys::sys_ipiq_swap_pages(1, 4096) < 0, || "unaligned swap".into())?;
+    }
+    Ok("unknown cores, empty/oversized sets, null pointers refused".into())
+}
+
+fn test_send_many(me: usize, cpus: usize) -> Result<String, String> {
+    let before: Vec<u64> = (0..cpus).map(ran).collect();
+    let all = CpuSet::all(cpus);
+    // The function checks where it ran against its argument, so send each core its own index
+    // through one multicast per core of a single-core set, plus one multicast to all (arg = MAX
+    // skips the check by mapping to no core).
+    let n = hermit::send_many(&all, count_on_any, 0).map_err(|e| e.to_string())?;
+    ensure(n == cpus, || format!("send_many reached {n} of {cpus}"))?;
+    for t in others(me, cpus) {
+        let seq = hermit::seq(t).map_err(|e| e.to_string())?;
+        hermit::wait(t, seq).map_err(|e| e.to_string())?;
+    }
+    for (core, &b) in before.iter().enumerate() {
+        ensure(ran(core) == b + 1, || format!("core {core} ran {} times", ran(core) - b))?;
+    }
+    Ok(format!("{n} cores"))
+}
+
+extern "C" fn count_on_any(_: usize) {
+    count_on(apic_id());
+}
+
+fn test_cpusync(cpus: usize) -> Result<String, String> {
+    let before: Vec<u64> = (0..cpus).map(ran).collect();
+    let n = hermit::cpusync(&CpuSet::all(cpus), count_on_any, 0).map_err(|e| e.to_string())?;
+    ensure(n == cpus, || format!("cpusync gathered {n} of {cpus}"))?;
+    for (core, &b) in before.iter().enumerate() {
+        ensure(ran(core) == b + 1, || format!("core {core} had not run the function when cpusync returned"))?;
+    }
+    Ok(format!("{n} cores in lockstep"))
+}
+
+/// try_send to a core that cannot drain (interrupts off) fills its FIFO until WouldBlock; every
+/// accepted message runs, in order, once the core drains again.
+fn test_try_send(me: usize, cpus: usize) -> Result<String, String> {
+    if cpus == 1 {
+        let before = ran(me);
+        hermit::try_send(me, count_on, me).map_err(|e| e.to_string())?;
+        ensure(ran(me) == before + 1, || "try_send to self did not run at once".into())?;
+        return Ok("1 core: runs in the caller".into());
+    }
+    let t = (me + 1) % cpus;
+    static HOLD: AtomicBool = AtomicBool::new(false);
+    static HELD: AtomicBool = AtomicBool::new(false);
+    HOLD.store(true, Ordering::Release);
+    HELD.store(false, Ordering::Release);
+    let tid = spawn_on(t, || {
+        // SAFETY: ring 0; interrupts are re-enabled below, and nothing here blocks.
+        unsafe { std::arch::asm!("cli") };
+        HELD.store(true, Ordering::Release);
+        while HOLD.load(Ordering::Acquire) {
+            std::hint::spin_loop();
+        }
+        // SAFETY: as above.
+        unsafe { std::arch::asm!("sti") };
+    });
+    while !HELD.load(Ordering::Acquire) {
+        std::hint::spin_loop();
+    }
+    let base = NEXT[me][t].load(Ordering::Relaxed);
+    let mut accepted = 0u64;
+    let mut refused = false;
+    for i in 0..1000u64 {
+        match hermit::try_send(t, ordered, (me << 56) | (base + i) as usize) {
+            Ok(_) => accepted += 1,
+            Err(Error::WouldBlock) => {
+                refused = true;
+                break;
+            }
+            Err(e) => {
+                HOLD.store(false, Ordering::Release);
+                join(tid);
+                return Err(format!("try_send: {e}"));
+            }
+        }
+    }
+    HOLD.store(false, Ordering::Release);
+    join(tid);
+    let seq = hermit::seq(t).map_err(|e| e.to_string())?;
+    hermit::wait(t, seq).map_err(|e| e.to_string())?;
+    ensure(refused, || format!("never refused after {accepted} messages"))?;
+    let done = NEXT[me][t].load(Ordering::Relaxed) - base;
+    ensure(done == accepted, || format!("{accepted} accepted, {done} ran"))?;
+    ensure(OUT_OF_ORDER.load(Ordering::Relaxed) == 0, || "out of order".into())?;
+    Ok(format!("WouldBlock after {accepted} queued to a core with interrupts off; all ran in order"))
+}
+
+/// Passive messages to a busy core (a spinning thread: no syscalls, no idle drain) run at its
+/// next tick, with no IPI sent for them.
+fn test_passive_tick(me: usize, cpus: usize) -> Result<String, String> {
+    let t = if cpus > 1 { (me + 1) % cpus } else { me };
+    if t == me {
+        return Ok("1 core: passive to self runs at once".into());
+    }
+    static SPIN: AtomicBool = AtomicBool::new(false);
+    static SPINNING: AtomicBool = AtomicBool::new(false);
+    SPIN.store(true, Ordering::Release);
+    SPINNING.store(false, Ordering::Release);
+    let tid = spawn_on(t, || {
+        SPINNING.store(true, Ordering::Release);
+        while SPIN.load(Ordering::Acquire) {
+            std::hint::spin_loop();
+        }
+    });
+    while !SPINNING.load(Ordering::Acquire) {
+        std::hint::spin_loop();
+    }
+    let count = 10u64;
+    let mut worst = Duration::ZERO;
+    let sender_before = hermit::stats(me).map_err(|e| e.to_string())?;
+    let target_before = hermit::stats(t).map_err(|e| e.to_string())?;
+    let mut result = Ok(());
+    for _ in 0..count {
+        let done = PASSIVE_DONE.load(Ordering::Acquire);
+        let start = Instant::now();
+        if let Err(e) = hermit::send_passive(t, passive_hit, 0) {
+            result = Err(format!("send_passive: {e}"));
+            break;
+        }
+        while PASSIVE_DONE.load(Ordering::Acquire) == done && start.elapsed() < Duration::from_secs(2) {
+            std::hint::spin_loop();
+        }
+        let took = start.elapsed();
+        worst = worst.max(took);
+        if PASSIVE_DONE.load(Ordering::Acquire) == done {
+            result = Err("a passive message never ran".into());
+            break;
+        }
+    }
+    let sender_after = hermit::stats(me).map_err(|e| e.to_string())?;
+    let target_after = hermit::stats(t).map_err(|e| e.to_string())?;
+    SPIN.store(false, Ordering::Release);
+    join(tid);
+    result?;
+    let ipis = sender_after.ipis - sender_before.ipis;
+    let passive = sender_after.passive - sender_before.passive;
+    let by_tick = target_after.tick_drained - target_before.tick_drained;
+    ensure(ipis == 0, || format!("{ipis} IPIs sent for passive messages"))?;
+    ensure(passive == count, || format!("{passive} of {count} counted passive"))?;
+    ensure(by_tick >= count, || format!("only {by_tick} of {count} drained by the tick"))?;
+    ensure(worst <= PASSIVE_BOUND, || format!("worst latency {worst:?} over the bound {PASSIVE_BOUND:?}"))?;
+    Ok(format!(
+        "{count} passive to busy core {t}: 0 IPIs, {by_tick} drained by tick, worst {:.1} ms (tick {} ms, bound {} ms)",
+        worst.as_secs_f64() * 1e3,
+        TICK_PERIOD.as_millis(),
+        PASSIVE_BOUND.as_millis()
+    ))
+}
+
+/// Every core sends to every core (itself included) until the target count or the time budget;
+/// zero lost, per-pair order kept; std threads, a channel and sleeps run alongside.
+fn test_stress(cpus: usize) -> Result<String, String> {
+    static SENT: AtomicU64 = AtomicU64::new(0);
+    static STOP: AtomicBool = AtomicBool::new(false);
+    SENT.store(0, Ordering::Relaxed);
+    STOP.store(false, Ordering::Relaxed);
+    let start: Vec<Vec<u64>> = (0..cpus).map(|s| (0..cpus).map(|t| NEXT[s][t].load(Ordering::Relaxed)).collect()).collect();
+
+    // Alongside: a std thread pair with a channel and sleeps.
+    let (tx, rx) = mpsc::channel::<u32>();
+    let producer = std::thread::spawn(move || {
+        for i in 0..20 {
+            std::thread::sleep(Duration::from_millis(5));
+            if tx.send(i).is_err() {
+                return false;
+            }
+        }
+        true
+    });
+    let sleeper = std::thread::spawn(|| {
+        let t = Instant::now();
+        std::thread::sleep(Duration::from_millis(50));
+        t.elapsed()
+    });
+
+    let began = Instant::now();
+    let per_sender = STRESS_TARGET / cpus as u64;
+    let tids: Vec<i32> = (0..cpus)
+        .map(|s| {
+            spawn_on(s, move || {
+                let deadline = Instant::now() + STRESS_BUDGET;
+                let mut index = vec![0u64; cpus];
+                for (t, slot) in index.iter_mut().enumerate() {
+                    *slot = NEXT[s][t].load(Ordering::Relaxed);
+                }
+                let mut sent = 0u64;
+                'outer: while sent < per_sender {
+                    for t in 0..cpus {
+                        if hermit::send(t, ordered, (s << 56) | index[t] as usize).is_err() {
+                            break 'outer;
+                        }
+                        index[t] += 1;
+                        sent += 1;
+                    }
+                    if sent % 4096 < cpus as u64 && Instant::now() > deadline {
+                        break;
+                    }
+                }
+                for t in 0..cpus {
+                    if let Ok(seq) = hermit::seq(t) {
+                        let _ = hermit::wait(t, seq);
+                    }
+                }
+                SENT.fetch_add(sent, Ordering::Relaxed);
+            })
+        })
+        .collect();
+    for tid in tids {
+        join(tid);
+    }
+    let took = began.elapsed();
+    let received: Vec<String> = rx.iter().map(|v| v.to_string()).collect();
+    let producer_ok = producer.join().unwrap_or(false);
+    let slept = sleeper.join().unwrap_or(Duration::ZERO);
+
+    let sent = SENT.load(Ordering::Relaxed);
+    let mut ran = 0u64;
+    for s in 0..cpus {
+        for t in 0..cpus {
+            ran += NEXT[s][t].load(Ordering::Relaxed) - start[s][t];
+        }
+    }
+    ensure(ran == sent, || format!("{sent} sent, {ran} ran: {} lost", sent.saturating_sub(ran)))?;
+    ensure(OUT_OF_ORDER.load(Ordering::Relaxed) == 0, || "messages ran out of order".into())?;
+    ensure(producer_ok && received.len() == 20, || format!("channel delivered {} of 20", received.len()))?;
+    ensure(received.iter().enumerate().all(|(i, v)| *v == i.to_string()), || "channel out of order".into())?;
+    ensure(slept >= Duration::from_millis(50), || format!("sleep(50 ms) returned after {slept:?}"))?;
+    Ok(format!(
+        "{sent} messages all-to-all on {cpus} cores in {:.2} s ({:.0}/s), 0 lost, in order; channel 20/20, sleep {:.0} ms",
+        took.as_secs_f64(),
+        sent as f64 / took.as_secs_f64(),
+        slept.as_secs_f64() * 1e3
+    ))
+}
+
+/// Readers on the other cores keep reading a page while this core swaps the frames behind it
+/// (map over a present entry, with shootdown): after each swap returns, no reader may see the
+/// old frame. Then an unmap of a page other cores touched must shoot down too.
+fn test_stale_tlb(me: usize, cpus: usize) -> Result<String, String> {
+    const PAGE: usize = 4096;
+    // Every swap is two shootdowns that need every vCPU; under TCG with more vCPUs than host
+    // cores each costs host scheduling slices, so fewer rounds on big guests.
+    let rounds: u64 = if cpus > 4 { 20 } else { 100 };
+    const READ_WRITE: u32 = 3;
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    static EXPECT: AtomicU64 = AtomicU64::new(0);
+    static STOP: AtomicBool = AtomicBool::new(false);
+    static STALE: AtomicU64 = AtomicU64::new(0);
+    static CHECKS: AtomicU64 = AtomicU64::new(0);
+    static READY: AtomicUsize = AtomicUsize::new(0);
+    static ADDR: AtomicUsize = AtomicUsize::new(0);
+
+    let mut a: *mut u8 = std::ptr::null_mut();
+    let mut b: *mut u8 = std::ptr::null_mut();
+    // SAFETY: sys_mmap writes the mapping's address through the reference.
+    unsafe {
+        if sys_mmap(PAGE, READ_WRITE, &mut a) != 0 || sys_mmap(PAGE, READ_WRITE, &mut b) != 0 {
+            return Err("mmap failed".into());
+        }
+        (a as *mut u64).write_volatile(0xA);
+        (b as *mut u64).write_volatile(0xB);
+    }
+    SEQ.store(0, Ordering::Relaxed);
+    EXPECT.store(0xA, Ordering::Relaxed);
+    STOP.store(false, Ordering::Relaxed);
+    READY.store(0, Ordering::Relaxed);
+    ADDR.store(a as usize, Ordering::Release);
+
+    let readers: Vec<i32> = others(me, cpus)
+        .into_iter()
+        .map(|core| {
+            spawn_on(core, || {
+                let addr = ADDR.load(Ordering::Acquire) as *const u64;
+                READY.fetch_add(1, Ordering::Release);
+                while !STOP.load(Ordering::Acquire) {
+                    // Seqlock-style: only a read between two equal, even SEQ values counts.
+                    let s1 = SEQ.load(Ordering::Acquire);
+                    let expect = EXPECT.load(Ordering::Acquire);
+                    // SAFETY: the page stays mapped (to one of two frames) until STOP.
+                    let value = unsafe { addr.read_volatile() };
+                    fence(Ordering::Acquire);
+                    let s2 = SEQ.load(Ordering::Relaxed);
+                    if s1 == s2 && s1 % 2 == 0 {
+                        CHECKS.fetch_add(1, Ordering::Relaxed);
+                        if value != expect {
+                            STALE.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    while READY.load(Ordering::Acquire) < cpus - 1 {
+        std::hint::spin_loop();
+    }
+    let before = hermit::stats(me).map_err(|e| e.to_string())?;
+    let mut error = None;
+    for _ in 0..rounds {
+        SEQ.fetch_add(1, Ordering::AcqRel); // odd: swapping
+        // SAFETY: both pages are this test's own mappings.
+        if unsafe { hermit::sys::sys_ipiq_swap_pages(a as usize, b as usize) } != 0 {
+            error = Some("swap failed".to_string());
+            break;
+        }
+        let next = if EXPECT.load(Ordering::Relaxed) == 0xA { 0xB } else { 0xA };
+        EXPECT.store(next, Ordering::Release);
+        SEQ.fetch_add(1, Ordering::AcqRel); // even: stable
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    STOP.store(true, Ordering::Release);
+    for tid in readers {
+        join(tid);
+    }
+    let after_swaps = hermit::stats(me).map_err(|e| e.to_string())?;
+    // Unmap both pages (other cores touched `a`): each unmap must be shot down.
+    // SAFETY: our own mappings; no reader runs any more.
+    unsafe {
+        sys_munmap(a, PAGE);
+        sys_munmap(b, PAGE);
+    }
+    let after_unmap = hermit::stats(me).map_err(|e| e.to_string())?;
+    if let Some(e) = error {
+        return Err(e);
+    }
+    let stale = STALE.load(Ordering::Relaxed);
+    let checks = CHECKS.load(Ordering::Relaxed);
+    let shootdowns = after_swaps.shootdowns - before.shootdowns;
+    let unmap_shootdowns = after_unmap.shootdowns - after_swaps.shootdowns;
+    ensure(stale == 0, || format!("{stale} stale reads of {checks}"))?;
+    ensure(cpus == 1 || checks > 0, || "readers never checked".into())?;
+    ensure(shootdowns >= 2 * rounds, || format!("{shootdowns} shootdowns for {rounds} swaps"))?;
+    ensure(unmap_shootdowns >= 1, || "munmap did not shoot down".into())?;
+    Ok(format!(
+        "{rounds} swaps under {} readers: {checks} checked reads, 0 stale; {shootdowns} shootdowns for swaps, {unmap_shootdowns} for munmap",
+        cpus - 1
+    ))
+}
+
+fn print_stats(cpus: usize) {
+    println!("ipiq statistics ({}):", ipiq::Stats::NAMES.join(" "));
+    for core in 0..cpus {
+        if let Ok(s) = hermit::stats(core) {
+            println!("  core {core}: {}", s.values().map(|v| v.to_string()).collect::<Vec<_>>().join(" "));
+        }
+    }
+    if let Ok(s) = hermit::total_stats() {
+        println!(
+            "  total: messages {} (+{} local), IPIs sent {}, avoided {}, passive {}, drained by tick {}, cpusyncs {}, shootdowns {}, pages {}, full flushes {}, IPIs re-sent {}, timeouts {}",
+            s.sent, s.local, s.ipis, s.avoided, s.passive, s.tick_drained, s.cpusync, s.shootdowns, s.shootdown_pages, s.full_flushes, s.ipi_resent, s.timeouts
+        );
+    }
+}
+
+fn main() {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let me = hermit::core_id();
+    println!("ipiq-tests: {cpus} cores (ipiq serves {}), main on core {me}", hermit::cpu_count());
+    if cpus > MAX_CORES || hermit::cpu_count() != cpus {
+        println!("FAIL setup: core count mismatch or more than {MAX_CORES} cores");
+        println!("ipiq-tests: 0 passed, 1 failed");
+        std::process::exit(1);
+    }
+    let mut report = Report { passed: 0, failed: 0 };
+    report.check("core_id", test_core_id(cpus));
+    report.check("send", test_send(me, cpus));
+    report.check("seq_wait", test_seq_wait(me, cpus));
+    report.check("send_passive", test_passive_wait(me, cpus));
+    report.check("errors", test_errors(cpus));
+    report.check("send_many", test_send_many(me, cpus));
+    report.check("cpusync", test_cpusync(cpus));
+    report.check("try_send", test_try_send(me, cpus));
+    report.check("passive_tick", test_passive_tick(me, cpus));
+    report.check("stress", test_stress(cpus));
+    report.check("stale_tlb", test_stale_tlb(me, cpus));
+    print_stats(cpus);
+    println!("ipiq-tests: {} passed, {} failed", report.passed, report.failed);
+    std::process::exit(if report.failed == 0 { 0 } else { 1 });
+}
+

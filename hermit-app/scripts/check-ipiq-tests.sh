@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Check the serial output of one boot of the `ipiq-tests` application (patched kernel only).
+#   check-ipiq-tests.sh LOG SMP APIC_MODE QEMU_OK
+# Prints one reason per failed check; exit status 0 only if every check passed.
+set -euo pipefail
+
+log="$1" smp="$2" mode="$3" qemu_ok="$4"
+out="$(tr -d '\r' <"$log")"
+failures=0
+fail() { echo "    - $*"; failures=$((failures + 1)); }
+
+[ "$qemu_ok" = 0 ] || fail "QEMU did not report a successful exit (see qemu.sh's message in the log)"
+grep -q '^exit status 0$' <<<"$out" || fail "no 'exit status 0' from the kernel"
+used=$(sed -n 's/.*APIC in use: *\([x2]*APIC\).*/\1/p' <<<"$out" | head -n 1)
+[ "$used" = "$mode" ] || fail "kernel uses '${used:-nothing}', expected $mode"
+grep -q 'ipiq patch applied' <<<"$out" || fail "no 'ipiq patch applied' in the boot log"
+grep -q "^ipiq-tests: $smp cores (ipiq serves $smp)" <<<"$out" || fail "application did not see $smp cores"
+for t in core_id send seq_wait send_passive errors send_many cpusync try_send passive_tick stress stale_tlb; do
+    grep -q "^PASS $t: " <<<"$out" || fail "test $t did not pass: $(grep "^FAIL $t: " <<<"$out" | head -n 1)"
+done
+grep -q '^FAIL ' <<<"$out" && fail "failed: $(grep '^FAIL ' <<<"$out" | tr '\n' ';')"
+grep -qE '^ipiq-tests: 11 passed, 0 failed$' <<<"$out" || fail "no 'ipiq-tests: 11 passed, 0 failed' line"
+grep -q 'ipiq: cpu .* gave up' <<<"$out" && fail "an ipiq watchdog gave up: $(grep 'gave up' <<<"$out" | head -n 1)"
+[ "$failures" = 0 ]
