@@ -156,7 +156,11 @@ pub fn seq(core: CpuId) -> Result<Seq, Error> {
 pub fn wait(core: CpuId, seq: Seq) -> Result<(), Error> {
     // SAFETY: plain values.
     let code = unsafe { sys::sys_ipiq_wait(core, seq.0) };
-    let einval = if core < cpu_count() { Error::InvalidSequence } else { Error::NoSuchCpu(core) };
+    let einval = if core < cpu_count() {
+        Error::InvalidSequence
+    } else {
+        Error::NoSuchCpu(core)
+    };
     check(code, einval).map(|_| ())
 }
 

@@ -82,10 +82,10 @@ mod stats;
 mod sync;
 mod tlb;
 
-#[cfg(all(feature = "std", not(loom)))]
-pub mod host;
 #[cfg(target_os = "hermit")]
 pub mod hermit;
+#[cfg(all(feature = "std", not(loom)))]
+pub mod host;
 
 pub use cpuset::CpuSet;
 pub use cpusync::{CpuSync, SyncWork};

@@ -2,12 +2,12 @@
 //! (2 cores, 2-slot FIFOs) and of cpusync (3 cores).
 //!
 //! Run with `RUSTFLAGS="--cfg loom" cargo test --release --test loom` (`make loom`).
-//! `LOOM_MAX_PREEMPTIONS` bounds the search (the Makefile sets 2 or 3 to fit CI).
+//! `LOOM_MAX_PREEMPTIONS` overrides each model's preemption bound (2 or 3; 0 for cpusync).
 #![cfg(loom)]
 
 use std::cell::Cell;
 
-use ipiq::{Config, CpuId, CpuSet, Ipiq, IrqState, Platform};
+use ipiq::{Config, CpuId, CpuSet, Ipiq, IrqState, Message, Platform, SyncWork};
 use loom::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use loom::sync::Arc;
 use loom::thread;
@@ -16,10 +16,15 @@ loom::thread_local! {
     static CPU: Cell<CpuId> = Cell::new(0);
 }
 
-/// Loom threads as cores; an IPI sets the target's pending flag (the IRR bit).
+/// Loom threads as cores; an IPI sets the target's pending flag (the IRR bit) and unparks the
+/// core, which idles parked (like `hlt`) rather than spinning: loom always resumes the
+/// lowest-numbered of several spinning threads, so a model may have only one core spinning.
 struct LoomPlatform {
     pending: Vec<AtomicBool>,
     ipis: AtomicUsize,
+    /// The thread of each core, for unparking (a plain std mutex: loom does not model it, and
+    /// it guards only thread handles).
+    threads: std::sync::Mutex<Vec<Option<thread::Thread>>>,
 }
 
 impl LoomPlatform {
@@ -27,6 +32,26 @@ impl LoomPlatform {
         Self {
             pending: (0..cpus).map(|_| AtomicBool::new(false)).collect(),
             ipis: AtomicUsize::new(0),
+            threads: std::sync::Mutex::new((0..cpus).map(|_| None).collect()),
+        }
+    }
+
+    /// Makes the calling thread core `cpu`.
+    fn become_cpu(&self, cpu: CpuId) {
+        CPU.with(|c| c.set(cpu));
+        self.threads.lock().unwrap()[cpu] = Some(thread::current());
+    }
+}
+
+/// The idle loop of core `cpu`: take IPIs (and drain) until `stop` holds; park in between.
+fn idle(q: &Q, cpu: CpuId, stop: &AtomicBool) {
+    loop {
+        if q.platform().pending[cpu].swap(false, Ordering::Acquire) {
+            q.process();
+        } else if stop.load(Ordering::Acquire) {
+            return;
+        } else {
+            thread::park();
         }
     }
 }
@@ -40,7 +65,13 @@ impl Platform for LoomPlatform {
     }
     fn send_ipi(&self, target: CpuId) {
         self.ipis.fetch_add(1, Ordering::Relaxed);
-        self.pending[target].store(true, Ordering::Release);
+        // An RMW rather than a store: the core takes the flag with an RMW too, and loom orders
+        // a plain store against an RMW it did not see only loosely (it would let the core's
+        // take read an older value than C11 allows).
+        self.pending[target].swap(true, Ordering::Release);
+        if let Some(t) = self.threads.lock().unwrap()[target].as_ref() {
+            t.unpark();
+        }
     }
     fn irq_save(&self) -> IrqState {
         IrqState(true)
@@ -81,7 +112,7 @@ fn new_ipiq(cpus: usize, slots: usize) -> Arc<Q> {
 fn builder(default_preemptions: usize) -> loom::model::Builder {
     let mut b = loom::model::Builder::new();
     // Spin loops (wait, cpusync) make long paths.
-    b.max_branches = b.max_branches.max(100_000);
+    b.max_branches = b.max_branches.max(20_000);
     if b.preemption_bound.is_none() {
         b.preemption_bound = Some(default_preemptions);
     }
@@ -154,69 +185,101 @@ fn busy_target_gets_one_ipi() {
     });
 }
 
-/// Two cores flooding each other through 2-slot FIFOs both finish (I4): a sender whose FIFO is
-/// full drains its own incoming queue.
+/// FIFO-full progress (I4) through 2-slot FIFOs in both directions: core 1 sends to core 0,
+/// whose functions reply to core 1 with nested sends. Core 1's second send finds its FIFO half
+/// full and drains its own incoming queue (the replies) until core 0 has taken it; everything
+/// runs exactly once. (The spill path, where two cores spin at once, is left to the host flood
+/// test: loom always resumes the lowest-numbered of several spinning threads.)
 #[test]
 fn full_fifos_in_both_directions_progress() {
     builder(2).check(|| {
         let q = new_ipiq(2, 2);
         let ran = Arc::new(AtomicUsize::new(0));
         let counter = &*ran as *const AtomicUsize as usize;
-        let other = {
-            let q = q.clone();
+        let stop = Arc::new(AtomicBool::new(false));
+        let target = {
+            let (q, stop) = (q.clone(), stop.clone());
             thread::spawn(move || {
-                CPU.with(|c| c.set(1));
-                q.send(0, inc, counter, 0).unwrap();
-                q.send(0, inc, counter, 0).unwrap();
-                let seq = q.seq(0).unwrap();
-                q.wait(0, seq).unwrap();
+                q.platform().become_cpu(0);
+                idle(&q, 0, &stop);
             })
         };
-        CPU.with(|c| c.set(0));
-        q.send(1, inc, counter, 0).unwrap();
-        q.send(1, inc, counter, 0).unwrap();
-        let seq = q.seq(1).unwrap();
-        q.wait(1, seq).unwrap();
-        other.join().unwrap();
+        q.platform().become_cpu(1);
+        for _ in 0..2 {
+            q.send(0, reply, counter, 0).unwrap();
+        }
+        let seq = q.seq(0).unwrap();
+        q.wait(0, seq).unwrap();
+        // The replies (nested sends from core 0) reach us too.
+        while ran.load(Ordering::Relaxed) < 4 {
+            q.process();
+            thread::yield_now();
+        }
+        stop.store(true, Ordering::Release);
+        q.platform().send_ipi(0);
+        target.join().unwrap();
         assert_eq!(ran.load(Ordering::Relaxed), 4);
     });
 }
 
-/// cpusync over 3 cores: the master's simple cpusync returns only after both targets ran the
-/// function, and the targets, which take IPIs only through their pending flag, are released.
+/// Counts, then sends `inc` back to core 1 (a nested send from a message function).
+fn reply(q: &Q, counter: usize, _: usize) {
+    inc(q, counter, 0);
+    q.send(1, inc, counter, 0).unwrap();
+}
+
+/// cpusync over 3 cores: the master (core 0, the only spinning core) gathers both targets,
+/// which run the start work and are held; it releases them, and each runs its finish and
+/// after work exactly once.
 #[test]
-fn cpusync_simple_three_cores() {
-    builder(2).check(|| {
+fn cpusync_three_cores() {
+    // No preemptions: held targets spin beside the master, and loom resumes the lowest-numbered
+    // of several spinning threads, so one preemption already makes some paths unbounded. The
+    // memory-order exploration of every load still runs.
+    builder(0).check(|| {
         let q = new_ipiq(3, 4);
-        let ran = Arc::new(AtomicUsize::new(0));
-        let counter = &*ran as *const AtomicUsize as usize;
-        let done = Arc::new(AtomicBool::new(false));
+        let started = Arc::new(AtomicUsize::new(0));
+        let finished = Arc::new(AtomicUsize::new(0));
+        let (s, f) = (
+            &*started as *const AtomicUsize as usize,
+            &*finished as *const AtomicUsize as usize,
+        );
+        let stop = Arc::new(AtomicBool::new(false));
         let targets: Vec<_> = (1..3)
             .map(|cpu| {
-                let q = q.clone();
-                let done = done.clone();
+                let (q, stop) = (q.clone(), stop.clone());
                 thread::spawn(move || {
-                    CPU.with(|c| c.set(cpu));
-                    // The core's interrupt loop: take the IPI, drain (and stay while held).
-                    loop {
-                        if q.platform().pending[cpu].swap(false, Ordering::Acquire) {
-                            q.process();
-                        } else if done.load(Ordering::Acquire) {
-                            break;
-                        } else {
-                            thread::yield_now();
-                        }
-                    }
+                    q.platform().become_cpu(cpu);
+                    idle(&q, cpu, &stop);
                 })
             })
             .collect();
-        CPU.with(|c| c.set(0));
-        let n = q.cpusync_simple(&CpuSet::all(3), inc, counter, 0).unwrap();
-        assert_eq!(n, 3);
-        assert_eq!(ran.load(Ordering::Relaxed), 3);
-        done.store(true, Ordering::Release);
+        q.platform().become_cpu(0);
+        let work = SyncWork {
+            start: Some(Message::new(inc, s, 0)),
+            finish: Some(Message::new(inc, f, 0)),
+            after: Some(Message::new(inc, f, 0)),
+        };
+        let sync = q.cpusync_start(&CpuSet::all(3), work).unwrap();
+        // start returns once both targets ran the start work and are held.
+        assert_eq!(started.load(Ordering::Relaxed), 2);
+        assert_eq!(
+            finished.load(Ordering::Relaxed),
+            0,
+            "held targets have not finished"
+        );
+        // Release without waiting (the master must not spin beside the held targets in loom).
+        sync.release();
+        stop.store(true, Ordering::Release);
+        q.platform().send_ipi(1);
+        q.platform().send_ipi(2);
         for t in targets {
             t.join().unwrap();
         }
+        assert_eq!(
+            finished.load(Ordering::Relaxed),
+            4,
+            "finish and after work, once per target"
+        );
     });
 }
