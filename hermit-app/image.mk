@@ -30,8 +30,8 @@ CPU             ?= qemu64,+x2apic,+fsgsbase
 MEM             ?= 512M
 QEMU_TIMEOUT    ?= 120
 UHYVE_TIMEOUT   ?= 120
-# vCPU counts the ipiq-tests application boots with in image-test (8 hangs in its stress test).
-IPIQ_TESTS_SMP  ?= 1 2 4
+# vCPU counts the ipiq-tests application boots with in image-test.
+IPIQ_TESTS_SMP  ?= 1 2 4 8
 
 ifeq ($(filter $(KERNEL),patched stock),)
 $(error KERNEL must be 'patched' or 'stock', not '$(KERNEL)')

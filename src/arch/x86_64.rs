@@ -306,7 +306,7 @@ impl Platform for X86Platform {
 /// wrapper passes the request through [`TickTimer::program`], which remembers it and returns
 /// what to actually program: the earlier of the scheduler's deadline and the core's next tick,
 /// and whether that is the tick (program the tick-only vector) or the scheduler's (its own
-/// vector). The tick-only interrupt calls [`TickTimer::tick_fired`] and re-programs.
+/// vector). The tick-only interrupt calls [`TickTimer::fired`] and re-programs.
 ///
 /// Bound: while the tick runs, a passive message waits at most one tick period (plus the
 /// interrupt's latency) before its target drains it.
@@ -464,6 +464,6 @@ mod tests {
         assert_eq!(timer.program(7, Some(1)).deadline, None);
         let off = TickTimer::new(1, 0);
         assert_eq!(off.start(0, 5).deadline, None);
-        assert_eq!(off.fired(0, 5).0, false);
+        assert!(!off.fired(0, 5).0);
     }
 }

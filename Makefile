@@ -1,0 +1,63 @@
+# ipiq: the front door.
+#
+#   make run    boot the Hermit image (4 cores) with the in-guest ipiq suite, after the host
+#               dispatch demo
+#   make test   everything CI runs: host tests, loom models, the no_std kernel-target build,
+#               lints and docs, then the Hermit images under QEMU (1/2/4/8 vCPUs, x2APIC and xAPIC)
+#
+# The image pipeline (kernel, loader, apps, QEMU, uhyve) lives in hermit-app/image.mk; its
+# variables (KERNEL=stock, SMP, CPU, MEM, LOADER, APP, ...) work here too.
+
+include hermit-app/image.mk
+
+CARGO ?= cargo
+# loom's preemption bound per model is set in tests/loom.rs; this overrides it when set.
+LOOM_MAX_PREEMPTIONS ?=
+
+.PHONY: run run-host test test-host test-flood loom check-kernel-target lint doc ci-tools
+
+## run: the host dispatch demo, then the Hermit image with 4 cores running the ipiq suite
+run: run-host
+	$(MAKE) --no-print-directory qemu APP=ipiq-tests SMP=4
+
+## run-host: cross-core work dispatch over simulated cores (host platform)
+run-host:
+	$(CARGO) run --release --features std --example dispatch
+
+## test: the whole suite (what .ci/run runs)
+test: lint test-host test-flood loom check-kernel-target doc image-test
+
+## test-host: unit tests, invariant tests I1-I7, bad input, doctests (host platform)
+test-host:
+	$(CARGO) test --release --features std --lib --test invariants --test bad_input
+	$(CARGO) test --release --features std --doc
+
+## test-flood: 10^6+ messages all-to-all through 4-slot FIFOs, then with lost and late IPIs
+test-flood:
+	$(CARGO) test --release --features std --test flood -- --test-threads 1 --nocapture
+
+## loom: model checks of the npoll handshake, FIFO-full progress and cpusync
+loom:
+	RUSTFLAGS="--cfg loom" $(if $(LOOM_MAX_PREEMPTIONS),LOOM_MAX_PREEMPTIONS=$(LOOM_MAX_PREEMPTIONS)) \
+		CARGO_TARGET_DIR=target/loom $(CARGO) test --release --test loom
+
+## check-kernel-target: the crate without std, built as the kernel builds it
+check-kernel-target: hermit-toolchain
+	@echo "==> building ipiq for x86_64-unknown-none with $(HERMIT_TOOLCHAIN) (as the kernel does)"
+	env -u RUSTFLAGS -u CARGO_BUILD_TARGET -u RUSTUP_TOOLCHAIN CARGO_TARGET_DIR=target/kernel-target \
+		CARGO_RESOLVER_INCOMPATIBLE_RUST_VERSIONS=fallback \
+		cargo +$(HERMIT_TOOLCHAIN) build --release --target x86_64-unknown-none \
+		-Zbuild-std=core,alloc -Zbuild-std-features=compiler-builtins-mem
+
+## lint: rustfmt and clippy, warnings are errors
+lint: ci-tools
+	$(CARGO) fmt --check
+	$(CARGO) clippy --features std --all-targets -- -D warnings
+
+## doc: rustdoc without warnings
+doc:
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --features std --no-deps
+
+ci-tools:
+	@rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy
+	@rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt
