@@ -196,6 +196,7 @@ impl HostPlatform {
 
     /// The fault-injection figures so far.
     pub fn ipi_faults(&self) -> IpiFaults {
+        // Relaxed: statistics, ordering nothing.
         IpiFaults {
             dropped: self.dropped.load(Ordering::Relaxed),
             delayed: self.delayed_total.load(Ordering::Relaxed),
@@ -241,6 +242,7 @@ impl Platform for HostPlatform {
             return;
         }
         if self.delay_per_mille > 0 && self.roll() < self.delay_per_mille {
+            // Relaxed: a statistic; the list itself is under its lock.
             self.delayed_total.fetch_add(1, Ordering::Relaxed);
             if let Ok(mut list) = self.delayed.lock() {
                 list.push((Instant::now() + self.delay, target));
@@ -280,12 +282,15 @@ impl Platform for HostPlatform {
 
     fn flush_tlb_range(&self, _start: usize, pages: usize) {
         let core = &self.cores[self.current_cpu()];
+        // Relaxed: flush counters are statistics for tests, read after the shootdown returned
+        // (which synchronizes through the cpusync counts).
         core.range_flushes.fetch_add(1, Ordering::Relaxed);
         core.pages_flushed
             .fetch_add(pages as u64, Ordering::Relaxed);
     }
 
     fn flush_tlb_all(&self) {
+        // Relaxed: see `flush_tlb_range`.
         self.cores[self.current_cpu()]
             .full_flushes
             .fetch_add(1, Ordering::Relaxed);

@@ -371,10 +371,23 @@ impl TickTimer {
         self.setting(cpu)
     }
 
-    /// The timer interrupt fired on `cpu` at `now`. Returns whether a tick is due (the caller
-    /// then runs ipiq's tick); advances the next tick past `now` either way and forgets a
-    /// scheduler deadline that has passed (the scheduler re-arms what it still needs).
+    /// The scheduler's timer vector fired on `cpu` at `now`. Returns whether a tick is due (the
+    /// caller then runs ipiq's tick); advances the next tick past `now` either way and forgets a
+    /// scheduler deadline that has passed (the scheduler's handler, which runs next, re-arms
+    /// what it still needs).
     pub fn fired(&self, cpu: CpuId, now: u64) -> (bool, TimerSetting) {
+        self.fire(cpu, now, true)
+    }
+
+    /// The tick-only vector fired on `cpu` at `now`. Like [`TickTimer::fired`], but a scheduler
+    /// deadline that has passed meanwhile is kept: the setting then re-arms the scheduler's
+    /// vector at once (a deadline in the past fires immediately), because only the scheduler's
+    /// handler wakes the tasks whose time has come. Forgetting it here would lose that wake-up.
+    pub fn tick_fired(&self, cpu: CpuId, now: u64) -> (bool, TimerSetting) {
+        self.fire(cpu, now, false)
+    }
+
+    fn fire(&self, cpu: CpuId, now: u64, scheduler_vector: bool) -> (bool, TimerSetting) {
         let mut due = false;
         if let (Some(next), true) = (self.next_tick.get(cpu), self.period_us > 0) {
             // Relaxed: core-local.
@@ -387,7 +400,7 @@ impl TickTimer {
                 next.store(following, Ordering::Relaxed);
             }
         }
-        if let Some(slot) = self.scheduler_deadline.get(cpu) {
+        if let (Some(slot), true) = (self.scheduler_deadline.get(cpu), scheduler_vector) {
             // Relaxed: core-local.
             if slot.load(Ordering::Relaxed) <= now {
                 slot.store(u64::MAX, Ordering::Relaxed);
@@ -465,5 +478,34 @@ mod tests {
         let off = TickTimer::new(1, 0);
         assert_eq!(off.start(0, 5).deadline, None);
         assert!(!off.fired(0, 5).0);
+    }
+
+    #[test]
+    fn a_tick_never_swallows_a_passed_scheduler_deadline() {
+        let timer = TickTimer::new(1, 10_000);
+        timer.start(0, 0);
+        // The scheduler wants 10_500; the tick (10_000) fires first but its handler runs late,
+        // at 11_000, when the scheduler's deadline has passed too.
+        timer.program(0, Some(10_500));
+        let (due, next) = timer.tick_fired(0, 11_000);
+        assert!(due);
+        assert_eq!(
+            next,
+            TimerSetting {
+                deadline: Some(10_500),
+                tick_only: false
+            },
+            "the scheduler's vector is re-armed at once"
+        );
+        // Its handler runs and forgets the deadline; the tick goes on.
+        let (due, next) = timer.fired(0, 11_001);
+        assert!(!due);
+        assert_eq!(
+            next,
+            TimerSetting {
+                deadline: Some(20_000),
+                tick_only: true
+            }
+        );
     }
 }
