@@ -289,7 +289,9 @@ struct Run {
 /// ipiq on a 2-core HostMachine: core 0 sends `n` messages to core 1. With `poll`, core 1 runs
 /// `process()` in a loop (a busy core that drains at every safe point); without, it idles like the
 /// kernel's idle loop (`idle_until`: drain on IPI, otherwise sleep until the next IPI or tick).
-fn ipiq_stream(n: u64, poll: bool) -> Run {
+/// With `passive`, the sender uses `send_passive` (no fence and no IPI until the FIFO is a quarter
+/// full) instead of `send`.
+fn ipiq_stream(n: u64, poll: bool, passive: bool) -> Run {
     let machine = HostMachine::start(HostConfig::cpus(2));
     let counter = Arc::new(Pad(AtomicU64::new(0)));
     let barrier = Arc::new(Barrier::new(2));
@@ -318,8 +320,14 @@ fn ipiq_stream(n: u64, poll: bool) -> Run {
             q.reset_stats();
             b.wait();
             let start = Instant::now();
-            for _ in 0..n {
-                q.send(1, ipiq_add, at, 1).expect("core 1 online");
+            if passive {
+                for _ in 0..n {
+                    q.send_passive(1, ipiq_add, at, 1).expect("core 1 online");
+                }
+            } else {
+                for _ in 0..n {
+                    q.send(1, ipiq_add, at, 1).expect("core 1 online");
+                }
             }
             start
         })
@@ -1049,6 +1057,14 @@ fn latency_svg(rows: &[Latency]) -> String {
 
 // ----- main ----------------------------------------------------------------------------------------
 
+/// `/proc/loadavg`'s first three fields, if readable.
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|| "n/a".to_string())
+}
+
 fn verdict(ok: bool) -> &'static str {
     if ok {
         "**met**"
@@ -1079,6 +1095,7 @@ fn main() {
         }
     };
     let cpus = thread::available_parallelism().map_or(1, |n| n.get());
+    let load_before = loadavg();
     let began = Instant::now();
     eprintln!(
         "ipiq bench{}: {} host CPUs, {} runs per case (median), {} messages streaming, {} round trips, {} x {} all-to-all",
@@ -1095,11 +1112,11 @@ fn main() {
     eprintln!("streaming, 1 sender -> 1 target:");
     let n = p.stream;
     let stream = vec![
-        throughput("ipiq, target idles (drain on IPI)", p.runs, n, || {
-            ipiq_stream(n, false)
+        throughput("ipiq send, target idles (drain on IPI)", p.runs, n, || {
+            ipiq_stream(n, false, false)
         }),
-        throughput("ipiq, target polls process()", p.runs, n, || {
-            ipiq_stream(n, true)
+        throughput("ipiq send, target polls process()", p.runs, n, || {
+            ipiq_stream(n, true, false)
         }),
         throughput("bare SPSC ring (limit)", p.runs, n, || ring_stream(n)),
         throughput("crossbeam-channel bounded(256)", p.runs, n, || {
@@ -1113,6 +1130,19 @@ fn main() {
     ];
     let crossbeam = stream[3].rate;
     let ring = stream[2].rate;
+    let mut stream = stream;
+    stream.push(throughput(
+        "ipiq send_passive, target idles",
+        p.runs,
+        n,
+        || ipiq_stream(n, false, true),
+    ));
+    stream.push(throughput(
+        "ipiq send_passive, target polls",
+        p.runs,
+        n,
+        || ipiq_stream(n, true, true),
+    ));
 
     // (2) latency
     eprintln!("round trip:");
@@ -1155,7 +1185,7 @@ fn main() {
     // Targets
     let mut targets =
         String::from("| target | ipiq case | measured | verdict |\n|---|---|---:|---|\n");
-    for row in &stream[..2] {
+    for row in stream.iter().filter(|r| r.name.starts_with("ipiq")) {
         let x = row.rate / crossbeam;
         let _ = writeln!(
             targets,
@@ -1252,9 +1282,21 @@ fn main() {
     let _ = writeln!(
         report,
         "Host: {cpus} CPUs (`available_parallelism`); every case {} times, median reported; \
-         all peers measured in this same run. Wall time {:.1} s.\n",
+         all peers measured in this same run. Wall time {:.1} s. Load average (1/5/15 min) before: \
+         {load_before}, after: {}. Spinning waiters everywhere (ipiq's host `relax`, the ring, the \
+         ping-pong) give the CPU away every 16 spins, so two busy threads on a shared host are \
+         measured on the same footing.\n",
         p.runs,
-        began.elapsed().as_secs_f64()
+        began.elapsed().as_secs_f64(),
+        loadavg()
+    );
+    let _ = writeln!(
+        report,
+        "ipiq modes: *target idles* is the kernel's idle loop (`HostCore::idle_until`: drain on an \
+         IPI, otherwise sleep until the next IPI or tick, an IPI being an unpark); *target polls* is a \
+         busy core calling `Ipiq::process()` at every safe point. `send_passive` queues without a \
+         fence or IPI until the FIFO is a quarter full. FIFOs have the default 256 slots; every \
+         bounded peer has 256 slots too.\n"
     );
     let _ = writeln!(report, "## Streaming, 1 sender -> 1 target ({n} messages)\n\n{t1}\n![streaming](bench-streaming.svg)\n");
     let _ = writeln!(
