@@ -3,8 +3,9 @@
 //!
 //! Figures: (1) streaming throughput one sender -> one target; (2) send+wait round-trip latency
 //! against a raw shared-flag ping-pong; (3) wake-ups per message while streaming; (4) all-to-all
-//! throughput on 4 cores. Every case runs `RUNS` times and the median is reported. Tables go to
-//! stdout and, with SVG plots, to `results/` (`results/bench-report.md`).
+//! throughput on 4 cores. Every case runs 3 times and the median is reported. Tables go to
+//! stdout and, with SVG plots, to `results/` (`results/bench-report.md`; a smoke run writes to
+//! `results/smoke/`).
 //!
 //! Peers: crossbeam-channel bounded, `std::sync::mpsc::sync_channel`, a `Mutex<VecDeque>` with
 //! thread unpark (Hermit's pattern), a Linux-style lock-free list (`llist`: Treiber push, the
@@ -1245,7 +1246,11 @@ fn main() {
     println!("{targets}");
 
     // Report
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("results");
+    // A smoke run writes beside, not over, the last full report.
+    let mut dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("results");
+    if p.smoke {
+        dir.push("smoke");
+    }
     let _ = std::fs::create_dir_all(&dir);
     let files = [
         (
