@@ -1344,6 +1344,14 @@ fn main() {
     );
     let _ = writeln!(report, "## All-to-all, {cores} cores ({m} messages per core)\n\n{t4}\n![all-to-all](bench-all-to-all.svg)\n");
     let _ = writeln!(report, "## Targets (issue 5)\n\n{targets}");
+    let _ = writeln!(
+        report,
+        "Reading these figures: the runs column shows the spread. On a 2-CPU host shared with other \
+         work, the two threads of a case sometimes get a CPU each and sometimes share one (then \
+         every handoff is a yield), so a figure can swing several-fold between runs and between \
+         invocations; the patient raw ping-pong shows the two regimes most clearly (p50 about \
+         200 ns with a CPU each, tens of microseconds sharing one). Compare cases within one report."
+    );
     let path = dir.join("bench-report.md");
     match std::fs::write(&path, report) {
         Ok(()) => println!("report: {} (plots beside it)", path.display()),
