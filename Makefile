@@ -3,12 +3,15 @@
 #   make run    boot the Hermit image (4 cores) with the in-guest ipiq suite, after the host
 #               dispatch demo
 #   make test   everything CI runs: host tests, loom models, the no_std kernel-target build,
-#               lints and docs, then the Hermit images under QEMU (1/2/4/8 vCPUs, x2APIC and xAPIC)
+#               lints, docs, a smoke run of every benchmark, then the Hermit images under QEMU
+#               (1/2/4/8 vCPUs, x2APIC and xAPIC)
+#   make bench  host benchmarks against peers; report in results/bench-report.md
 #
 # The image pipeline (kernel, loader, apps, QEMU, uhyve) lives in hermit-app/image.mk; its
 # variables (KERNEL=stock, SMP, CPU, MEM, LOADER, APP, ...) work here too.
 
 include hermit-app/image.mk
+include bench.mk
 
 CARGO ?= cargo
 # loom's preemption bound per model is set in tests/loom.rs; this overrides it when set.
@@ -25,7 +28,7 @@ run-host:
 	$(CARGO) run --release --features std --example dispatch
 
 ## test: the whole suite (what .ci/run runs)
-test: lint test-host test-flood loom check-kernel-target doc image-test
+test: lint test-host test-flood loom check-kernel-target doc bench-smoke image-test
 
 ## test-host: unit tests, invariant tests I1-I7, bad input, doctests (host platform)
 test-host:

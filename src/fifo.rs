@@ -22,21 +22,32 @@ use crate::sync::{AtomicU64, AtomicUsize, CachePadded, Ordering, UnsafeCell};
 use crate::Platform;
 
 /// A ring of `capacity` (a power of two) message slots between one sender and one target core.
+///
+/// Layout: the read-only fields, the sender's line (`windex`) and the target's line (`rindex`,
+/// `xindex`, `depth`) never share a cache line, so a push touches the target's line only to
+/// read `rindex`.
 pub(crate) struct Fifo<P: Platform> {
+    /// `capacity - 1`. Read-only.
+    mask: u64,
+    /// The slots. Read-only pointer; contents handed over by the index protocol.
+    slots: Box<[UnsafeCell<MaybeUninit<Message<P>>>]>,
     /// Next slot the sender writes; published with Release after the slot is written.
     /// Written by the sender core only.
     windex: CachePadded<AtomicU64>,
+    /// Everything the target core writes.
+    target: CachePadded<TargetSide>,
+}
+
+/// The fields of a [`Fifo`] that only its target core writes.
+struct TargetSide {
     /// Next slot the target takes; advanced (Release) once the slot's message has been copied out,
-    /// which frees the slot for the sender. Written by the target core only.
-    rindex: CachePadded<AtomicU64>,
-    /// Messages whose function returned (for `wait`). Written by the target core only.
+    /// which frees the slot for the sender.
+    rindex: AtomicU64,
+    /// Messages whose function returned (for `wait`).
     xindex: AtomicU64,
     /// How many functions from this ring are running on the target's stack right now (nesting).
-    /// Touched only by the target core; atomic only so that the ring is `Sync` without unsafe.
+    /// Private to the target core; atomic only so that the ring is `Sync` without unsafe.
     depth: AtomicUsize,
-    /// `capacity - 1`.
-    mask: u64,
-    slots: Box<[UnsafeCell<MaybeUninit<Message<P>>>]>,
 }
 
 // SAFETY: the slots are handed between the two cores by the index protocol above; everything
@@ -60,12 +71,14 @@ impl<P: Platform> Fifo<P> {
             .map(|_| UnsafeCell::new(MaybeUninit::uninit()))
             .collect();
         Self {
-            windex: CachePadded(AtomicU64::new(0)),
-            rindex: CachePadded(AtomicU64::new(0)),
-            xindex: AtomicU64::new(0),
-            depth: AtomicUsize::new(0),
             mask: capacity as u64 - 1,
             slots: slots.into_boxed_slice(),
+            windex: CachePadded(AtomicU64::new(0)),
+            target: CachePadded(TargetSide {
+                rindex: AtomicU64::new(0),
+                xindex: AtomicU64::new(0),
+                depth: AtomicUsize::new(0),
+            }),
         }
     }
 
@@ -79,7 +92,7 @@ impl<P: Platform> Fifo<P> {
     pub(crate) fn used(&self) -> u64 {
         // Relaxed for windex: only the sender (the caller) writes it. Acquire for rindex: the
         // target's Release store says it has copied the slot out, so the sender may overwrite it.
-        self.windex.load(Ordering::Relaxed) - self.rindex.load(Ordering::Acquire)
+        self.windex.load(Ordering::Relaxed) - self.target.rindex.load(Ordering::Acquire)
     }
 
     /// Sender side: the write index (the sequence number of the last queued message).
@@ -95,7 +108,7 @@ impl<P: Platform> Fifo<P> {
     pub(crate) fn xindex(&self) -> u64 {
         // Acquire: pairs with the Release in `finish`, so a waiter that sees `xindex >= seq`
         // also sees every effect of the functions up to `seq`.
-        self.xindex.load(Ordering::Acquire)
+        self.target.xindex.load(Ordering::Acquire)
     }
 
     /// Sender side: queues `message` if a slot is free; returns the new write index.
@@ -105,7 +118,7 @@ impl<P: Platform> Fifo<P> {
     #[inline]
     pub(crate) fn push(&self, message: Message<P>) -> Option<u64> {
         let w = self.windex.load(Ordering::Relaxed);
-        if w - self.rindex.load(Ordering::Acquire) > self.mask {
+        if w - self.target.rindex.load(Ordering::Acquire) > self.mask {
             return None;
         }
         self.slots[(w & self.mask) as usize].with_mut(|slot| {
@@ -124,7 +137,7 @@ impl<P: Platform> Fifo<P> {
     #[inline]
     pub(crate) fn has_pending(&self) -> bool {
         // Acquire: pairs with the Release in `push` (a `true` answer is followed by a `take`).
-        self.windex.load(Ordering::Acquire) != self.rindex.load(Ordering::Relaxed)
+        self.windex.load(Ordering::Acquire) != self.target.rindex.load(Ordering::Relaxed)
     }
 
     /// Target side: takes the next message, if any, and marks its function as running.
@@ -133,7 +146,7 @@ impl<P: Platform> Fifo<P> {
     #[inline]
     pub(crate) fn take(&self) -> Option<Taken<P>> {
         // Relaxed: only this core writes rindex.
-        let r = self.rindex.load(Ordering::Relaxed);
+        let r = self.target.rindex.load(Ordering::Relaxed);
         // Acquire: pairs with the sender's Release store of windex, making the slot visible.
         if self.windex.load(Ordering::Acquire) == r {
             return None;
@@ -143,11 +156,13 @@ impl<P: Platform> Fifo<P> {
             // sender does not write it until rindex moves past it.
             unsafe { (*slot).assume_init_read() }
         });
-        // Relaxed: the depth is private to this core.
-        self.depth.fetch_add(1, Ordering::Relaxed);
+        // Relaxed load and store, no locked RMW: the depth is private to this core, which runs
+        // this with interrupts disabled.
+        let depth = &self.target.depth;
+        depth.store(depth.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
         // Release: the slot was copied out above; this frees it for the sender (pairs with the
         // sender's Acquire load of rindex).
-        self.rindex.store(r + 1, Ordering::Release);
+        self.target.rindex.store(r + 1, Ordering::Release);
         Some(Taken {
             message,
             index: r + 1,
@@ -159,15 +174,18 @@ impl<P: Platform> Fifo<P> {
     /// message's function is still on the stack (invariant I5 under nesting).
     #[inline]
     pub(crate) fn finish(&self, taken: Taken<P>) {
-        // Relaxed: the depth is private to this core.
-        let outer = self.depth.fetch_sub(1, Ordering::Relaxed) == 1;
+        // Relaxed load and store: the depth is private to this core (see `take`).
+        let depth = &self.target.depth;
+        let now = depth.load(Ordering::Relaxed) - 1;
+        depth.store(now, Ordering::Relaxed);
+        let outer = now == 0;
         if outer {
             // Every function taken from this ring has returned (the outermost one just did, and
             // nested ones return before it), so all up to the current rindex are done.
-            let done = self.rindex.load(Ordering::Relaxed);
+            let done = self.target.rindex.load(Ordering::Relaxed);
             debug_assert!(done >= taken.index);
             // Release: publishes the functions' effects to waiters (pairs with `xindex()`).
-            self.xindex.store(done, Ordering::Release);
+            self.target.xindex.store(done, Ordering::Release);
         }
     }
 }

@@ -102,7 +102,9 @@ impl<T> CoreLocal<T> {
     }
 }
 
-/// One core's state as a target (plus its counters as a sender).
+/// One core's state as a target (plus its counters as a sender). The fields this core writes
+/// all the time (`running`, `spilled`, `counters`) sit on cache lines of their own, away from
+/// what senders read on every send (`online`, `incoming`, `npoll`).
 struct PerCpu<P: Platform> {
     /// Set by a sender that signalled this core, and by this core while it drains; cleared by this
     /// core before its final scan. See the module docs.
@@ -123,12 +125,12 @@ struct PerCpu<P: Platform> {
     /// this core.
     spill: CoreLocal<HashMap<CpuId, VecDeque<Message<P>>>>,
     /// How many messages `spill` holds (Relaxed: read by other cores only for `outstanding`).
-    spilled: AtomicU64,
+    spilled: CachePadded<AtomicU64>,
     /// How many message functions are running on this core's stack (nesting depth). Touched
     /// only by this core; atomic only so that the type is `Sync` without unsafe.
-    running: AtomicUsize,
+    running: CachePadded<AtomicUsize>,
     /// This core's statistics.
-    counters: Counters,
+    counters: CachePadded<Counters>,
 }
 
 /// The inter-processor message queues of one machine.
@@ -197,9 +199,9 @@ impl<P: Platform> Ipiq<P> {
                 online: AtomicBool::new(false),
                 requeue: CoreLocal(UnsafeCell::new(Vec::new())),
                 spill: CoreLocal(UnsafeCell::new(HashMap::new())),
-                spilled: AtomicU64::new(0),
-                running: AtomicUsize::new(0),
-                counters: Counters::default(),
+                spilled: CachePadded(AtomicU64::new(0)),
+                running: CachePadded(AtomicUsize::new(0)),
+                counters: CachePadded(Counters::default()),
             })
             .collect();
         Self {
@@ -626,15 +628,17 @@ impl<P: Platform> Ipiq<P> {
     /// Marks a message function as running on `me` (called around every message).
     #[inline]
     pub(crate) fn enter_message(&self, me: CpuId) {
-        // Relaxed: core-local nesting depth.
-        self.cpus[me].running.fetch_add(1, Ordering::Relaxed);
+        // Relaxed load and store, no locked RMW: core-local nesting depth, interrupts disabled.
+        let running = &self.cpus[me].running;
+        running.store(running.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
     }
 
     /// The message function entered last on `me` returned.
     #[inline]
     pub(crate) fn exit_message(&self, me: CpuId) {
-        // Relaxed: core-local nesting depth.
-        self.cpus[me].running.fetch_sub(1, Ordering::Relaxed);
+        // Relaxed load and store: core-local nesting depth (see `enter_message`).
+        let running = &self.cpus[me].running;
+        running.store(running.load(Ordering::Relaxed) - 1, Ordering::Relaxed);
     }
 
     /// Wakes `target` after a message was published: IPI unless `npoll` says it is already
