@@ -1,7 +1,7 @@
 # ipiq: the front door.
 #
-#   make run    boot the Hermit image (4 cores) with the in-guest ipiq suite, after the host
-#               dispatch demo
+#   make run    the dispatch demo: on simulated cores (host), then in the Hermit image booted
+#               under QEMU with 4 cores (ipiq messages against std threads and channels)
 #   make test   everything CI runs: host tests, loom models, the no_std kernel-target build,
 #               lints, docs, a smoke run of every benchmark, then the Hermit images under QEMU
 #               (1/2/4/8 vCPUs, x2APIC and xAPIC)
@@ -17,18 +17,18 @@ CARGO ?= cargo
 # loom's preemption bound per model is set in tests/loom.rs; this overrides it when set.
 LOOM_MAX_PREEMPTIONS ?=
 
-.PHONY: run run-host test test-host test-flood loom check-kernel-target lint doc ci-tools
+.PHONY: run run-host test test-host test-flood test-dispatch loom check-kernel-target lint doc ci-tools
 
-## run: the host dispatch demo, then the Hermit image with 4 cores running the ipiq suite
+## run: the dispatch demo on the host, then in the Hermit image with 4 cores
 run: run-host
-	$(MAKE) --no-print-directory qemu APP=ipiq-tests SMP=4
+	$(MAKE) --no-print-directory qemu APP=dispatch SMP=4
 
 ## run-host: cross-core work dispatch over simulated cores (host platform)
 run-host:
 	$(CARGO) run --release --features std --example dispatch
 
 ## test: the whole suite (what .ci/run runs)
-test: lint test-host test-flood loom check-kernel-target doc bench-smoke image-test
+test: lint test-host test-flood loom check-kernel-target doc bench-smoke image-test test-dispatch
 
 ## test-host: unit tests, invariant tests I1-I7, bad input, doctests (host platform)
 test-host:
@@ -38,6 +38,11 @@ test-host:
 ## test-flood: 10^6+ messages all-to-all through 4-slot FIFOs, then with lost and late IPIs
 test-flood:
 	$(CARGO) test --release --features std --test flood -- --test-threads 1 --nocapture
+
+## test-dispatch: the in-guest dispatch demo (exits non-zero unless ipiq and threads agree)
+test-dispatch:
+	$(MAKE) --no-print-directory qemu APP=dispatch SMP=4
+	$(MAKE) --no-print-directory qemu APP=dispatch SMP=2 CPU=qemu64,+fsgsbase
 
 ## loom: model checks of the npoll handshake, FIFO-full progress and cpusync
 loom:
