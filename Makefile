@@ -6,6 +6,7 @@
 #               lints, docs, a smoke run of every benchmark, then the Hermit images under QEMU
 #               (1/2/4/8 vCPUs, x2APIC and xAPIC)
 #   make bench  host benchmarks against peers; report in results/bench-report.md
+#   make guest-bench SMP=8   in-guest measurements under QEMU
 #
 # The image pipeline (kernel, loader, apps, QEMU, uhyve) lives in hermit-app/image.mk; its
 # variables (KERNEL=stock, SMP, CPU, MEM, LOADER, APP, ...) work here too.
@@ -17,7 +18,7 @@ CARGO ?= cargo
 # loom's preemption bound per model is set in tests/loom.rs; this overrides it when set.
 LOOM_MAX_PREEMPTIONS ?=
 
-.PHONY: run run-host test test-host test-flood test-dispatch loom check-kernel-target lint doc ci-tools
+.PHONY: run run-host test test-host test-flood test-dispatch guest-bench loom check-kernel-target lint doc ci-tools
 
 ## run: the dispatch demo on the host, then in the Hermit image with 4 cores
 run: run-host
@@ -29,6 +30,7 @@ run-host:
 
 ## test: the whole suite (what .ci/run runs)
 test: lint test-host test-flood loom check-kernel-target doc bench-smoke image-test test-dispatch
+	$(MAKE) --no-print-directory guest-bench SMP=2
 
 ## test-host: unit tests, invariant tests I1-I7, bad input, doctests (host platform)
 test-host:
@@ -43,6 +45,10 @@ test-flood:
 test-dispatch:
 	$(MAKE) --no-print-directory qemu APP=dispatch SMP=4
 	$(MAKE) --no-print-directory qemu APP=dispatch SMP=2 CPU=qemu64,+fsgsbase
+
+## guest-bench: in-guest measurements (IPIs per message, passive, round trip, multicast)
+guest-bench:
+	$(MAKE) --no-print-directory qemu APP=ipiq-bench SMP=$(SMP)
 
 ## loom: model checks of the npoll handshake, FIFO-full progress and cpusync
 loom:
