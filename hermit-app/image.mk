@@ -5,7 +5,7 @@
 # location, so both work from any directory. Long steps live in hermit-app/scripts/.
 # See hermit-app/README-image.md for what each step does and how long it takes.
 #
-# Targets:  image loader qemu uhyve image-test image-run image-clean
+# Targets:  image loader qemu uhyve image-test kernel-tests image-run image-clean
 # Variables (make VAR=value):
 #   KERNEL=patched|stock   kernel source with or without hermit-app/kernel/patches/*.patch
 #   APP=cores              application under hermit-app/apps/
@@ -14,10 +14,12 @@
 #                          Hermit's official hermit-loader-x86_64 works too)
 #   KERNEL_FEATURES=...    hermit-kernel cargo features
 #   QEMU_TIMEOUT=120 UHYVE_TIMEOUT=120   seconds before a run is killed
+#   KERNEL_TESTS_KERNELS="patched stock" KERNEL_TESTS_SMP="1 4"   kernel-tests' sources and vCPUs
 
 IMAGE_HERMIT_APP := $(patsubst %/,%,$(dir $(abspath $(lastword $(MAKEFILE_LIST)))))
 IMAGE_SCRIPTS    := $(IMAGE_HERMIT_APP)/scripts
 IMAGE_BUILD      := $(IMAGE_HERMIT_APP)/build
+IMAGE_MK         := $(IMAGE_HERMIT_APP)/image.mk
 
 HERMIT_TOOLCHAIN      ?= nightly-2025-03-15
 HERMIT_KERNEL_VERSION ?= 0.11.0
@@ -32,6 +34,9 @@ QEMU_TIMEOUT    ?= 120
 UHYVE_TIMEOUT   ?= 120
 # vCPU counts the ipiq-tests application boots with in image-test.
 IPIQ_TESTS_SMP  ?= 1 2 4 8
+# kernel-tests: which kernel sources (patched, stock) and vCPU counts the package's tests run on.
+KERNEL_TESTS_KERNELS ?= patched stock
+KERNEL_TESTS_SMP     ?= 1 4
 
 ifeq ($(filter $(KERNEL),patched stock),)
 $(error KERNEL must be 'patched' or 'stock', not '$(KERNEL)')
@@ -47,7 +52,7 @@ LOADER           ?= $(IPIQ_LOADER)
 # Build the project's loader only when it is the one in use.
 IMAGE_LOADER_DEP := $(if $(filter $(IPIQ_LOADER),$(LOADER)),loader)
 
-.PHONY: image loader qemu uhyve image-test image-run image-clean
+.PHONY: image loader qemu uhyve image-test kernel-tests image-run image-clean
 .PHONY: hermit-toolchain hermit-kernel qemu-install image-force
 
 ## image: kernel archive (patched or stock) + application image
@@ -105,6 +110,17 @@ ifeq ($(KERNEL),patched)
 else
 	@$(IMAGE_SCRIPTS)/image-test.sh $(LOADER) $(IMAGE) $(KERNEL) $(IMAGE_KERNEL_DIR)/test-logs $(QEMU_TIMEOUT)
 endif
+	@$(MAKE) --no-print-directory -f $(IMAGE_MK) kernel-tests
+
+## kernel-tests: build hermit-kernel's own tests/ on each KERNEL_TESTS_KERNELS source and boot
+## every test binary with LOADER on KERNEL_TESTS_SMP vCPUs
+kernel-tests: $(IMAGE_LOADER_DEP) qemu-install hermit-toolchain
+	@for k in $(KERNEL_TESTS_KERNELS); do \
+		$(MAKE) --no-print-directory -f $(IMAGE_MK) KERNEL=$$k $(IMAGE_BUILD)/kernel-$$k/.prepared || exit 1; \
+	done
+	@$(IMAGE_SCRIPTS)/kernel-tests.sh $(HERMIT_TOOLCHAIN) $(LOADER) $(KERNEL_FEATURES) $(IMAGE_BUILD)/kernel-test-logs \
+		$(QEMU_TIMEOUT) "$(KERNEL_TESTS_SMP)" \
+		$(foreach k,$(KERNEL_TESTS_KERNELS),$(k)=$(IMAGE_BUILD)/kernel-$(k)/src:$(IMAGE_BUILD)/kernel-$(k)/test-target)
 
 ## image-run: build everything and boot the first application with 4 cores
 image-run: image $(IMAGE_LOADER_DEP) qemu-install
