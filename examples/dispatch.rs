@@ -12,6 +12,10 @@ use std::time::{Duration, Instant};
 use ipiq::host::{HostConfig, HostMachine, HostPlatform};
 use ipiq::{Ipiq, Stats};
 
+#[path = "../hermit-app/apps/dispatch/src/workload.rs"]
+mod workload;
+use workload::{corpus, crunch};
+
 type Q = Ipiq<HostPlatform>;
 
 const CHUNK: usize = 4096;
@@ -21,38 +25,6 @@ static RESULTS: OnceLock<Vec<AtomicU64>> = OnceLock::new();
 static WORDS: AtomicU64 = AtomicU64::new(0);
 static COLLECTED: AtomicUsize = AtomicUsize::new(0);
 static DONE_BY: OnceLock<Vec<AtomicU64>> = OnceLock::new();
-
-/// A corpus of pseudo-random lowercase words separated by spaces.
-fn corpus(bytes: usize) -> Vec<u8> {
-    let mut out = Vec::with_capacity(bytes);
-    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
-    while out.len() < bytes {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        let len = 1 + (x % 9) as usize;
-        for i in 0..len {
-            out.push(b'a' + ((x >> (i * 5)) % 26) as u8);
-        }
-        out.push(b' ');
-    }
-    out.truncate(bytes);
-    out
-}
-
-/// The work: FNV-1a of the chunk and its word count.
-fn crunch(chunk: &[u8]) -> (u64, u64) {
-    let mut hash = 0xcbf2_9ce4_8422_2325u64;
-    let mut words = 0;
-    let mut in_word = false;
-    for &b in chunk {
-        hash = (hash ^ b as u64).wrapping_mul(0x100_0000_01b3);
-        let letter = b != b' ';
-        words += u64::from(letter && !in_word);
-        in_word = letter;
-    }
-    (hash, words)
-}
 
 fn chunk_of(index: usize) -> &'static [u8] {
     let corpus = CORPUS.get().expect("corpus built before dispatch");

@@ -1,4 +1,5 @@
-//! Link the Hermit kernel archive into the application.
+//! Build script shared by every application under hermit-app/apps (each names it with
+//! `build = "../link-hermit.rs"`): link the Hermit kernel archive into the application.
 //!
 //! The image build sets HERMIT_KERNEL_DIR to the directory holding the exported `libhermit.a`
 //! (stock or patched kernel); a new archive there relinks the application.
