@@ -192,7 +192,7 @@ impl<P: Platform> Fifo<P> {
 
 impl<P: Platform> Drop for Fifo<P> {
     fn drop(&mut self) {
-        // Messages are plain data (`Copy`): nothing to drop. A closure message still queued when
-        // the whole Ipiq is dropped leaks its box; `Ipiq::drop` drains first to avoid that.
+        // Messages are plain data (`Copy`): nothing to drop. A `send_boxed` closure still queued
+        // when the whole `Ipiq` is dropped is leaked, not run (drain before dropping).
     }
 }

@@ -15,6 +15,11 @@
 //! - [`Ipiq`] holds the queue matrix: for every (sender, target) pair that has talked, one
 //!   single-producer/single-consumer FIFO of [`Message`]s (a function and two words), allocated
 //!   on first use, so an idle pair costs one pointer.
+//! - Where it departs from the seed: per-target `npoll` (at most one IPI in flight per target,
+//!   none while it drains); sends from inside a message function never block (a full FIFO
+//!   spills to a per-core, per-target ordered list that the drain loop pushes as room appears,
+//!   so nesting stays one drain deep under any flood); `wait` stays exact when message
+//!   functions nest; watchdogs return [`Error::TimedOut`] instead of panicking.
 //! - Operations, seed name in brackets: [`Ipiq::send`] (`lwkt_send_ipiq`),
 //!   [`Ipiq::send_passive`] (`_passive`), [`Ipiq::try_send`] (`_nowait`), [`Ipiq::send_many`]
 //!   (`_mask`, any [`CpuSet`]), [`Ipiq::seq`] / [`Ipiq::wait`] (`lwkt_seq_ipiq` /
