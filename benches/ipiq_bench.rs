@@ -409,41 +409,31 @@ fn ring_stream(n: u64) -> Run {
 
 fn crossbeam_stream(n: u64) -> Run {
     let (tx, rx) = crossbeam_channel::bounded::<Msg>(SLOTS);
-    let counter = Arc::new(Pad(AtomicU64::new(0)));
-    let at = addr(&counter.0);
-    let c = counter.clone();
-    let elapsed = two_threads(
-        move || {
-            for _ in 0..n {
-                tx.send((add, at, 1)).expect("receiver alive");
-            }
-        },
-        move || {
-            for m in rx.iter().take(n as usize) {
-                (m.0)(m.1, m.2);
-            }
-            assert_eq!(c.0.load(Ordering::Relaxed), n);
-        },
-    );
-    Run {
-        elapsed,
-        wakeups: None,
-    }
+    channel_stream(n, move |m| tx.send(m).expect("receiver alive"), rx)
 }
 
 fn mpsc_stream(n: u64) -> Run {
     let (tx, rx) = mpsc::sync_channel::<Msg>(SLOTS);
+    channel_stream(n, move |m| tx.send(m).expect("receiver alive"), rx)
+}
+
+/// Streams `n` messages through a channel: `send` on one thread, the receiver on another.
+fn channel_stream<S, R>(n: u64, mut send: S, receiver: R) -> Run
+where
+    S: FnMut(Msg) + Send + 'static,
+    R: IntoIterator<Item = Msg> + Send + 'static,
+{
     let counter = Arc::new(Pad(AtomicU64::new(0)));
     let at = addr(&counter.0);
     let c = counter.clone();
     let elapsed = two_threads(
         move || {
             for _ in 0..n {
-                tx.send((add, at, 1)).expect("receiver alive");
+                send((add, at, 1));
             }
         },
         move || {
-            for m in rx.iter().take(n as usize) {
+            for m in receiver.into_iter().take(n as usize) {
                 (m.0)(m.1, m.2);
             }
             assert_eq!(c.0.load(Ordering::Relaxed), n);
