@@ -8,15 +8,8 @@
 set -euo pipefail
 
 log="$1" smp="$2" mode="$3" kernel="$4" qemu_ok="$5"
-out="$(tr -d '\r' <"$log")"
-failures=0
-fail() { echo "    - $*"; failures=$((failures + 1)); }
-
-[ "$qemu_ok" = 0 ] || fail "QEMU did not report a successful exit (see qemu.sh's message in the log)"
-grep -q '^exit status 0$' <<<"$out" || fail "no 'exit status 0' from the kernel"
-
-used=$(sed -n 's/.*APIC in use: *\([x2]*APIC\).*/\1/p' <<<"$out" | head -n 1)
-[ "$used" = "$mode" ] || fail "kernel uses '${used:-nothing}', expected $mode"
+. "$(dirname "$0")/common.sh"
+check_boot "$log" "$mode" "$qemu_ok"
 
 count=$(sed -n 's/^cores: \([0-9]*\) (processor count).*/\1/p' <<<"$out")
 [ "$count" = "$smp" ] || fail "application saw ${count:-no} cores, expected $smp"

@@ -5,14 +5,8 @@
 set -euo pipefail
 
 log="$1" smp="$2" mode="$3" qemu_ok="$4"
-out="$(tr -d '\r' <"$log")"
-failures=0
-fail() { echo "    - $*"; failures=$((failures + 1)); }
-
-[ "$qemu_ok" = 0 ] || fail "QEMU did not report a successful exit (see qemu.sh's message in the log)"
-grep -q '^exit status 0$' <<<"$out" || fail "no 'exit status 0' from the kernel"
-used=$(sed -n 's/.*APIC in use: *\([x2]*APIC\).*/\1/p' <<<"$out" | head -n 1)
-[ "$used" = "$mode" ] || fail "kernel uses '${used:-nothing}', expected $mode"
+. "$(dirname "$0")/common.sh"
+check_boot "$log" "$mode" "$qemu_ok"
 grep -q 'ipiq patch applied' <<<"$out" || fail "no 'ipiq patch applied' in the boot log"
 grep -q "^ipiq-tests: $smp cores (ipiq serves $smp)" <<<"$out" || fail "application did not see $smp cores"
 for t in core_id send seq_wait send_passive errors send_many cpusync try_send passive_tick stress stale_tlb; do
