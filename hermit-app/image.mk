@@ -7,8 +7,11 @@
 #
 # Targets:  image loader qemu uhyve image-test kernel-tests image-run image-clean
 # Variables (make VAR=value):
-#   KERNEL=patched|stock   kernel source with or without hermit-app/kernel/patches/*.patch
-#   APP=cores              application under hermit-app/apps/
+#   KERNEL=patched|stock|stock-probe   kernel source with hermit-app/kernel/patches/*.patch,
+#                          unpatched, or with only the test probes of kernel/stock-probe-patches/
+#   APP=cores              application under hermit-app/apps/ (built with its cargo feature
+#                          kernel-$(KERNEL) when it declares one)
+#   APP_ARGS=...           arguments for the application (qemu: passed after '--' on the command line)
 #   SMP=4 CPU=... MEM=512M QEMU/uhyve guest shape (qemu, uhyve, image-run)
 #   LOADER=path            multiboot loader for QEMU (default: the project's own, built here;
 #                          Hermit's official hermit-loader-x86_64 works too)
@@ -38,13 +41,16 @@ IPIQ_TESTS_SMP  ?= 1 2 4 8
 KERNEL_TESTS_KERNELS ?= patched stock
 KERNEL_TESTS_SMP     ?= 1 4
 
-ifeq ($(filter $(KERNEL),patched stock),)
-$(error KERNEL must be 'patched' or 'stock', not '$(KERNEL)')
+ifeq ($(filter $(KERNEL),patched stock stock-probe),)
+$(error KERNEL must be 'patched', 'stock' or 'stock-probe', not '$(KERNEL)')
 endif
 
 IMAGE_PRISTINE   := $(IMAGE_BUILD)/registry/hermit-kernel-$(HERMIT_KERNEL_VERSION)
 IMAGE_KERNEL_DIR := $(IMAGE_BUILD)/kernel-$(KERNEL)
-IMAGE_PATCHES    := $(if $(filter patched,$(KERNEL)),$(sort $(wildcard $(IMAGE_HERMIT_APP)/kernel/patches/*.patch)))
+# patched: the ipiq integration; stock-probe: stock plus test-only probes (a swap-pages syscall
+# with stock's own TLB handling, IPI counters); stock: no patch at all.
+IMAGE_PATCH_DIR  := $(if $(filter patched,$(KERNEL)),kernel/patches,$(if $(filter stock-probe,$(KERNEL)),kernel/stock-probe-patches))
+IMAGE_PATCHES    := $(if $(IMAGE_PATCH_DIR),$(sort $(wildcard $(IMAGE_HERMIT_APP)/$(IMAGE_PATCH_DIR)/*.patch)))
 IMAGE_APP_DIR     = $(IMAGE_HERMIT_APP)/apps/$(APP)
 IMAGE             = $(IMAGE_KERNEL_DIR)/apps/x86_64-unknown-hermit/release/$(APP)
 IPIQ_LOADER      := $(IMAGE_BUILD)/loader/x86_64-unknown-none/release/ipiq-loader
@@ -57,7 +63,7 @@ IMAGE_LOADER_DEP := $(if $(filter $(IPIQ_LOADER),$(LOADER)),loader)
 
 ## image: kernel archive (patched or stock) + application image
 image: hermit-kernel
-	@$(IMAGE_SCRIPTS)/build-app.sh $(HERMIT_TOOLCHAIN) $(IMAGE_APP_DIR) $(IMAGE_KERNEL_DIR) $(IMAGE_KERNEL_DIR)/apps
+	@$(IMAGE_SCRIPTS)/build-app.sh $(HERMIT_TOOLCHAIN) $(IMAGE_APP_DIR) $(IMAGE_KERNEL_DIR) $(IMAGE_KERNEL_DIR)/apps $(KERNEL)
 	@echo "==> image: $(IMAGE)"
 
 hermit-toolchain:
@@ -94,7 +100,7 @@ qemu-install:
 ## qemu: boot APP under QEMU with SMP cores on CPU; succeeds only if the application exits 0
 qemu: image $(IMAGE_LOADER_DEP) qemu-install
 	@echo "==> booting $(APP) under QEMU: $(SMP) cores, cpu $(CPU), $(MEM)"
-	@$(IMAGE_SCRIPTS)/qemu.sh $(LOADER) $(IMAGE) $(SMP) $(CPU) $(MEM) $(QEMU_TIMEOUT)
+	@$(IMAGE_SCRIPTS)/qemu.sh $(LOADER) $(IMAGE) $(SMP) $(CPU) $(MEM) $(QEMU_TIMEOUT) $(if $(APP_ARGS),-- -append "-- $(APP_ARGS)")
 
 ## uhyve: run APP under uhyve with SMP cores (needs KVM with VMX/SVM)
 uhyve: image
@@ -104,7 +110,7 @@ uhyve: image
 image-test: override APP := cores
 image-test: image $(IMAGE_LOADER_DEP) qemu-install
 ifeq ($(KERNEL),patched)
-	@$(IMAGE_SCRIPTS)/build-app.sh $(HERMIT_TOOLCHAIN) $(IMAGE_HERMIT_APP)/apps/ipiq-tests $(IMAGE_KERNEL_DIR) $(IMAGE_KERNEL_DIR)/apps
+	@$(IMAGE_SCRIPTS)/build-app.sh $(HERMIT_TOOLCHAIN) $(IMAGE_HERMIT_APP)/apps/ipiq-tests $(IMAGE_KERNEL_DIR) $(IMAGE_KERNEL_DIR)/apps $(KERNEL)
 	@IPIQ_TESTS_SMP="$(IPIQ_TESTS_SMP)" $(IMAGE_SCRIPTS)/image-test.sh $(LOADER) $(IMAGE) $(KERNEL) $(IMAGE_KERNEL_DIR)/test-logs $(QEMU_TIMEOUT) \
 		$(IMAGE_KERNEL_DIR)/apps/x86_64-unknown-hermit/release/ipiq-tests
 else

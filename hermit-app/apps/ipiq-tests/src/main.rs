@@ -6,12 +6,15 @@
 //!
 //! Message functions run on the target core in interrupt context: they only touch atomics.
 
-use std::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use ipiq::hermit;
 use ipiq::{CpuSet, Error};
+
+#[path = "../../tlb-stale/src/stale.rs"]
+mod stale;
 
 const MAX_CORES: usize = 64;
 const THREAD_STACK_SIZE: usize = 0x4_0000;
@@ -26,8 +29,6 @@ const STRESS_BUDGET: Duration = Duration::from_secs(10);
 unsafe extern "C" {
     fn sys_spawn2(func: unsafe extern "C" fn(usize), arg: usize, prio: u8, stack_size: usize, selector: isize) -> i32;
     fn sys_join(id: i32) -> i32;
-    fn sys_mmap(size: usize, prot_flags: u32, ret: &mut *mut u8) -> i32;
-    fn sys_munmap(ptr: *mut u8, size: usize) -> i32;
 }
 
 // ----- pinned threads --------------------------------------------------------------------------
@@ -457,104 +458,33 @@ fn test_stress(cpus: usize) -> Result<String, String> {
 
 /// Readers on the other cores keep reading a page while this core swaps the frames behind it
 /// (map over a present entry, with shootdown): after each swap returns, no reader may see the
-/// old frame. Then an unmap of a page other cores touched must shoot down too.
+/// old frame. Then an unmap of a page other cores touched must shoot down too. The experiment
+/// is `stale.rs`, shared with the `tlb-stale` app (which also runs it on the stock kernel).
 fn test_stale_tlb(me: usize, cpus: usize) -> Result<String, String> {
-    const PAGE: usize = 4096;
     // Every swap is two shootdowns that need every vCPU; under TCG with more vCPUs than host
     // cores each costs host scheduling slices, so fewer rounds on big guests.
     let rounds: u64 = if cpus > 4 { 20 } else { 100 };
-    const READ_WRITE: u32 = 3;
-    static SEQ: AtomicU64 = AtomicU64::new(0);
-    static EXPECT: AtomicU64 = AtomicU64::new(0);
-    static STOP: AtomicBool = AtomicBool::new(false);
-    static STALE: AtomicU64 = AtomicU64::new(0);
-    static CHECKS: AtomicU64 = AtomicU64::new(0);
-    static READY: AtomicUsize = AtomicUsize::new(0);
-    static ADDR: AtomicUsize = AtomicUsize::new(0);
-
-    let mut a: *mut u8 = std::ptr::null_mut();
-    let mut b: *mut u8 = std::ptr::null_mut();
-    // SAFETY: sys_mmap writes the mapping's address through the reference.
-    unsafe {
-        if sys_mmap(PAGE, READ_WRITE, &mut a) != 0 || sys_mmap(PAGE, READ_WRITE, &mut b) != 0 {
-            return Err("mmap failed".into());
-        }
-        (a as *mut u64).write_volatile(0xA);
-        (b as *mut u64).write_volatile(0xB);
-    }
-    SEQ.store(0, Ordering::Relaxed);
-    EXPECT.store(0xA, Ordering::Relaxed);
-    STOP.store(false, Ordering::Relaxed);
-    READY.store(0, Ordering::Relaxed);
-    ADDR.store(a as usize, Ordering::Release);
-
-    let readers: Vec<i32> = others(me, cpus)
-        .into_iter()
-        .map(|core| {
-            spawn_on(core, || {
-                let addr = ADDR.load(Ordering::Acquire) as *const u64;
-                READY.fetch_add(1, Ordering::Release);
-                while !STOP.load(Ordering::Acquire) {
-                    // Seqlock-style: only a read between two equal, even SEQ values counts.
-                    let s1 = SEQ.load(Ordering::Acquire);
-                    let expect = EXPECT.load(Ordering::Acquire);
-                    // SAFETY: the page stays mapped (to one of two frames) until STOP.
-                    let value = unsafe { addr.read_volatile() };
-                    fence(Ordering::Acquire);
-                    let s2 = SEQ.load(Ordering::Relaxed);
-                    if s1 == s2 && s1 % 2 == 0 {
-                        CHECKS.fetch_add(1, Ordering::Relaxed);
-                        if value != expect {
-                            STALE.fetch_add(1, Ordering::Relaxed);
-                        }
-                    }
-                }
-            })
-        })
-        .collect();
-    while READY.load(Ordering::Acquire) < cpus - 1 {
-        std::hint::spin_loop();
-    }
     let before = hermit::stats(me).map_err(|e| e.to_string())?;
-    let mut error = None;
-    for _ in 0..rounds {
-        SEQ.fetch_add(1, Ordering::AcqRel); // odd: swapping
-        // SAFETY: both pages are this test's own mappings.
-        if unsafe { hermit::sys::sys_ipiq_swap_pages(a as usize, b as usize) } != 0 {
-            error = Some("swap failed".to_string());
-            break;
-        }
-        let next = if EXPECT.load(Ordering::Relaxed) == 0xA { 0xB } else { 0xA };
-        EXPECT.store(next, Ordering::Release);
-        SEQ.fetch_add(1, Ordering::AcqRel); // even: stable
-        std::thread::sleep(Duration::from_micros(200));
-    }
-    STOP.store(true, Ordering::Release);
-    for tid in readers {
-        join(tid);
-    }
+    let spawn = |core: usize, job: Box<dyn FnOnce() + Send>| spawn_on(core, job);
+    let (out, pages) = stale::run(me, cpus, rounds, &spawn, &join)?;
     let after_swaps = hermit::stats(me).map_err(|e| e.to_string())?;
-    // Unmap both pages (other cores touched `a`): each unmap must be shot down.
-    // SAFETY: our own mappings; no reader runs any more.
-    unsafe {
-        sys_munmap(a, PAGE);
-        sys_munmap(b, PAGE);
-    }
+    // Both pages are unmapped (other cores touched `a`): each unmap must be shot down.
+    pages.unmap()?;
     let after_unmap = hermit::stats(me).map_err(|e| e.to_string())?;
-    if let Some(e) = error {
-        return Err(e);
-    }
-    let stale = STALE.load(Ordering::Relaxed);
-    let checks = CHECKS.load(Ordering::Relaxed);
     let shootdowns = after_swaps.shootdowns - before.shootdowns;
     let unmap_shootdowns = after_unmap.shootdowns - after_swaps.shootdowns;
-    ensure(stale == 0, || format!("{stale} stale reads of {checks}"))?;
-    ensure(cpus == 1 || checks > 0, || "readers never checked".into())?;
+    ensure(out.stale == 0, || {
+        format!(
+            "{} stale reads of {} (after {} of {} swaps, at most {} after one)",
+            out.stale, out.checks, out.stale_rounds, out.rounds, out.max_stale_in_round
+        )
+    })?;
+    ensure(cpus == 1 || out.checks > 0, || "readers never checked".into())?;
     ensure(shootdowns >= 2 * rounds, || format!("{shootdowns} shootdowns for {rounds} swaps"))?;
     ensure(unmap_shootdowns >= 1, || "munmap did not shoot down".into())?;
     Ok(format!(
-        "{rounds} swaps under {} readers: {checks} checked reads, 0 stale; {shootdowns} shootdowns for swaps, {unmap_shootdowns} for munmap",
-        cpus - 1
+        "{rounds} swaps under {} readers: {} checked reads, 0 stale; {shootdowns} shootdowns for swaps, {unmap_shootdowns} for munmap",
+        out.readers, out.checks
     ))
 }
 

@@ -1,0 +1,192 @@
+//! tlb-stale: readers on the other cores keep reading a page while core 0 exchanges the frames
+//! behind it (`stale.rs`, the same code ipiq-tests runs). On the ipiq kernel (feature
+//! `kernel-patched`) the swap returns only after every core flushed: any stale read fails the
+//! run. On the stock-probe kernel (`kernel-stock-probe`) the swap uses stock's own map and its
+//! fire-and-forget `ipi_tlb_flush`; the stale reads readers see are the finding, reported, not
+//! a failure. Either way the run fails if the experiment itself did not work (no checked reads,
+//! a swap refused, or the kernel's own counters show the swap did not take the expected path).
+//!
+//! Argument (after `--` on the kernel command line): the number of swaps (default 100, 20 with
+//! more than 4 cores). Output: a `<<<report` block and one `tlb-stale:` summary line.
+
+#[cfg(not(any(feature = "kernel-patched", feature = "kernel-stock-probe")))]
+compile_error!("tlb-stale needs the ipiq kernel (kernel-patched) or the stock-probe kernel (kernel-stock-probe)");
+
+mod stale;
+
+const THREAD_STACK_SIZE: usize = 0x4_0000;
+const NORMAL_PRIORITY: u8 = 2;
+
+unsafe extern "C" {
+    fn sys_spawn2(func: unsafe extern "C" fn(usize), arg: usize, prio: u8, stack_size: usize, selector: isize) -> i32;
+    fn sys_join(id: i32) -> i32;
+}
+
+type Job = Box<dyn FnOnce() + Send>;
+
+unsafe extern "C" fn pinned_entry(raw: usize) {
+    // SAFETY: `raw` came from `Box::into_raw` in `spawn_on`, consumed exactly once here.
+    let job = unsafe { Box::from_raw(raw as *mut Job) };
+    job();
+}
+
+/// A thread pinned to `core` (below the core count); a negative id if the kernel refused.
+fn spawn_on(core: usize, job: Job) -> i32 {
+    let raw = Box::into_raw(Box::new(job)) as usize;
+    // SAFETY: `pinned_entry` takes ownership of `raw`; `core` is below the core count.
+    let tid = unsafe { sys_spawn2(pinned_entry, raw, NORMAL_PRIORITY, THREAD_STACK_SIZE, core as isize) };
+    if tid < 0 {
+        // SAFETY: the kernel did not start the task, so `raw` was not consumed.
+        drop(unsafe { Box::from_raw(raw as *mut Job) });
+    }
+    tid
+}
+
+fn join(tid: i32) {
+    // SAFETY: a task id returned by sys_spawn2.
+    unsafe { sys_join(tid) };
+}
+
+/// The APIC id of the calling core (equals the core index under QEMU; `cores` checks that).
+fn apic_id() -> usize {
+    // SAFETY: CPUID exists on every x86_64 CPU.
+    #[allow(unused_unsafe)]
+    let leaf1 = unsafe { std::arch::x86_64::__cpuid(1) };
+    (leaf1.ebx >> 24) as usize
+}
+
+/// The kernel-side counters around the swaps and the unmap.
+#[cfg(feature = "kernel-patched")]
+mod kernel {
+    pub const NAME: &str = "ipiq";
+    /// ipiq shootdowns so far (all cores).
+    pub fn counter() -> Result<u64, String> {
+        ipiq::hermit::total_stats().map(|s| s.shootdowns).map_err(|e| e.to_string())
+    }
+    pub const COUNTER: &str = "shootdowns";
+}
+
+#[cfg(all(feature = "kernel-stock-probe", not(feature = "kernel-patched")))]
+mod kernel {
+    pub const NAME: &str = "stock";
+    unsafe extern "C" {
+        /// stock-probe: [wake-up IPIs, TLB-flush IPIs] sent so far; words written or -EINVAL.
+        fn sys_probe_ipi_counts(out: *mut u64, len: usize) -> i32;
+    }
+    /// TLB-flush IPIs (vector 112) stock has sent so far.
+    pub fn counter() -> Result<u64, String> {
+        let mut counts = [0u64; 2];
+        // SAFETY: `counts` has room for 2 u64 words.
+        let written = unsafe { sys_probe_ipi_counts(counts.as_mut_ptr(), counts.len()) };
+        if written != 2 {
+            return Err(format!("sys_probe_ipi_counts returned {written}"));
+        }
+        Ok(counts[1])
+    }
+    pub const COUNTER: &str = "TLB-flush IPIs";
+}
+
+fn main() {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let me = apic_id();
+    let rounds = match std::env::args().nth(1) {
+        None => {
+            if cpus > 4 {
+                20
+            } else {
+                100
+            }
+        }
+        Some(arg) => match arg.parse::<u64>() {
+            Ok(n) if (1..=stale::MAX_ROUNDS).contains(&n) => n,
+            _ => {
+                println!("tlb-stale: error: swaps must be 1..={}, not '{arg}'", stale::MAX_ROUNDS);
+                std::process::exit(2);
+            }
+        },
+    };
+    println!("tlb-stale: {} kernel, {cpus} cores, writer on core {me}, {rounds} swaps", kernel::NAME);
+    if cpus < 2 {
+        println!("tlb-stale: error: needs at least 2 cores (readers run on the others)");
+        std::process::exit(2);
+    }
+    match run(me, cpus, rounds) {
+        Ok(()) => std::process::exit(0),
+        Err(e) => {
+            println!("tlb-stale: FAIL: {e}");
+            std::process::exit(1);
+        }
+    }
+}
+
+fn run(me: usize, cpus: usize, rounds: u64) -> Result<(), String> {
+    let before = kernel::counter()?;
+    let (out, pages) = stale::run(me, cpus, rounds, &spawn_on, &join)?;
+    let after_swaps = kernel::counter()?;
+    pages.unmap()?;
+    let after_unmap = kernel::counter()?;
+    let swap_count = after_swaps - before;
+    let unmap_count = after_unmap - after_swaps;
+
+    println!("<<<report Stale TLB after a remap: {} kernel, {cpus} vCPUs", kernel::NAME);
+    println!("| kernel | vCPUs | swaps | readers | checked reads | stale reads | swaps followed by a stale read | most stale reads after one swap | {} in swaps | {} in munmap |", kernel::COUNTER, kernel::COUNTER);
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!(
+        "| {} | {cpus} | {} | {} | {} | {} | {} | {} | {swap_count} | {unmap_count} |",
+        kernel::NAME,
+        out.rounds,
+        out.readers,
+        out.checks,
+        out.stale,
+        out.stale_rounds,
+        out.max_stale_in_round
+    );
+    println!(">>>report");
+    println!(
+        "tlb-stale: kernel={} smp={cpus} swaps={} readers={} checked={} stale={} stale_swaps={} max_stale_per_swap={} swap_flushes={swap_count} munmap_flushes={unmap_count}",
+        kernel::NAME,
+        out.rounds,
+        out.readers,
+        out.checks,
+        out.stale,
+        out.stale_rounds,
+        out.max_stale_in_round
+    );
+
+    if out.checks == 0 {
+        return Err("readers never made a checked read".into());
+    }
+    check_kernel(&out, cpus, swap_count, unmap_count)
+}
+
+/// The ipiq kernel: no stale read, and each swap's two maps each shot down (unmap too).
+#[cfg(feature = "kernel-patched")]
+fn check_kernel(out: &stale::Outcome, _cpus: usize, swap_count: u64, unmap_count: u64) -> Result<(), String> {
+    if out.stale != 0 {
+        return Err(format!("{} stale reads of {} on the ipiq kernel", out.stale, out.checks));
+    }
+    if swap_count < 2 * out.rounds {
+        return Err(format!("{swap_count} shootdowns for {} swaps", out.rounds));
+    }
+    if unmap_count < 1 {
+        return Err("munmap did not shoot down".into());
+    }
+    println!("tlb-stale: PASS: 0 stale reads of {} (acknowledged shootdown)", out.checks);
+    Ok(())
+}
+
+/// stock-probe: the swaps must have gone through stock's map over a present entry, which sends
+/// one TLB-flush IPI to every other core per map (two maps per swap); the stale reads are the
+/// finding and are only reported.
+#[cfg(all(feature = "kernel-stock-probe", not(feature = "kernel-patched")))]
+fn check_kernel(out: &stale::Outcome, cpus: usize, swap_count: u64, unmap_count: u64) -> Result<(), String> {
+    let expected = 2 * out.rounds * (cpus as u64 - 1);
+    if swap_count < expected {
+        return Err(format!("{swap_count} TLB-flush IPIs for {} swaps on {cpus} cores (expected {expected})", out.rounds));
+    }
+    println!(
+        "tlb-stale: REPORT: stock kernel: {} stale reads of {} checked ({} of {} swaps followed by one); munmap sent {unmap_count} TLB-flush IPIs",
+        out.stale, out.checks, out.stale_rounds, out.rounds
+    );
+    Ok(())
+}
