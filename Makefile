@@ -29,7 +29,7 @@ run-host:
 	$(CARGO) run --release --features std --example dispatch
 
 ## test: the whole suite (what .ci/run runs)
-test: lint test-host test-flood loom check-kernel-target doc bench-smoke image-test test-dispatch
+test: lint test-host test-flood loom check-kernel-target doc bench-smoke image-test test-dispatch tlb-stale-test wakeup-smoke
 	$(MAKE) --no-print-directory guest-bench SMP=2
 
 ## test-host: unit tests, invariant tests I1-I7, bad input, doctests (host platform)

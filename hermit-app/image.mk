@@ -5,7 +5,7 @@
 # location, so both work from any directory. Long steps live in hermit-app/scripts/.
 # See hermit-app/README-image.md for what each step does and how long it takes.
 #
-# Targets:  image loader qemu uhyve image-test kernel-tests image-run image-clean
+# Targets:  image loader qemu uhyve image-test kernel-tests tlb-stale-test image-run image-clean
 # Variables (make VAR=value):
 #   KERNEL=patched|stock|stock-probe   kernel source with hermit-app/kernel/patches/*.patch,
 #                          unpatched, or with only the test probes of kernel/stock-probe-patches/
@@ -18,6 +18,8 @@
 #   KERNEL_FEATURES=...    hermit-kernel cargo features
 #   QEMU_TIMEOUT=120 UHYVE_TIMEOUT=120   seconds before a run is killed
 #   KERNEL_TESTS_KERNELS="patched stock" KERNEL_TESTS_SMP="1 4"   kernel-tests' sources and vCPUs
+#   TLB_STALE_KERNELS=stock-probe TLB_STALE_SMP="2 4" TLB_STALE_MODES=x2APIC TLB_STALE_LOGS=...
+#                          tlb-stale-test's kernels, vCPU counts, APIC models and log folder
 
 IMAGE_HERMIT_APP := $(patsubst %/,%,$(dir $(abspath $(lastword $(MAKEFILE_LIST)))))
 IMAGE_SCRIPTS    := $(IMAGE_HERMIT_APP)/scripts
@@ -40,6 +42,11 @@ IPIQ_TESTS_SMP  ?= 1 2 4 8
 # kernel-tests: which kernel sources (patched, stock) and vCPU counts the package's tests run on.
 KERNEL_TESTS_KERNELS ?= patched stock
 KERNEL_TESTS_SMP     ?= 1 4
+# tlb-stale-test: kernels (patched, stock-probe), vCPU counts, APIC models (x2APIC, xAPIC), logs.
+TLB_STALE_KERNELS ?= stock-probe
+TLB_STALE_SMP     ?= 2 4
+TLB_STALE_MODES   ?= x2APIC
+TLB_STALE_LOGS    ?= $(IMAGE_BUILD)/tlb-stale-logs
 
 ifeq ($(filter $(KERNEL),patched stock stock-probe),)
 $(error KERNEL must be 'patched', 'stock' or 'stock-probe', not '$(KERNEL)')
@@ -58,7 +65,7 @@ LOADER           ?= $(IPIQ_LOADER)
 # Build the project's loader only when it is the one in use.
 IMAGE_LOADER_DEP := $(if $(filter $(IPIQ_LOADER),$(LOADER)),loader)
 
-.PHONY: image loader qemu uhyve image-test kernel-tests image-run image-clean
+.PHONY: image loader qemu uhyve image-test kernel-tests tlb-stale-test image-run image-clean
 .PHONY: hermit-toolchain hermit-kernel qemu-install image-force
 
 ## image: kernel archive (patched or stock) + application image
@@ -127,6 +134,17 @@ kernel-tests: $(IMAGE_LOADER_DEP) qemu-install hermit-toolchain
 	@$(IMAGE_SCRIPTS)/kernel-tests.sh $(HERMIT_TOOLCHAIN) $(LOADER) $(KERNEL_FEATURES) $(IMAGE_BUILD)/kernel-test-logs \
 		$(QEMU_TIMEOUT) "$(KERNEL_TESTS_SMP)" \
 		$(foreach k,$(KERNEL_TESTS_KERNELS),$(k)=$(IMAGE_BUILD)/kernel-$(k)/src:$(IMAGE_BUILD)/kernel-$(k)/test-target)
+
+## tlb-stale-test: the stale-TLB experiment (apps/tlb-stale) on TLB_STALE_KERNELS with
+## TLB_STALE_SMP vCPUs: on stock-probe it reports what readers see after stock's remap (the ipiq
+## kernel's 0 is asserted by ipiq-tests in image-test, and by tlb-stale itself when run on it)
+tlb-stale-test: $(IMAGE_LOADER_DEP) qemu-install
+	@for k in $(TLB_STALE_KERNELS); do \
+		$(MAKE) --no-print-directory -f $(IMAGE_MK) KERNEL=$$k APP=tlb-stale image || exit 1; \
+	done
+	@echo "==> stale-TLB experiment on $(TLB_STALE_KERNELS), $(TLB_STALE_SMP) vCPUs, $(TLB_STALE_MODES); logs in $(TLB_STALE_LOGS)"
+	@$(IMAGE_SCRIPTS)/tlb-stale.sh $(LOADER) $(TLB_STALE_LOGS) $(QEMU_TIMEOUT) "$(TLB_STALE_SMP)" "$(TLB_STALE_MODES)" \
+		$(foreach k,$(TLB_STALE_KERNELS),$(k)=$(IMAGE_BUILD)/kernel-$(k)/apps/x86_64-unknown-hermit/release/tlb-stale)
 
 ## image-run: build everything and boot the first application with 4 cores
 image-run: image $(IMAGE_LOADER_DEP) qemu-install

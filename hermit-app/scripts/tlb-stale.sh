@@ -51,10 +51,12 @@ for spec in "$@"; do
                 failed=$((failed + 1))
             fi
             [ -n "$line" ] || continue
-            # kernel=K smp=N swaps=S readers=R checked=C stale=X stale_swaps=Y max_stale_per_swap=M swap_flushes=F munmap_flushes=U
+            # kernel=K smp=N swaps=S readers=R checked=C stale=X stale_swaps=Y max_stale_per_swap=M
+            # swap_flushes=F munmap_flushes=U late_reads=L late_old=O late_other=T
             rows+=("$(awk -v mode="$mode" '{ for (i = 2; i <= NF; i++) { split($i, kv, "="); v[kv[1]] = kv[2] }
-                printf "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |", v["kernel"], v["smp"], mode, v["swaps"],
-                    v["checked"], v["stale"], v["stale_swaps"], v["max_stale_per_swap"], v["swap_flushes"], v["munmap_flushes"] }' <<<"$line")")
+                printf "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |", v["kernel"], v["smp"], mode, v["swaps"],
+                    v["checked"], v["stale"], v["stale_swaps"], v["max_stale_per_swap"], v["swap_flushes"], v["munmap_flushes"],
+                    v["late_reads"] }' <<<"$line")")
         done
     done
 done
@@ -64,8 +66,11 @@ done
     echo "(sys_ipiq_swap_pages: two maps over present entries). A read counts if it happened after a swap"
     echo "call returned (epoch published) and before the next began; stale = it returned the old frame."
     echo "Flushes: ipiq shootdowns (ipiq kernel) or TLB-flush IPIs sent, vector 112 (stock)."
-    echo "| kernel | vCPUs | APIC | swaps | checked reads | stale reads | swaps followed by a stale read | most after one swap | flushes in swaps | flushes in munmap |"
-    echo "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|"
+    echo "After munmap (stock only): reads of a page other cores were reading, completed after munmap"
+    echo "returned (readers ran until each made 1000 or 100 ms passed): the page is unmapped, so each went through a stale"
+    echo "TLB entry (on the ipiq kernel munmap shoots it down and such a read would fault: not attempted)."
+    echo "| kernel | vCPUs | APIC | swaps | checked reads | stale reads | swaps followed by a stale read | most after one swap | flushes in swaps | flushes in munmap | reads after munmap |"
+    echo "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"
     for r in "${rows[@]}"; do echo "$r"; done
     echo ">>>report"
 } | tee "${SUMMARY:-/dev/null}"

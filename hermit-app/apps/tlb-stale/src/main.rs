@@ -86,6 +86,130 @@ mod kernel {
     pub const COUNTER: &str = "TLB-flush IPIs";
 }
 
+/// stock-probe only: readers on the other cores spin reading page `p`; core 0 munmaps it
+/// (stock: local invlpg only, no IPI; the frame goes back to the free list). Readers go on
+/// reading `p` after munmap returned, with nothing mapped there any more, until they made
+/// `TARGET_READS` reads each or `WINDOW` passed: every read that completes went through a
+/// stale TLB entry. It returns the old content, or, if the
+/// kernel handed the freed frame to someone else meanwhile, their data (counted apart).
+/// Not run on the ipiq kernel: there munmap shoots the entry down, so a reader's next read of
+/// `p` faults, as it should (its munmap shootdowns are counted instead).
+#[cfg(all(feature = "kernel-stock-probe", not(feature = "kernel-patched")))]
+mod after_munmap {
+    use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+    use std::time::{Duration, Instant};
+
+    const PAGE: usize = 4096;
+    const READ_WRITE: u32 = 3;
+    const OLD: u64 = 0xA1A1;
+    /// Reads each reader makes after munmap returned (a host that deschedules a vCPU makes a
+    /// time window alone say little)...
+    const TARGET_READS: u64 = 1000;
+    /// ...or until this much (emulated) time passed.
+    const WINDOW: Duration = Duration::from_millis(100);
+
+    unsafe extern "C" {
+        fn sys_mmap(size: usize, prot_flags: u32, ret: &mut *mut u8) -> i32;
+        fn sys_munmap(ptr: *mut u8, size: usize) -> i32;
+    }
+
+    pub struct Seen {
+        /// Reads of the page that completed after munmap returned.
+        pub reads: u64,
+        /// Of those, the old content (the freed frame).
+        pub old: u64,
+        /// Of those, anything else (the freed frame was reused meanwhile).
+        pub other: u64,
+    }
+
+    pub fn run(me: usize, cpus: usize, spawn: super::stale::Spawn, join: &dyn Fn(i32)) -> Result<Seen, String> {
+        static PHASE: AtomicU64 = AtomicU64::new(0);
+        static READY: AtomicUsize = AtomicUsize::new(0);
+        static STOP: AtomicBool = AtomicBool::new(false);
+        static READS: AtomicU64 = AtomicU64::new(0);
+        static OLD_READS: AtomicU64 = AtomicU64::new(0);
+        static OTHER_READS: AtomicU64 = AtomicU64::new(0);
+        static ADDR: AtomicUsize = AtomicUsize::new(0);
+
+        let mut p: *mut u8 = std::ptr::null_mut();
+        // SAFETY: sys_mmap writes the mapping's address through the reference; the write goes
+        // to the fresh page it returned.
+        unsafe {
+            if sys_mmap(PAGE, READ_WRITE, &mut p) != 0 {
+                return Err("mmap failed".into());
+            }
+            (p as *mut u64).write_volatile(OLD);
+        }
+        // Release: a reader that loads ADDR with Acquire sees the page content written above.
+        ADDR.store(p as usize, Ordering::Release);
+        let readers: Vec<i32> = (0..cpus)
+            .filter(|&core| core != me)
+            .map(|core| {
+                spawn(
+                    core,
+                    Box::new(|| {
+                        let addr = ADDR.load(Ordering::Acquire) as *const u64;
+                        // SAFETY: still mapped: the writer unmaps only after every reader is READY.
+                        let _ = unsafe { addr.read_volatile() };
+                        // Release: pairs with the writer's Acquire wait.
+                        READY.fetch_add(1, Ordering::Release);
+                        // Acquire: the writer's phase changes order the reads below after them.
+                        while !STOP.load(Ordering::Acquire) {
+                            let phase = PHASE.load(Ordering::Acquire);
+                            // SAFETY: none on a correct kernel once phase >= 1: this read of an
+                            // unmapped page is the experiment (stock keeps the stale entry); on
+                            // a kernel that shot it down it would fault, which is why this probe
+                            // runs only on stock-probe.
+                            let value = unsafe { addr.read_volatile() };
+                            if phase >= 1 {
+                                // Relaxed: counters read after the join.
+                                READS.fetch_add(1, Ordering::Relaxed);
+                                if value == OLD {
+                                    OLD_READS.fetch_add(1, Ordering::Relaxed);
+                                } else {
+                                    OTHER_READS.fetch_add(1, Ordering::Relaxed);
+                                }
+                            }
+                        }
+                    }),
+                )
+            })
+            .collect();
+        if readers.iter().any(|&tid| tid < 0) {
+            STOP.store(true, Ordering::Release);
+            return Err("could not start a reader on every other core".into());
+        }
+        // Acquire: pairs with each reader's Release increment.
+        while READY.load(Ordering::Acquire) < readers.len() {
+            std::hint::spin_loop();
+        }
+        std::thread::sleep(Duration::from_micros(200));
+        // SAFETY: our own mapping; the readers' reads after this are the experiment.
+        let code = unsafe { sys_munmap(p, PAGE) };
+        // Release: reads counted from here on happened after munmap returned.
+        PHASE.store(1, Ordering::Release);
+        let began = Instant::now();
+        let target = TARGET_READS * readers.len() as u64;
+        // Relaxed: only a progress estimate; the exact count is read after the join.
+        while READS.load(Ordering::Relaxed) < target && began.elapsed() < WINDOW {
+            std::hint::spin_loop();
+        }
+        // Release: readers stop reading.
+        STOP.store(true, Ordering::Release);
+        for tid in readers {
+            join(tid);
+        }
+        if code != 0 {
+            return Err(format!("munmap returned {code}"));
+        }
+        Ok(Seen {
+            reads: READS.load(Ordering::Relaxed),
+            old: OLD_READS.load(Ordering::Relaxed),
+            other: OTHER_READS.load(Ordering::Relaxed),
+        })
+    }
+}
+
 fn main() {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let me = apic_id();
@@ -127,12 +251,19 @@ fn run(me: usize, cpus: usize, rounds: u64) -> Result<(), String> {
     let after_unmap = kernel::counter()?;
     let swap_count = after_swaps - before;
     let unmap_count = after_unmap - after_swaps;
+    #[cfg(all(feature = "kernel-stock-probe", not(feature = "kernel-patched")))]
+    let seen = after_munmap::run(me, cpus, &spawn_on, &join)?;
+    // Reads of an unmapped page after munmap returned: (reads, old content, other), stock only.
+    #[cfg(all(feature = "kernel-stock-probe", not(feature = "kernel-patched")))]
+    let (late, late_old, late_other) = (seen.reads.to_string(), seen.old.to_string(), seen.other.to_string());
+    #[cfg(feature = "kernel-patched")]
+    let (late, late_old, late_other) = ("-".to_string(), "-".to_string(), "-".to_string());
 
     println!("<<<report Stale TLB after a remap: {} kernel, {cpus} vCPUs", kernel::NAME);
-    println!("| kernel | vCPUs | swaps | readers | checked reads | stale reads | swaps followed by a stale read | most stale reads after one swap | {} in swaps | {} in munmap |", kernel::COUNTER, kernel::COUNTER);
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("| kernel | vCPUs | swaps | readers | checked reads | stale reads | swaps followed by a stale read | most stale reads after one swap | {} in swaps | {} in munmap | reads of a page after its munmap returned (until 1000 per reader or 100 ms) | of them old content | of them other data |", kernel::COUNTER, kernel::COUNTER);
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     println!(
-        "| {} | {cpus} | {} | {} | {} | {} | {} | {} | {swap_count} | {unmap_count} |",
+        "| {} | {cpus} | {} | {} | {} | {} | {} | {} | {swap_count} | {unmap_count} | {late} | {late_old} | {late_other} |",
         kernel::NAME,
         out.rounds,
         out.readers,
@@ -143,7 +274,7 @@ fn run(me: usize, cpus: usize, rounds: u64) -> Result<(), String> {
     );
     println!(">>>report");
     println!(
-        "tlb-stale: kernel={} smp={cpus} swaps={} readers={} checked={} stale={} stale_swaps={} max_stale_per_swap={} swap_flushes={swap_count} munmap_flushes={unmap_count}",
+        "tlb-stale: kernel={} smp={cpus} swaps={} readers={} checked={} stale={} stale_swaps={} max_stale_per_swap={} swap_flushes={swap_count} munmap_flushes={unmap_count} late_reads={late} late_old={late_old} late_other={late_other}",
         kernel::NAME,
         out.rounds,
         out.readers,
@@ -156,12 +287,13 @@ fn run(me: usize, cpus: usize, rounds: u64) -> Result<(), String> {
     if out.checks == 0 {
         return Err("readers never made a checked read".into());
     }
-    check_kernel(&out, cpus, swap_count, unmap_count)
+    let late_note = format!("{late} reads of an unmapped page completed after munmap returned ({late_old} old content, {late_other} other data; readers ran until each made 1000 or 100 ms passed)");
+    check_kernel(&out, cpus, swap_count, unmap_count, &late_note)
 }
 
 /// The ipiq kernel: no stale read, and each swap's two maps each shot down (unmap too).
 #[cfg(feature = "kernel-patched")]
-fn check_kernel(out: &stale::Outcome, _cpus: usize, swap_count: u64, unmap_count: u64) -> Result<(), String> {
+fn check_kernel(out: &stale::Outcome, _cpus: usize, swap_count: u64, unmap_count: u64, _late: &str) -> Result<(), String> {
     if out.stale != 0 {
         return Err(format!("{} stale reads of {} on the ipiq kernel", out.stale, out.checks));
     }
@@ -179,13 +311,13 @@ fn check_kernel(out: &stale::Outcome, _cpus: usize, swap_count: u64, unmap_count
 /// one TLB-flush IPI to every other core per map (two maps per swap); the stale reads are the
 /// finding and are only reported.
 #[cfg(all(feature = "kernel-stock-probe", not(feature = "kernel-patched")))]
-fn check_kernel(out: &stale::Outcome, cpus: usize, swap_count: u64, unmap_count: u64) -> Result<(), String> {
+fn check_kernel(out: &stale::Outcome, cpus: usize, swap_count: u64, unmap_count: u64, late: &str) -> Result<(), String> {
     let expected = 2 * out.rounds * (cpus as u64 - 1);
     if swap_count < expected {
         return Err(format!("{swap_count} TLB-flush IPIs for {} swaps on {cpus} cores (expected {expected})", out.rounds));
     }
     println!(
-        "tlb-stale: REPORT: stock kernel: {} stale reads of {} checked ({} of {} swaps followed by one); munmap sent {unmap_count} TLB-flush IPIs",
+        "tlb-stale: REPORT: stock kernel: {} stale reads of {} checked ({} of {} swaps followed by one); munmap sent {unmap_count} TLB-flush IPIs; {late}",
         out.stale, out.checks, out.stale_rounds, out.rounds
     );
     Ok(())

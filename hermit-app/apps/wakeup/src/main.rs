@@ -11,7 +11,7 @@
 //! IPIs stock sent, from the probe's counters; with neither feature (plain stock) n/a.
 //! The same source builds for every kernel; only the feature picks the counters.
 //!
-//! Argument (after `--` on the kernel command line): round trips per primitive (default 10000).
+//! Argument (after `--` on the kernel command line): round trips per primitive (default 2000).
 //! Output: one `<<<report` block and one `wakeup:` line per primitive; exits 0 only if every
 //! hand-off arrived (the partner counted exactly as many as were sent).
 
@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 const THREAD_STACK_SIZE: usize = 0x4_0000;
 const NORMAL_PRIORITY: u8 = 2;
-const DEFAULT_ROUNDS: u64 = 10_000;
+const DEFAULT_ROUNDS: u64 = 2_000;
 /// Round trips run before measuring (the partner's stack and the scheduler's paths are warm).
 const WARMUP: u64 = 100;
 
