@@ -4,9 +4,12 @@
 #               under QEMU with 4 cores (ipiq messages against std threads and channels)
 #   make test   everything CI runs: host tests, loom models, the no_std kernel-target build,
 #               lints, docs, a smoke run of every benchmark, then the Hermit images under QEMU
-#               (1/2/4/8 vCPUs, x2APIC and xAPIC)
+#               (1/2/4/8 vCPUs, x2APIC and xAPIC), and smoke runs of the comparisons with the
+#               stock kernel (tlb-stale-test, wakeup-smoke)
 #   make bench  host benchmarks against peers; report in results/bench-report.md
 #   make guest-bench SMP=8   in-guest measurements under QEMU
+#   make guest-wakeup        wake-up ping-pong, ipiq kernel against stock (bench.mk)
+#   make guest-tlb-stale     stale-TLB experiment, ipiq kernel against stock (bench.mk)
 #
 # The image pipeline (kernel, loader, apps, QEMU, uhyve) lives in hermit-app/image.mk; its
 # variables (KERNEL=stock, SMP, CPU, MEM, LOADER, APP, ...) work here too.

@@ -464,6 +464,7 @@ fn test_stale_tlb(me: usize, cpus: usize) -> Result<String, String> {
     // Every swap is two shootdowns that need every vCPU; under TCG with more vCPUs than host
     // cores each costs host scheduling slices, so fewer rounds on big guests.
     let rounds: u64 = if cpus > 4 { 20 } else { 100 };
+    stale::swap_rejects_bad_input()?;
     let before = hermit::stats(me).map_err(|e| e.to_string())?;
     let spawn = |core: usize, job: Box<dyn FnOnce() + Send>| spawn_on(core, job);
     let (out, pages) = stale::run(me, cpus, rounds, &spawn, &join)?;

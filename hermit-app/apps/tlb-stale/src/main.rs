@@ -244,6 +244,8 @@ fn main() {
 }
 
 fn run(me: usize, cpus: usize, rounds: u64) -> Result<(), String> {
+    stale::swap_rejects_bad_input()?;
+    println!("tlb-stale: sys_ipiq_swap_pages refuses bad input with -EINVAL");
     let before = kernel::counter()?;
     let (out, pages) = stale::run(me, cpus, rounds, &spawn_on, &join)?;
     let after_swaps = kernel::counter()?;

@@ -60,6 +60,43 @@ impl Pages {
     }
 }
 
+/// `sys_ipiq_swap_pages` must refuse bad input with -EINVAL (-22) and change nothing: the same
+/// page twice, an unaligned address, an unmapped page, a non-canonical address.
+pub fn swap_rejects_bad_input() -> Result<(), String> {
+    const EINVAL: i32 = -22;
+    let mut p: *mut u8 = std::ptr::null_mut();
+    // SAFETY: sys_mmap writes the mapping's address through the reference.
+    if unsafe { sys_mmap(PAGE, READ_WRITE, &mut p) } != 0 {
+        return Err("mmap failed".into());
+    }
+    // A page that was mapped and is not any more (virtual address 0 is no such page: Hermit maps it).
+    let mut gone: *mut u8 = std::ptr::null_mut();
+    // SAFETY: as above; then our own mapping is unmapped again, nothing reads it.
+    if unsafe { sys_mmap(PAGE, READ_WRITE, &mut gone) } != 0 || unsafe { sys_munmap(gone, PAGE) } != 0 {
+        return Err("mmap/munmap failed".into());
+    }
+    let (p, gone) = (p as usize, gone as usize);
+    // SAFETY: `p` is our fresh page.
+    unsafe { (p as *mut u64).write_volatile(0x5A) };
+    let cases = [("the same page twice", p, p), ("unaligned", p + 8, p), ("unmapped", p, gone), ("non-canonical", p, 1 << 63)];
+    let mut wrong = Vec::new();
+    for (what, a, b) in cases {
+        // SAFETY: every case is refused before anything is mapped (what this checks).
+        let code = unsafe { sys_ipiq_swap_pages(a, b) };
+        if code != EINVAL {
+            wrong.push(format!("{what}: {code}"));
+        }
+    }
+    // SAFETY: `p` is still our page (the refused swaps changed nothing; checked here).
+    let kept = unsafe { (p as *const u64).read_volatile() } == 0x5A;
+    // SAFETY: our own mapping.
+    unsafe { sys_munmap(p as *mut u8, PAGE) };
+    if !wrong.is_empty() || !kept {
+        return Err(format!("sys_ipiq_swap_pages accepted bad input: {} (page kept: {kept})", wrong.join(", ")));
+    }
+    Ok(())
+}
+
 /// Starts `job` on core `core` (pinned) and returns a handle for `join`.
 pub type Spawn<'a> = &'a dyn Fn(usize, Box<dyn FnOnce() + Send>) -> i32;
 

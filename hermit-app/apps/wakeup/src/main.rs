@@ -100,7 +100,7 @@ mod kernel {
 
 #[cfg(not(any(feature = "kernel-patched", feature = "kernel-stock-probe")))]
 mod kernel {
-    pub const NAME: &str = "stock (no counters)";
+    pub const NAME: &str = "stock-no-counters";
     pub const IPIS: &str = "IPIs";
     pub fn counts() -> super::Counts {
         super::Counts { ipis: None, messages: None }
