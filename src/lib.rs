@@ -27,7 +27,10 @@
 //!   reschedule hook), [`Ipiq::tick`] (the timer hook), the cpusync family
 //!   ([`Ipiq::cpusync_simple`], [`Ipiq::cpusync_fastdata`], [`Ipiq::cpusync_start`],
 //!   [`CpuSync::add`], [`CpuSync::finish`]), [`Ipiq::shootdown`] (TLB shootdown on cpusync),
-//!   per-core [`Stats`], and the IPI-avoidance switch [`Ipiq::set_ipi_avoidance`].
+//!   per-core [`Stats`] (switchable at run time with [`Ipiq::set_stats`]: one flag read
+//!   Relaxed on the send and drain paths, see the `stats` module), the IPI-avoidance switch
+//!   [`Ipiq::set_ipi_avoidance`], and [`Ipiq::shootdown_on`] (ranged or forced-full shootdown
+//!   on chosen cores, for measurements).
 //!
 //! ## Invariants (each checked by a test in `tests/`)
 //! - **I1 order**: messages from core A to core B run on B in the order A sent them.
