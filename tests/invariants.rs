@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ipiq::host::{HostConfig, HostMachine, HostPlatform};
-use ipiq::{Config, CpuSet, Ipiq, Seq, SyncWork};
+use ipiq::{Config, CpuSet, Ipiq, Message, Seq, SyncWork};
 
 type Q = Ipiq<HostPlatform>;
 
@@ -608,5 +608,45 @@ fn boxed_closures_run_on_their_target() {
         })
         .unwrap();
     assert_eq!(rx.recv_timeout(Duration::from_secs(5)).unwrap(), 1);
+    machine.shutdown();
+}
+
+#[test]
+fn a_batch_longer_than_the_fifo_runs_in_order_with_few_ipis() {
+    let machine = machine(2, 16);
+    let book = leak(OrderBook {
+        last: (0..2)
+            .map(|_| (0..2).map(|_| AtomicU64::new(0)).collect())
+            .collect(),
+        violations: AtomicUsize::new(0),
+        received: AtomicUsize::new(0),
+    });
+    let q = machine.ipiq();
+    machine
+        .run_on(0, move |core| {
+            let q = core.ipiq();
+            // Numbers 1..=1000 from sender 0, packed as in the I1 test.
+            let batch: Vec<Message<HostPlatform>> = (1..=1000)
+                .map(|i| Message::new(check_order, book, i))
+                .collect();
+            let seq = q.send_batch(1, &batch).unwrap();
+            assert_eq!(seq, q.seq(1).unwrap(), "the batch's last sequence number");
+            q.wait(1, seq).unwrap();
+            assert_eq!(
+                q.send_batch(1, &[]),
+                Ok(Seq(0)),
+                "an empty batch sends nothing"
+            );
+            // To the calling core: every message runs at once, in the caller.
+            assert_eq!(q.send_batch(0, &batch[..3]), Ok(Seq(0)));
+        })
+        .unwrap();
+    let book = arg::<OrderBook>(book);
+    assert_eq!(book.violations.load(Ordering::Relaxed), 0);
+    assert_eq!(book.received.load(Ordering::Relaxed), 1003);
+    let sender = q.stats(0).unwrap();
+    assert_eq!((sender.sent, sender.local), (1000, 3));
+    // One IPI per batch at most, plus the FIFO-full path's (the FIFO holds 16 of the 1000).
+    assert!(sender.ipis <= 1 + sender.fifo_full, "{sender:?}");
     machine.shutdown();
 }
