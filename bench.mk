@@ -13,7 +13,7 @@
 #                           summary table (results/guest-logs/rayon-summary.md) and the gathered
 #                           report results/guest-rayon-report.md
 #   make guest-rayon-smoke  the same with 10^5 elements and a 128x128 grid, one boot per kernel
-#                           at 2 vCPUs (part of make test)
+#                           at 2 vCPUs, plus scripts/test-guest-report.sh (part of make test)
 
 CARGO ?= cargo
 RAYON_KERNELS ?= patched stock
@@ -47,7 +47,11 @@ guest-rayon: rayon-images $(IMAGE_LOADER_DEP) qemu-install
 		$(foreach k,$(RAYON_KERNELS),$(foreach n,$(RAYON_SMP),$(GUEST_LOGS)/rayon-$(k)-$(n).log)) \
 		$(GUEST_LOGS)/rayon-summary.md
 
-## guest-rayon-smoke: rayon-work with tiny sizes, one boot per kernel at 2 vCPUs (make test)
+## guest-rayon-smoke: rayon-work with tiny sizes, one boot per kernel at 2 vCPUs, and the report
+## gatherer on made-up logs and on those two (make test)
 guest-rayon-smoke: rayon-images $(IMAGE_LOADER_DEP) qemu-install
+	@$(IMAGE_SCRIPTS)/test-guest-report.sh
 	@$(IMAGE_SCRIPTS)/guest-rayon.sh $(LOADER) $(CPU) $(RAYON_MEM) 120 $(IMAGE_BUILD)/test-logs rayon-smoke \
 		2 smoke $(RAYON_IMAGES)
+	@$(IMAGE_SCRIPTS)/guest-report.sh $(IMAGE_BUILD)/test-logs/rayon-smoke-report.md \
+		$(foreach k,$(RAYON_KERNELS),$(IMAGE_BUILD)/test-logs/rayon-smoke-$(k)-2.log)

@@ -10,8 +10,10 @@
 # QEMU_DATADIR names its firmware directory, passed as -L, if it is not where the binary expects).
 # Writes OUT_DIR/rayon-<kernel>-<smp>.log, OUT_DIR/rayon-summary.md (one table, both kernels per
 # vCPU count) and OUT_DIR/machine.txt. Exit status 1 if a boot failed or a result was wrong.
-# Environment: SMP_LIST ("1 2 4 8 16"), MEM (1G), CPU (qemu64,+x2apic,+fsgsbase), TIMEOUT (600 s
-# per boot), GUEST_ARGS ("": the full workload; "smoke" for a quick try).
+# Environment: SMP_LIST ("1 2 4 8 16"), MEM (1G), CPU (qemu64,+x2apic,+fsgsbase), TIMEOUT (120 s
+# per boot), BUDGET (total seconds, 0 = none: no boot starts after it and each boot's limit is cut
+# to what is left; boots go by vCPU count, both kernels each), GUEST_ARGS ("": the full workload;
+# "smoke" for a quick try). Without a QEMU there, make one here: scripts/bundle-qemu.sh DIR.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 
@@ -22,7 +24,9 @@ for f in "$patched" "$stock" "$loader"; do
 done
 [ -x "$qemu" ] || { echo "error: $qemu is not an executable QEMU binary" >&2; exit 2; }
 smps="${SMP_LIST:-1 2 4 8 16}" mem="${MEM:-1G}" cpu="${CPU:-qemu64,+x2apic,+fsgsbase}"
-limit="${TIMEOUT:-600}" guest_args="${GUEST_ARGS:-}"
+limit="${TIMEOUT:-120}" guest_args="${GUEST_ARGS:-}" budget="${BUDGET:-0}"
+[[ "$budget" =~ ^[0-9]+$ ]] || { echo "error: BUDGET must be a number of seconds" >&2; exit 2; }
+[ "$budget" = 0 ] || export RAYON_DEADLINE=$(($(date +%s) + budget))
 
 # qemu.sh runs qemu-system-x86_64 from PATH: put the given binary first.
 bin="$(mktemp -d)"
@@ -43,7 +47,7 @@ done </proc/cpuinfo
     echo "date: $(date -u '+%Y-%m-%d %H:%M UTC')"
     echo "host CPU: $model, $(nproc) cores"
     echo "QEMU: ${version%%$'\n'*}, ${qemu_args[*]}"
-    echo "guest: CPU $cpu, $mem, vCPUs $smps${guest_args:+, args: $guest_args}"
+    echo "guest: CPU $cpu, $mem, vCPUs $smps${guest_args:+, args: $guest_args}; per boot ${limit} s${RAYON_DEADLINE:+, budget $budget s}"
 } | tee "$out/machine.txt"
 
 "$here/guest-rayon.sh" "$loader" "$cpu" "$mem" "$limit" "$out" rayon "$smps" "$guest_args" \

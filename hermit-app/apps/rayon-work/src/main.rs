@@ -31,8 +31,16 @@ struct Config {
 }
 
 impl Config {
-    const FULL: Config = Config { sort_len: 10_000_000, grid: 1024, iters: 10 };
-    const SMOKE: Config = Config { sort_len: 100_000, grid: 128, iters: 10 };
+    const FULL: Config = Config {
+        sort_len: 10_000_000,
+        grid: 1024,
+        iters: 10,
+    };
+    const SMOKE: Config = Config {
+        sort_len: 100_000,
+        grid: 128,
+        iters: 10,
+    };
 
     fn from_args(args: &[String]) -> Result<Config, String> {
         let mut config = Config::FULL;
@@ -52,7 +60,9 @@ impl Config {
                 "grid" if (3..=8192).contains(&value) => config.grid = value,
                 "iters" if (1..=100_000).contains(&value) => config.iters = value,
                 "sort" | "grid" | "iters" => {
-                    return Err(format!("argument '{arg}' out of range (sort 1..=2^28, grid 3..=8192, iters 1..=100000)"))
+                    return Err(format!(
+                        "argument '{arg}' out of range (sort 1..=2^28, grid 3..=8192, iters 1..=100000)"
+                    ))
                 }
                 _ => return Err(format!("unknown argument '{arg}'")),
             }
@@ -72,7 +82,11 @@ struct IpiCounts {
 #[cfg(feature = "ipiq-stats")]
 fn ipi_counts() -> Result<Option<IpiCounts>, String> {
     let s = ipiq::hermit::total_stats().map_err(|e| format!("ipiq stats: {e}"))?;
-    Ok(Some(IpiCounts { messages: s.sent, ipis: s.ipis, avoided: s.avoided }))
+    Ok(Some(IpiCounts {
+        messages: s.sent,
+        ipis: s.ipis,
+        avoided: s.avoided,
+    }))
 }
 
 #[cfg(not(feature = "ipiq-stats"))]
@@ -159,7 +173,9 @@ fn check_sorted(label: &str, v: &[u32], want: &Fingerprint, problems: &mut Vec<S
     }
     let got = fingerprint(v);
     if &got != want {
-        problems.push(format!("{label}: fingerprint {got:?} differs from the input's {want:?}"));
+        problems.push(format!(
+            "{label}: fingerprint {got:?} differs from the input's {want:?}"
+        ));
     }
 }
 
@@ -225,7 +241,9 @@ fn relax_row(old: &[f64], row: &mut [f64], i: usize, n: usize) {
 fn jacobi_seq(n: usize, iters: usize) -> Vec<f64> {
     let (mut a, mut b) = (initial_grid(n), initial_grid(n));
     for _ in 0..iters {
-        b.chunks_mut(n).enumerate().for_each(|(i, row)| relax_row(&a, row, i, n));
+        b.chunks_mut(n)
+            .enumerate()
+            .for_each(|(i, row)| relax_row(&a, row, i, n));
         std::mem::swap(&mut a, &mut b);
     }
     a
@@ -235,7 +253,9 @@ fn jacobi_par(n: usize, iters: usize) -> Vec<f64> {
     let (mut a, mut b) = (initial_grid(n), initial_grid(n));
     for _ in 0..iters {
         let old = &a;
-        b.par_chunks_mut(n).enumerate().for_each(|(i, row)| relax_row(old, row, i, n));
+        b.par_chunks_mut(n)
+            .enumerate()
+            .for_each(|(i, row)| relax_row(old, row, i, n));
         std::mem::swap(&mut a, &mut b);
     }
     a
@@ -246,7 +266,12 @@ fn jacobi_par(n: usize, iters: usize) -> Vec<f64> {
 /// left-right symmetry, never increasing from one row to the next, and heat reached row 1.
 fn check_grid(g: &[f64], n: usize, problems: &mut Vec<String>) {
     if let Some(k) = g.iter().position(|v| !(0.0..=1.0).contains(v)) {
-        problems.push(format!("stencil: cell ({}, {}) = {} outside [0, 1]", k / n, k % n, g[k]));
+        problems.push(format!(
+            "stencil: cell ({}, {}) = {} outside [0, 1]",
+            k / n,
+            k % n,
+            g[k]
+        ));
     }
     'mirror: for i in 0..n {
         for j in 0..n / 2 {
@@ -293,7 +318,10 @@ fn stencil_workload(pool: Option<&ThreadPool>, n: usize, iters: usize) -> Result
         ));
     }
     let sum: f64 = seq.iter().sum();
-    println!("stencil: {n}x{n}, {iters} sweeps, sum of cells {sum:.6}, centre {:.6e}", seq[(n / 2) * n + n / 2]);
+    println!(
+        "stencil: {n}x{n}, {iters} sweeps, sum of cells {sum:.6}, centre {:.6e}",
+        seq[(n / 2) * n + n / 2]
+    );
     Ok(Outcome {
         name: "stencil",
         size: format!("{n}x{n} f64, {iters} sweeps"),
@@ -317,9 +345,15 @@ fn counts(c: Option<IpiCounts>) -> [String; 3] {
 fn run() -> Result<bool, String> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let config = Config::from_args(&args)?;
-    let kernel = if cfg!(feature = "ipiq-stats") { "patched" } else { "stock" };
+    let kernel = if cfg!(feature = "ipiq-stats") {
+        "patched"
+    } else {
+        "stock"
+    };
 
-    let vcpus = std::thread::available_parallelism().map_err(|e| format!("available_parallelism: {e}"))?.get();
+    let vcpus = std::thread::available_parallelism()
+        .map_err(|e| format!("available_parallelism: {e}"))?
+        .get();
     let global_threads = rayon::current_num_threads();
     let pool = if global_threads == vcpus {
         None
