@@ -7,6 +7,7 @@
 #               (1/2/4/8 vCPUs, x2APIC and xAPIC)
 #   make bench  host benchmarks against peers; report in results/bench-report.md
 #   make guest-bench SMP=8   in-guest measurements under QEMU (guest-bench-all: 2, 4, 8 vCPUs)
+#   make guest-rayon         rayon workloads on the patched and the stock kernel, 1/2/4/8 vCPUs
 #
 # The image pipeline (kernel, loader, apps, QEMU, uhyve) lives in hermit-app/image.mk; its
 # variables (KERNEL=stock, SMP, CPU, MEM, LOADER, APP, ...) work here too.
@@ -29,7 +30,7 @@ run-host:
 	$(CARGO) run --release --features std --example dispatch
 
 ## test: the whole suite (what .ci/run runs)
-test: lint test-host test-flood loom check-kernel-target doc bench-smoke image-test test-dispatch
+test: lint test-host test-flood loom check-kernel-target doc bench-smoke image-test test-dispatch guest-rayon-smoke
 	$(MAKE) --no-print-directory guest-bench-smoke
 
 ## test-host: unit tests, invariant tests I1-I7, bad input, doctests (host platform)

@@ -9,6 +9,8 @@
 # Variables (make VAR=value):
 #   KERNEL=patched|stock   kernel source with or without hermit-app/kernel/patches/*.patch
 #   APP=cores              application under hermit-app/apps/
+#   APP_FEATURES=...       the application's cargo features; an app that declares the feature
+#                          `ipiq-stats` (it reads ipiq's counters) gets it with KERNEL=patched only
 #   SMP=4 CPU=... MEM=512M QEMU/uhyve guest shape (qemu, uhyve, image-run)
 #   LOADER=path            multiboot loader for QEMU (default: the project's own, built here;
 #                          Hermit's official hermit-loader-x86_64 works too)
@@ -46,6 +48,9 @@ IMAGE_PRISTINE   := $(IMAGE_BUILD)/registry/hermit-kernel-$(HERMIT_KERNEL_VERSIO
 IMAGE_KERNEL_DIR := $(IMAGE_BUILD)/kernel-$(KERNEL)
 IMAGE_PATCHES    := $(if $(filter patched,$(KERNEL)),$(sort $(wildcard $(IMAGE_HERMIT_APP)/kernel/patches/*.patch)))
 IMAGE_APP_DIR     = $(IMAGE_HERMIT_APP)/apps/$(APP)
+APP_FEATURES     ?=
+# `ipiq-stats` links the sys_ipiq_stats syscall, which only the patched kernel has.
+IMAGE_APP_FEATURES = $(strip $(APP_FEATURES) $(if $(filter patched,$(KERNEL)),$(if $(shell grep -s '^ipiq-stats *=' $(IMAGE_APP_DIR)/Cargo.toml),ipiq-stats)))
 IMAGE             = $(IMAGE_KERNEL_DIR)/apps/x86_64-unknown-hermit/release/$(APP)
 IPIQ_LOADER      := $(IMAGE_BUILD)/loader/x86_64-unknown-none/release/ipiq-loader
 LOADER           ?= $(IPIQ_LOADER)
@@ -57,7 +62,7 @@ IMAGE_LOADER_DEP := $(if $(filter $(IPIQ_LOADER),$(LOADER)),loader)
 
 ## image: kernel archive (patched or stock) + application image
 image: hermit-kernel
-	@$(IMAGE_SCRIPTS)/build-app.sh $(HERMIT_TOOLCHAIN) $(IMAGE_APP_DIR) $(IMAGE_KERNEL_DIR) $(IMAGE_KERNEL_DIR)/apps
+	@$(IMAGE_SCRIPTS)/build-app.sh $(HERMIT_TOOLCHAIN) $(IMAGE_APP_DIR) $(IMAGE_KERNEL_DIR) $(IMAGE_KERNEL_DIR)/apps "$(IMAGE_APP_FEATURES)"
 	@echo "==> image: $(IMAGE)"
 
 hermit-toolchain:
