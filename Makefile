@@ -7,7 +7,8 @@
 #               (1/2/4/8 vCPUs, x2APIC and xAPIC), and smoke runs of the comparisons with the
 #               stock kernel (tlb-stale-test, wakeup-smoke)
 #   make bench  host benchmarks against peers; report in results/bench-report.md
-#   make guest-bench SMP=8   in-guest measurements under QEMU
+#   make guest-bench SMP=8   in-guest measurements under QEMU (guest-bench-all: 2, 4, 8 vCPUs)
+#   make guest-rayon         rayon workloads on the patched and the stock kernel, 1/2/4/8 vCPUs
 #   make guest-wakeup        wake-up ping-pong, ipiq kernel against stock (bench.mk)
 #   make guest-tlb-stale     stale-TLB experiment, ipiq kernel against stock (bench.mk)
 #
@@ -21,7 +22,7 @@ CARGO ?= cargo
 # loom's preemption bound per model is set in tests/loom.rs; this overrides it when set.
 LOOM_MAX_PREEMPTIONS ?=
 
-.PHONY: run run-host test test-host test-flood test-dispatch guest-bench loom check-kernel-target lint doc ci-tools
+.PHONY: run run-host test test-host test-flood test-dispatch guest-bench guest-bench-smoke guest-bench-all guest-bench-run loom check-kernel-target lint doc ci-tools
 
 ## run: the dispatch demo on the host, then in the Hermit image with 4 cores
 run: run-host
@@ -32,8 +33,8 @@ run-host:
 	$(CARGO) run --release --features std --example dispatch
 
 ## test: the whole suite (what .ci/run runs)
-test: lint test-host test-flood loom check-kernel-target doc bench-smoke image-test test-dispatch tlb-stale-test wakeup-smoke
-	$(MAKE) --no-print-directory guest-bench SMP=2
+test: lint test-host test-flood loom check-kernel-target doc bench-smoke image-test test-dispatch guest-rayon-smoke tlb-stale-test wakeup-smoke
+	$(MAKE) --no-print-directory guest-bench-smoke
 
 ## test-host: unit tests, invariant tests I1-I7, bad input, doctests (host platform)
 test-host:
@@ -49,9 +50,33 @@ test-dispatch:
 	$(MAKE) --no-print-directory qemu APP=dispatch SMP=4
 	$(MAKE) --no-print-directory qemu APP=dispatch SMP=2 CPU=qemu64,+fsgsbase
 
-## guest-bench: in-guest measurements (IPIs per message, passive, round trip, multicast)
+# The in-guest benchmark app builds two binaries: ipiq-bench (the figures) and ipiq-bench-smoke
+# (the same paths with small counts, for `make test`). Each boot's log: results/guest-logs/.
+GUEST_BENCH_BIN      = $(IMAGE_KERNEL_DIR)/apps/x86_64-unknown-hermit/release
+GUEST_BENCH_LOGS    := results/guest-logs
+GUEST_BENCH_SMPS    ?= 2 4 8
+GUEST_BENCH_TIMEOUT ?= 600
+
+## guest-bench: in-guest measurements with SMP vCPUs (streaming, passive, round trip against a
+## raw IPI, ranged against full shootdown, statistics on/off, multicast); log in
+## results/guest-logs/ipiq-bench-SMP.log
 guest-bench:
-	$(MAKE) --no-print-directory qemu APP=ipiq-bench SMP=$(SMP)
+	@$(MAKE) --no-print-directory guest-bench-run GUEST_BENCH_NAME=ipiq-bench SMP=$(SMP)
+
+## guest-bench-smoke: the same with small counts at 2 vCPUs, in seconds (part of `make test`)
+guest-bench-smoke:
+	@$(MAKE) --no-print-directory guest-bench-run GUEST_BENCH_NAME=ipiq-bench-smoke SMP=2
+
+## guest-bench-all: guest-bench with 2, 4 and 8 vCPUs (GUEST_BENCH_SMPS)
+guest-bench-all:
+	@for n in $(GUEST_BENCH_SMPS); do $(MAKE) --no-print-directory guest-bench SMP=$$n || exit 1; done
+
+guest-bench-run:
+	@$(MAKE) --no-print-directory image $(IMAGE_LOADER_DEP) qemu-install APP=ipiq-bench
+	@mkdir -p $(GUEST_BENCH_LOGS)
+	@echo "==> booting $(GUEST_BENCH_NAME) under QEMU: $(SMP) cores, cpu $(CPU); log $(GUEST_BENCH_LOGS)/$(GUEST_BENCH_NAME)-$(SMP).log"
+	@bash -o pipefail -c '$(IMAGE_SCRIPTS)/qemu.sh $(LOADER) $(GUEST_BENCH_BIN)/$(GUEST_BENCH_NAME) $(SMP) $(CPU) $(MEM) \
+		$(GUEST_BENCH_TIMEOUT) 2>&1 | tee $(GUEST_BENCH_LOGS)/$(GUEST_BENCH_NAME)-$(SMP).log'
 
 ## loom: model checks of the npoll handshake, FIFO-full progress and cpusync
 loom:

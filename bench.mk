@@ -5,27 +5,43 @@
 #                                 plots in results/bench-report.md
 #   make -f bench.mk bench-smoke  every case with tiny counts (seconds), to keep the bench building
 #
-# Guest comparisons of the ipiq kernel with stock (the stock-probe kernel: stock + counters), under
-# QEMU; logs and <<<report tables in results/guest-logs/:
-#   make guest-wakeup      cross-core wake-up ping-pong (apps/wakeup) at WAKEUP_SMP vCPUs
-#   make wakeup-smoke      the same with WAKEUP_SMOKE_ROUNDS round trips, one boot per kernel (make test)
-#   make guest-tlb-stale   stale-TLB experiment (apps/tlb-stale), 2/4/8 vCPUs, x2APIC and xAPIC
+# Guest benchmarks on code no one here wrote (need hermit-app/image.mk: run them from the top
+# Makefile):
+#   make guest-rayon        rayon-work (rayon's par_sort_unstable and a Jacobi stencil) on the
+#                           patched and the stock kernel with 1, 2, 4, 8 vCPUs under QEMU TCG
+#                           (~3 min here); logs results/guest-logs/rayon-<kernel>-<smp>.log, one
+#                           summary table (results/guest-logs/rayon-summary.md) and the gathered
+#                           report results/guest-rayon-report.md
+#   make guest-rayon-smoke  the same with 10^5 elements and a 128x128 grid, one boot per kernel
+#                           at 2 vCPUs, plus scripts/test-guest-report.sh (part of make test)
+#
+#   make guest-wakeup       cross-core wake-up ping-pong (apps/wakeup), ipiq kernel against stock
+#                           (stock-probe: stock + IPI counters) at WAKEUP_SMP vCPUs, medians of
+#                           WAKEUP_REPEATS boots; logs results/guest-logs/wakeup-<kernel>-<smp>.log,
+#                           side-by-side table results/guest-logs/wakeup-summary.log
+#   make wakeup-smoke       the same, WAKEUP_SMOKE_ROUNDS round trips, one boot per kernel (make test)
+#   make guest-tlb-stale    stale-TLB experiment (apps/tlb-stale) on both kernels, 2/4/8 vCPUs,
+#                           x2APIC and xAPIC; boots in results/guest-logs/tlb-stale/, table
+#                           results/guest-logs/tlb-stale-summary.log
 
 CARGO ?= cargo
-BENCH_MK_DIR := $(patsubst %/,%,$(dir $(abspath $(lastword $(MAKEFILE_LIST)))))
-BENCH_IMAGE_MK := $(BENCH_MK_DIR)/hermit-app/image.mk
-GUEST_LOGS ?= $(BENCH_MK_DIR)/results/guest-logs
-WAKEUP_SMP ?= 2 4
+RAYON_KERNELS ?= patched stock
+RAYON_SMP     ?= 1 2 4 8
+RAYON_MEM     ?= 512M
+RAYON_TIMEOUT ?= 300
+GUEST_LOGS    ?= results/guest-logs
+RAYON_IMAGES   = $(foreach k,$(RAYON_KERNELS),$(k)=$(IMAGE_BUILD)/kernel-$(k)/apps/x86_64-unknown-hermit/release/rayon-work)
+
+WAKEUP_SMP          ?= 2 4
 # Round trips per primitive (empty: the app's default, 2000).
-WAKEUP_ROUNDS ?= 2000
+WAKEUP_ROUNDS       ?= 2000
 WAKEUP_SMOKE_ROUNDS ?= 200
 # Boots per kernel and vCPU count (medians reported; emulated time follows the host's load).
-WAKEUP_REPEATS ?= 3
-WAKEUP_TIMEOUT ?= 300
-BENCH_LOADER = $(or $(LOADER),$(BENCH_MK_DIR)/hermit-app/build/loader/x86_64-unknown-none/release/ipiq-loader)
-BENCH_APP_IMAGE = $(BENCH_MK_DIR)/hermit-app/build/kernel-$(1)/apps/x86_64-unknown-hermit/release/$(2)
+WAKEUP_REPEATS      ?= 3
+WAKEUP_TIMEOUT      ?= 300
+WAKEUP_IMAGES        = $(foreach k,patched stock-probe,$(k)=$(IMAGE_BUILD)/kernel-$(k)/apps/x86_64-unknown-hermit/release/wakeup)
 
-.PHONY: bench bench-smoke guest-wakeup wakeup-smoke wakeup-images guest-tlb-stale
+.PHONY: bench bench-smoke guest-rayon guest-rayon-smoke rayon-images guest-wakeup wakeup-smoke wakeup-images guest-tlb-stale
 
 ## bench: host benchmarks against peers; writes results/bench-report.md
 bench:
@@ -35,31 +51,50 @@ bench:
 bench-smoke:
 	IPIQ_BENCH_SMOKE=1 $(CARGO) bench --features std --bench ipiq_bench
 
-# The wakeup app for both kernels, the loader and QEMU.
+rayon-images:
+	@for k in $(RAYON_KERNELS); do \
+		$(MAKE) --no-print-directory -f $(IMAGE_MK) image APP=rayon-work KERNEL=$$k || exit 1; \
+	done
+
+## guest-rayon: rayon-work on each kernel with 1, 2, 4, 8 vCPUs; logs, summary and report in results/
+guest-rayon: rayon-images $(IMAGE_LOADER_DEP) qemu-install
+	@echo "==> QEMU TCG on $$(nproc) host cores: past $$(nproc) vCPUs the vCPUs share host cores, so time scaling there is not meaningful"
+	@$(IMAGE_SCRIPTS)/guest-rayon.sh $(LOADER) $(CPU) $(RAYON_MEM) $(RAYON_TIMEOUT) $(GUEST_LOGS) rayon \
+		"$(RAYON_SMP)" "" $(RAYON_IMAGES)
+	@$(IMAGE_SCRIPTS)/guest-report.sh results/guest-rayon-report.md \
+		$(foreach k,$(RAYON_KERNELS),$(foreach n,$(RAYON_SMP),$(GUEST_LOGS)/rayon-$(k)-$(n).log)) \
+		$(GUEST_LOGS)/rayon-summary.md
+
+## guest-rayon-smoke: rayon-work with tiny sizes, one boot per kernel at 2 vCPUs, and the report
+## gatherer on made-up logs and on those two (make test)
+guest-rayon-smoke: rayon-images $(IMAGE_LOADER_DEP) qemu-install
+	@$(IMAGE_SCRIPTS)/test-guest-report.sh
+	@$(IMAGE_SCRIPTS)/guest-rayon.sh $(LOADER) $(CPU) $(RAYON_MEM) 120 $(IMAGE_BUILD)/test-logs rayon-smoke \
+		2 smoke $(RAYON_IMAGES)
+	@$(IMAGE_SCRIPTS)/guest-report.sh $(IMAGE_BUILD)/test-logs/rayon-smoke-report.md \
+		$(foreach k,$(RAYON_KERNELS),$(IMAGE_BUILD)/test-logs/rayon-smoke-$(k)-2.log)
+
 wakeup-images:
 	@for k in patched stock-probe; do \
-		$(MAKE) --no-print-directory -f $(BENCH_IMAGE_MK) KERNEL=$$k APP=wakeup image || exit 1; \
+		$(MAKE) --no-print-directory -f $(IMAGE_MK) image APP=wakeup KERNEL=$$k || exit 1; \
 	done
-	@$(MAKE) --no-print-directory -f $(BENCH_IMAGE_MK) loader qemu-install
 
 ## guest-wakeup: wake-up ping-pong, ipiq kernel against stock at WAKEUP_SMP vCPUs; side-by-side
 ## table in results/guest-logs/wakeup-summary.log, boots in results/guest-logs/wakeup-KERNEL-SMP.log
-guest-wakeup: wakeup-images
+guest-wakeup: wakeup-images $(IMAGE_LOADER_DEP) qemu-install
 	@mkdir -p $(GUEST_LOGS)
-	REPEATS=$(WAKEUP_REPEATS) SUMMARY=$(GUEST_LOGS)/wakeup-summary.log $(BENCH_MK_DIR)/hermit-app/scripts/wakeup.sh $(BENCH_LOADER) $(GUEST_LOGS) \
-		$(WAKEUP_TIMEOUT) "$(WAKEUP_SMP)" "$(WAKEUP_ROUNDS)" \
-		patched=$(call BENCH_APP_IMAGE,patched,wakeup) stock-probe=$(call BENCH_APP_IMAGE,stock-probe,wakeup)
+	@REPEATS=$(WAKEUP_REPEATS) SUMMARY=$(GUEST_LOGS)/wakeup-summary.log $(IMAGE_SCRIPTS)/wakeup.sh $(LOADER) $(GUEST_LOGS) \
+		$(WAKEUP_TIMEOUT) "$(WAKEUP_SMP)" "$(WAKEUP_ROUNDS)" $(WAKEUP_IMAGES)
 
-## wakeup-smoke: the same, WAKEUP_SMOKE_ROUNDS round trips, 2 vCPUs, one boot per kernel
-wakeup-smoke: wakeup-images
-	$(BENCH_MK_DIR)/hermit-app/scripts/wakeup.sh $(BENCH_LOADER) $(BENCH_MK_DIR)/hermit-app/build/wakeup-smoke-logs \
-		$(WAKEUP_TIMEOUT) 2 "$(WAKEUP_SMOKE_ROUNDS)" \
-		patched=$(call BENCH_APP_IMAGE,patched,wakeup) stock-probe=$(call BENCH_APP_IMAGE,stock-probe,wakeup)
+## wakeup-smoke: the same, WAKEUP_SMOKE_ROUNDS round trips, 2 vCPUs, one boot per kernel (make test)
+wakeup-smoke: wakeup-images $(IMAGE_LOADER_DEP) qemu-install
+	@$(IMAGE_SCRIPTS)/wakeup.sh $(LOADER) $(IMAGE_BUILD)/test-logs/wakeup-smoke $(WAKEUP_TIMEOUT) 2 "$(WAKEUP_SMOKE_ROUNDS)" \
+		$(WAKEUP_IMAGES)
 
 ## guest-tlb-stale: stale-TLB experiment on the ipiq kernel and stock-probe, 2/4/8 vCPUs, x2APIC
 ## and xAPIC; table in results/guest-logs/tlb-stale-summary.log, boots in results/guest-logs/tlb-stale/
 guest-tlb-stale:
 	@mkdir -p $(GUEST_LOGS)
-	SUMMARY=$(GUEST_LOGS)/tlb-stale-summary.log $(MAKE) --no-print-directory -f $(BENCH_IMAGE_MK) tlb-stale-test \
+	@SUMMARY=$(GUEST_LOGS)/tlb-stale-summary.log $(MAKE) --no-print-directory -f $(IMAGE_MK) tlb-stale-test \
 		TLB_STALE_KERNELS="patched stock-probe" TLB_STALE_SMP="2 4 8" TLB_STALE_MODES="x2APIC xAPIC" \
-		TLB_STALE_LOGS=$(GUEST_LOGS)/tlb-stale
+		TLB_STALE_LOGS=$(abspath $(GUEST_LOGS))/tlb-stale

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::TrySendError;
 use ipiq::host::{HostConfig, HostMachine, HostPlatform};
-use ipiq::Ipiq;
+use ipiq::{IpiFn, Ipiq, Message};
 
 type Q = Ipiq<HostPlatform>;
 
@@ -35,6 +35,8 @@ type Msg = (Work, usize, usize);
 
 /// Slots of every bounded queue (ipiq's default FIFO size).
 const SLOTS: usize = 256;
+/// How long an idle target polls (`Ipiq::poll`) before sleeping, in the cases that say so.
+const IDLE_POLL_US: u64 = 50;
 
 // ----- the message functions -----------------------------------------------------------------
 
@@ -298,28 +300,50 @@ struct Run {
     wakeups: Option<u64>,
 }
 
-/// ipiq on a 2-core HostMachine: core 0 sends `n` messages to core 1. With `poll`, core 1 runs
-/// `process()` in a loop (a busy core that drains at every safe point); without, it idles like the
-/// kernel's idle loop (`idle_until`: drain on IPI, otherwise sleep until the next IPI or tick).
-/// With `passive`, the sender uses `send_passive` (no fence and no IPI until the FIFO is a quarter
-/// full) instead of `send`.
-fn ipiq_stream(n: u64, poll: bool, passive: bool) -> Run {
-    let machine = HostMachine::start(HostConfig::cpus(2));
+/// How the target core of an ipiq streaming run behaves.
+#[derive(Clone, Copy)]
+enum Target {
+    /// The kernel's idle loop (`idle_until`: drain on IPI, otherwise sleep until the next IPI or
+    /// tick), first polling (`Ipiq::poll`, signalled) for the given time if it is not zero.
+    Idles(Duration),
+    /// A busy core calling `process()` at every safe point.
+    Polls,
+}
+
+/// How the sender of an ipiq streaming run queues its messages.
+#[derive(Clone, Copy)]
+enum Sender {
+    /// `send`, one message at a time.
+    Send,
+    /// `send_passive` (no fence and no IPI until the FIFO is a quarter full).
+    Passive,
+    /// `send_batch` of this many messages (one fence and at most one IPI per batch).
+    Batch(usize),
+}
+
+/// ipiq on a 2-core HostMachine: core 0 sends `n` messages to core 1.
+fn ipiq_stream(n: u64, target: Target, sender: Sender) -> Run {
+    let mut config = HostConfig::cpus(2);
+    if let Target::Idles(poll) = target {
+        config.idle_poll = poll;
+    }
+    let machine = HostMachine::start(config);
     let counter = Arc::new(Pad(AtomicU64::new(0)));
     let barrier = Arc::new(Barrier::new(2));
     let (c, b) = (counter.clone(), barrier.clone());
     let target = machine
         .spawn_on(1, move |core| {
             b.wait();
-            if poll {
-                let mut spin = Spin::new();
-                while c.0.load(Ordering::Relaxed) < n {
-                    if core.ipiq().process() == 0 {
-                        spin.spin();
+            match target {
+                Target::Polls => {
+                    let mut spin = Spin::new();
+                    while c.0.load(Ordering::Relaxed) < n {
+                        if core.ipiq().process() == 0 {
+                            spin.spin();
+                        }
                     }
                 }
-            } else {
-                core.idle_until(|| c.0.load(Ordering::Relaxed) >= n);
+                Target::Idles(_) => core.idle_until(|| c.0.load(Ordering::Relaxed) >= n),
             }
             Instant::now()
         })
@@ -332,13 +356,25 @@ fn ipiq_stream(n: u64, poll: bool, passive: bool) -> Run {
             q.reset_stats();
             b.wait();
             let start = Instant::now();
-            if passive {
-                for _ in 0..n {
-                    q.send_passive(1, ipiq_add, at, 1).expect("core 1 online");
+            match sender {
+                Sender::Send => {
+                    for _ in 0..n {
+                        q.send(1, ipiq_add, at, 1).expect("core 1 online");
+                    }
                 }
-            } else {
-                for _ in 0..n {
-                    q.send(1, ipiq_add, at, 1).expect("core 1 online");
+                Sender::Passive => {
+                    for _ in 0..n {
+                        q.send_passive(1, ipiq_add, at, 1).expect("core 1 online");
+                    }
+                }
+                Sender::Batch(k) => {
+                    let batch = vec![Message::new(ipiq_add as IpiFn<_>, at, 1); k];
+                    let mut left = n as usize;
+                    while left > 0 {
+                        let now = left.min(k);
+                        q.send_batch(1, &batch[..now]).expect("core 1 online");
+                        left -= now;
+                    }
                 }
             }
             start
@@ -1126,10 +1162,10 @@ fn main() {
     let n = p.stream;
     let stream = vec![
         throughput("ipiq send, target idles (drain on IPI)", p.runs, n, || {
-            ipiq_stream(n, false, false)
+            ipiq_stream(n, Target::Idles(Duration::ZERO), Sender::Send)
         }),
         throughput("ipiq send, target polls process()", p.runs, n, || {
-            ipiq_stream(n, true, false)
+            ipiq_stream(n, Target::Polls, Sender::Send)
         }),
         throughput("bare SPSC ring (limit)", p.runs, n, || ring_stream(n)),
         throughput("crossbeam-channel bounded(256)", p.runs, n, || {
@@ -1144,18 +1180,44 @@ fn main() {
     let crossbeam = stream[3].rate;
     let ring = stream[2].rate;
     let mut stream = stream;
-    stream.push(throughput(
-        "ipiq send_passive, target idles",
-        p.runs,
-        n,
-        || ipiq_stream(n, false, true),
-    ));
-    stream.push(throughput(
-        "ipiq send_passive, target polls",
-        p.runs,
-        n,
-        || ipiq_stream(n, true, true),
-    ));
+    let idle_poll = Duration::from_micros(IDLE_POLL_US);
+    let more: [(&'static str, Target, Sender); 6] = [
+        (
+            "ipiq send, target idles, polls 50 us first",
+            Target::Idles(idle_poll),
+            Sender::Send,
+        ),
+        (
+            "ipiq send_batch(64), target polls process()",
+            Target::Polls,
+            Sender::Batch(64),
+        ),
+        (
+            "ipiq send_batch(64), target idles, polls 50 us first",
+            Target::Idles(idle_poll),
+            Sender::Batch(64),
+        ),
+        (
+            "ipiq send_passive, target idles",
+            Target::Idles(Duration::ZERO),
+            Sender::Passive,
+        ),
+        (
+            "ipiq send_passive, target polls",
+            Target::Polls,
+            Sender::Passive,
+        ),
+        (
+            "ipiq send_batch(64), target idles (drain on IPI)",
+            Target::Idles(Duration::ZERO),
+            Sender::Batch(64),
+        ),
+    ];
+    for (name, target, sender) in more {
+        stream.push(throughput(name, p.runs, n, move || {
+            ipiq_stream(n, target, sender)
+        }));
+    }
 
     // (2) latency
     eprintln!("round trip:");

@@ -9,8 +9,11 @@
 # Variables (make VAR=value):
 #   KERNEL=patched|stock|stock-probe   kernel source with hermit-app/kernel/patches/*.patch,
 #                          unpatched, or with only the test probes of kernel/stock-probe-patches/
-#   APP=cores              application under hermit-app/apps/ (built with its cargo feature
-#                          kernel-$(KERNEL) when it declares one)
+#   APP=cores              application under hermit-app/apps/
+#   APP_FEATURES=...       the application's cargo features; an app that declares the feature
+#                          `ipiq-stats` (it reads ipiq's counters) gets it with KERNEL=patched only,
+#                          one that declares `probe-stats` (stock-probe's counters) with
+#                          KERNEL=stock-probe only
 #   APP_ARGS=...           arguments for the application (qemu: passed after '--' on the command line)
 #   SMP=4 CPU=... MEM=512M QEMU/uhyve guest shape (qemu, uhyve, image-run)
 #   LOADER=path            multiboot loader for QEMU (default: the project's own, built here;
@@ -59,6 +62,12 @@ IMAGE_KERNEL_DIR := $(IMAGE_BUILD)/kernel-$(KERNEL)
 IMAGE_PATCH_DIR  := $(if $(filter patched,$(KERNEL)),kernel/patches,$(if $(filter stock-probe,$(KERNEL)),kernel/stock-probe-patches))
 IMAGE_PATCHES    := $(if $(IMAGE_PATCH_DIR),$(sort $(wildcard $(IMAGE_HERMIT_APP)/$(IMAGE_PATCH_DIR)/*.patch)))
 IMAGE_APP_DIR     = $(IMAGE_HERMIT_APP)/apps/$(APP)
+APP_FEATURES     ?=
+# `ipiq-stats` links the sys_ipiq_stats syscall, which only the patched kernel has;
+# `probe-stats` links stock-probe's sys_probe_ipi_counts.
+IMAGE_APP_FEATURES = $(strip $(APP_FEATURES) \
+	$(if $(filter patched,$(KERNEL)),$(if $(shell grep -s '^ipiq-stats *=' $(IMAGE_APP_DIR)/Cargo.toml),ipiq-stats)) \
+	$(if $(filter stock-probe,$(KERNEL)),$(if $(shell grep -s '^probe-stats *=' $(IMAGE_APP_DIR)/Cargo.toml),probe-stats)))
 IMAGE             = $(IMAGE_KERNEL_DIR)/apps/x86_64-unknown-hermit/release/$(APP)
 IPIQ_LOADER      := $(IMAGE_BUILD)/loader/x86_64-unknown-none/release/ipiq-loader
 LOADER           ?= $(IPIQ_LOADER)
@@ -70,7 +79,7 @@ IMAGE_LOADER_DEP := $(if $(filter $(IPIQ_LOADER),$(LOADER)),loader)
 
 ## image: kernel archive (patched or stock) + application image
 image: hermit-kernel
-	@$(IMAGE_SCRIPTS)/build-app.sh $(HERMIT_TOOLCHAIN) $(IMAGE_APP_DIR) $(IMAGE_KERNEL_DIR) $(IMAGE_KERNEL_DIR)/apps $(KERNEL)
+	@$(IMAGE_SCRIPTS)/build-app.sh $(HERMIT_TOOLCHAIN) $(IMAGE_APP_DIR) $(IMAGE_KERNEL_DIR) $(IMAGE_KERNEL_DIR)/apps "$(IMAGE_APP_FEATURES)"
 	@echo "==> image: $(IMAGE)"
 
 hermit-toolchain:
@@ -117,7 +126,7 @@ uhyve: image
 image-test: override APP := cores
 image-test: image $(IMAGE_LOADER_DEP) qemu-install
 ifeq ($(KERNEL),patched)
-	@$(IMAGE_SCRIPTS)/build-app.sh $(HERMIT_TOOLCHAIN) $(IMAGE_HERMIT_APP)/apps/ipiq-tests $(IMAGE_KERNEL_DIR) $(IMAGE_KERNEL_DIR)/apps $(KERNEL)
+	@$(IMAGE_SCRIPTS)/build-app.sh $(HERMIT_TOOLCHAIN) $(IMAGE_HERMIT_APP)/apps/ipiq-tests $(IMAGE_KERNEL_DIR) $(IMAGE_KERNEL_DIR)/apps
 	@IPIQ_TESTS_SMP="$(IPIQ_TESTS_SMP)" $(IMAGE_SCRIPTS)/image-test.sh $(LOADER) $(IMAGE) $(KERNEL) $(IMAGE_KERNEL_DIR)/test-logs $(QEMU_TIMEOUT) \
 		$(IMAGE_KERNEL_DIR)/apps/x86_64-unknown-hermit/release/ipiq-tests
 else

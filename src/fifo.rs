@@ -12,6 +12,10 @@
 //!   (`rindex` advances) before its function runs, so a nested drain of the same ring from inside
 //!   that function continues with the next message, but `xindex` only moves when the outermost
 //!   function from this ring returns (see [`Fifo::finish`]).
+//! - Each side keeps the last index of the other side it read (`rindex_seen`, `windex_seen`):
+//!   lower bounds, since indices only grow, so acting on them is safe (a sender may think the
+//!   ring fuller than it is, a target emptier), and each side reads the other's cache line only
+//!   when its bound runs out.
 
 use alloc::boxed::Box;
 use alloc::vec::Vec;
@@ -23,19 +27,29 @@ use crate::Platform;
 
 /// A ring of `capacity` (a power of two) message slots between one sender and one target core.
 ///
-/// Layout: the read-only fields, the sender's line (`windex`) and the target's line (`rindex`,
-/// `xindex`, `depth`) never share a cache line, so a push touches the target's line only to
-/// read `rindex`.
+/// Layout: the read-only fields, the sender's line (`windex`, `rindex_seen`) and the target's
+/// line (`rindex`, `xindex`, `depth`) never share a cache line, and a push reads the target's
+/// line only when the ring may be full (the sender keeps the last `rindex` it saw).
 pub(crate) struct Fifo<P: Platform> {
     /// `capacity - 1`. Read-only.
     mask: u64,
     /// The slots. Read-only pointer; contents handed over by the index protocol.
     slots: Box<[UnsafeCell<MaybeUninit<Message<P>>>]>,
-    /// Next slot the sender writes; published with Release after the slot is written.
-    /// Written by the sender core only.
-    windex: CachePadded<AtomicU64>,
+    /// Everything the sender core writes.
+    sender: CachePadded<SenderSide>,
     /// Everything the target core writes.
     target: CachePadded<TargetSide>,
+}
+
+/// The fields of a [`Fifo`] that only its sender core writes.
+struct SenderSide {
+    /// Next slot the sender writes; published with Release after the slot is written.
+    windex: AtomicU64,
+    /// The last `rindex` the sender read: a lower bound of the real one (rindex only grows), so
+    /// `windex - rindex_seen` over-estimates how full the ring is. The sender reads the target's
+    /// line only when this estimate says the ring may be too full, not on every push. Private to
+    /// the sender core; atomic only so that the ring is `Sync` without unsafe.
+    rindex_seen: AtomicU64,
 }
 
 /// The fields of a [`Fifo`] that only its target core writes.
@@ -45,6 +59,9 @@ struct TargetSide {
     rindex: AtomicU64,
     /// Messages whose function returned (for `wait`).
     xindex: AtomicU64,
+    /// The last `windex` the target read: a lower bound of the real one. `take` reads the
+    /// sender's line only when it has taken everything up to this. Private to the target core.
+    windex_seen: AtomicU64,
     /// How many functions from this ring are running on the target's stack right now (nesting).
     /// Private to the target core; atomic only so that the ring is `Sync` without unsafe.
     depth: AtomicUsize,
@@ -73,10 +90,14 @@ impl<P: Platform> Fifo<P> {
         Self {
             mask: capacity as u64 - 1,
             slots: slots.into_boxed_slice(),
-            windex: CachePadded(AtomicU64::new(0)),
+            sender: CachePadded(SenderSide {
+                windex: AtomicU64::new(0),
+                rindex_seen: AtomicU64::new(0),
+            }),
             target: CachePadded(TargetSide {
                 rindex: AtomicU64::new(0),
                 xindex: AtomicU64::new(0),
+                windex_seen: AtomicU64::new(0),
                 depth: AtomicUsize::new(0),
             }),
         }
@@ -87,12 +108,31 @@ impl<P: Platform> Fifo<P> {
         self.mask + 1
     }
 
-    /// Sender side: messages queued and not yet taken.
+    /// Sender side: messages queued and not yet taken (exact: reads the target's `rindex`).
     #[inline]
     pub(crate) fn used(&self) -> u64 {
-        // Relaxed for windex: only the sender (the caller) writes it. Acquire for rindex: the
-        // target's Release store says it has copied the slot out, so the sender may overwrite it.
-        self.windex.load(Ordering::Relaxed) - self.target.rindex.load(Ordering::Acquire)
+        // Relaxed for windex: only the sender (the caller) writes it.
+        self.sender.windex.load(Ordering::Relaxed) - self.refresh_rindex()
+    }
+
+    /// Sender side: an upper bound of [`Fifo::used`] that does not touch the target's cache line
+    /// (from the last `rindex` the sender read). Callers compare it with a threshold and call
+    /// `used` only when the bound reaches it.
+    #[inline]
+    pub(crate) fn used_at_most(&self) -> u64 {
+        // Relaxed: both fields are written by the sender (the caller) only.
+        self.sender.windex.load(Ordering::Relaxed) - self.sender.rindex_seen.load(Ordering::Relaxed)
+    }
+
+    /// Sender side: reads the target's `rindex` and remembers it; returns it.
+    #[inline]
+    fn refresh_rindex(&self) -> u64 {
+        // Acquire: the target's Release store says it has copied the slots below it out, so the
+        // sender may overwrite them.
+        let r = self.target.rindex.load(Ordering::Acquire);
+        // Relaxed: private to the sender core.
+        self.sender.rindex_seen.store(r, Ordering::Relaxed);
+        r
     }
 
     /// Sender side: the write index (the sequence number of the last queued message).
@@ -100,7 +140,7 @@ impl<P: Platform> Fifo<P> {
     pub(crate) fn windex(&self) -> u64 {
         // Acquire: callers other than the sender (wait validation) read it to compare with
         // sequence numbers the sender handed out; pairs with the Release in `push`.
-        self.windex.load(Ordering::Acquire)
+        self.sender.windex.load(Ordering::Acquire)
     }
 
     /// Messages whose function has returned on the target.
@@ -117,19 +157,24 @@ impl<P: Platform> Fifo<P> {
     /// sender on the same core interleaves).
     #[inline]
     pub(crate) fn push(&self, message: Message<P>) -> Option<u64> {
-        let w = self.windex.load(Ordering::Relaxed);
-        if w - self.target.rindex.load(Ordering::Acquire) > self.mask {
+        // Relaxed: only the sender (the caller) writes windex and rindex_seen.
+        let w = self.sender.windex.load(Ordering::Relaxed);
+        if w - self.sender.rindex_seen.load(Ordering::Relaxed) > self.mask
+            && w - self.refresh_rindex() > self.mask
+        {
             return None;
         }
         self.slots[(w & self.mask) as usize].with_mut(|slot| {
-            // SAFETY: slot `w` is outside `rindex..windex` (checked above, and the Acquire load of
-            // rindex ordered the target's last read of it before this write), so only the sender
-            // touches it until the Release store below publishes it.
+            // SAFETY: slot `w` is outside `rindex..windex` (checked above against a value of
+            // rindex this core read with Acquire, now or at an earlier push: rindex only grows, so
+            // the slot was freed then, and that Acquire ordered the target's last read of it
+            // before this write), so only the sender touches it until the Release store below
+            // publishes it.
             unsafe { (*slot).write(message) };
         });
         // Release: publishes the slot contents before the new index (pairs with the Acquire in
         // `take`).
-        self.windex.store(w + 1, Ordering::Release);
+        self.sender.windex.store(w + 1, Ordering::Release);
         Some(w + 1)
     }
 
@@ -137,7 +182,7 @@ impl<P: Platform> Fifo<P> {
     #[inline]
     pub(crate) fn has_pending(&self) -> bool {
         // Acquire: pairs with the Release in `push` (a `true` answer is followed by a `take`).
-        self.windex.load(Ordering::Acquire) != self.target.rindex.load(Ordering::Relaxed)
+        self.sender.windex.load(Ordering::Acquire) != self.target.rindex.load(Ordering::Relaxed)
     }
 
     /// Target side: takes the next message, if any, and marks its function as running.
@@ -147,12 +192,20 @@ impl<P: Platform> Fifo<P> {
     pub(crate) fn take(&self) -> Option<Taken<P>> {
         // Relaxed: only this core writes rindex.
         let r = self.target.rindex.load(Ordering::Relaxed);
-        // Acquire: pairs with the sender's Release store of windex, making the slot visible.
-        if self.windex.load(Ordering::Acquire) == r {
-            return None;
+        // Relaxed: private to this core.
+        if self.target.windex_seen.load(Ordering::Relaxed) == r {
+            // Acquire: pairs with the sender's Release store of windex, making the slots below
+            // it visible.
+            let w = self.sender.windex.load(Ordering::Acquire);
+            if w == r {
+                return None;
+            }
+            // Relaxed: private to this core.
+            self.target.windex_seen.store(w, Ordering::Relaxed);
         }
         let message = self.slots[(r & self.mask) as usize].with(|slot| {
-            // SAFETY: slot `r` is inside `rindex..windex`, published by the Acquire above, and the
+            // SAFETY: slot `r` is inside `rindex..windex`: published by a Release store of windex
+            // that this core Acquired (now, or when it read `windex_seen` > r earlier), and the
             // sender does not write it until rindex moves past it.
             unsafe { (*slot).assume_init_read() }
         });

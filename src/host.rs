@@ -49,6 +49,9 @@ pub struct HostConfig {
     pub ipi_delay: Duration,
     /// Seed of the fault-injection generator.
     pub seed: u64,
+    /// How long an idle core polls its queues (through [`Ipiq::poll`], staying signalled so
+    /// senders need no IPI) before it sleeps; zero: it sleeps at once, as a core that halts.
+    pub idle_poll: Duration,
 }
 
 impl HostConfig {
@@ -62,6 +65,7 @@ impl HostConfig {
             delay_ipi_per_mille: 0,
             ipi_delay: Duration::from_micros(200),
             seed: 0x9e37_79b9_7f4a_7c15,
+            idle_poll: Duration::ZERO,
         }
     }
 }
@@ -305,6 +309,7 @@ pub struct HostCore<'a> {
     ipiq: &'a Ipiq<HostPlatform>,
     tick: Duration,
     next_tick: Cell<Instant>,
+    idle_poll: Duration,
 }
 
 impl HostCore<'_> {
@@ -337,12 +342,33 @@ impl HostCore<'_> {
         ran
     }
 
-    /// Idles (taking interrupts, sleeping between them) until `done()` holds.
+    /// Idles (taking interrupts, sleeping between them) until `done()` holds. With
+    /// [`HostConfig::idle_poll`], the core first polls its queues that long (signalled: senders
+    /// skip the IPI) and sleeps only when nothing came in that time.
     pub fn idle_until(&self, mut done: impl FnMut() -> bool) {
         loop {
             self.interrupt_point();
             if done() {
                 return;
+            }
+            if !self.idle_poll.is_zero() {
+                let mut until = Instant::now() + self.idle_poll;
+                loop {
+                    self.interrupt_point();
+                    if self.ipiq.poll() > 0 {
+                        until = Instant::now() + self.idle_poll;
+                    }
+                    if done() || Instant::now() >= until {
+                        break;
+                    }
+                    std::hint::spin_loop();
+                }
+                // `poll`'s contract: `process` clears the signal after a last look before the
+                // core turns to other work or sleeps.
+                self.ipiq.process();
+                if done() {
+                    return;
+                }
             }
             self.sleep();
         }
@@ -398,10 +424,10 @@ impl HostMachine {
             inboxes.push(tx);
             let core_ipiq = ipiq.clone();
             let stop = stop.clone();
-            let tick = config.tick;
+            let (tick, idle_poll) = (config.tick, config.idle_poll);
             let handle = thread::Builder::new()
                 .name(format!("cpu{cpu}"))
-                .spawn(move || core_loop(cpu, &core_ipiq, &rx, &stop, tick))
+                .spawn(move || core_loop(cpu, &core_ipiq, &rx, &stop, tick, idle_poll))
                 .expect("spawning a simulated core thread");
             // Registered here too, so unparks work before the thread has started.
             let _ = ipiq.platform().cores[cpu]
@@ -523,6 +549,7 @@ fn core_loop(
     inbox: &mpsc::Receiver<Task>,
     stop: &AtomicBool,
     tick: Duration,
+    idle_poll: Duration,
 ) {
     CURRENT.with(|c| c.set(Some(cpu)));
     let core = HostCore {
@@ -530,6 +557,7 @@ fn core_loop(
         ipiq,
         tick,
         next_tick: Cell::new(Instant::now() + tick),
+        idle_poll,
     };
     loop {
         core.interrupt_point();

@@ -16,18 +16,24 @@
 //!   single-producer/single-consumer FIFO of [`Message`]s (a function and two words), allocated
 //!   on first use, so an idle pair costs one pointer.
 //! - Where it departs from the seed: per-target `npoll` (at most one IPI in flight per target,
-//!   none while it drains); sends from inside a message function never block (a full FIFO
+//!   none while it drains or polls, and the target writes it only when it starts or stops);
+//!   each FIFO side caches the other's index, so a send touches only its own cache line until
+//!   the ring may be half full; sends from inside a message function never block (a full FIFO
 //!   spills to a per-core, per-target ordered list that the drain loop pushes as room appears,
 //!   so nesting stays one drain deep under any flood); `wait` stays exact when message
 //!   functions nest; watchdogs return [`Error::TimedOut`] instead of panicking.
 //! - Operations, seed name in brackets: [`Ipiq::send`] (`lwkt_send_ipiq`),
 //!   [`Ipiq::send_passive`] (`_passive`), [`Ipiq::try_send`] (`_nowait`), [`Ipiq::send_many`]
-//!   (`_mask`, any [`CpuSet`]), [`Ipiq::seq`] / [`Ipiq::wait`] (`lwkt_seq_ipiq` /
-//!   `lwkt_wait_ipiq`), [`Ipiq::process`] (`lwkt_process_ipiq`, the interrupt, idle and
-//!   reschedule hook), [`Ipiq::tick`] (the timer hook), the cpusync family
-//!   ([`Ipiq::cpusync_simple`], [`Ipiq::cpusync_fastdata`], [`Ipiq::cpusync_start`],
+//!   (`_mask`, any [`CpuSet`]), [`Ipiq::send_batch`] (many messages to one target, one fence),
+//!   [`Ipiq::seq`] / [`Ipiq::wait`] (`lwkt_seq_ipiq` / `lwkt_wait_ipiq`), [`Ipiq::process`]
+//!   (`lwkt_process_ipiq`, the interrupt, idle and reschedule hook), [`Ipiq::poll`] (an idle
+//!   loop polling before it halts, staying signalled), [`Ipiq::tick`] (the timer hook), the
+//!   cpusync family ([`Ipiq::cpusync_simple`], [`Ipiq::cpusync_fastdata`], [`Ipiq::cpusync_start`],
 //!   [`CpuSync::add`], [`CpuSync::finish`]), [`Ipiq::shootdown`] (TLB shootdown on cpusync),
-//!   per-core [`Stats`], and the IPI-avoidance switch [`Ipiq::set_ipi_avoidance`].
+//!   per-core [`Stats`] (switchable at run time with [`Ipiq::set_stats`]: one flag read
+//!   Relaxed on the send and drain paths, see the `stats` module), the IPI-avoidance switch
+//!   [`Ipiq::set_ipi_avoidance`], and [`Ipiq::shootdown_on`] (ranged or forced-full shootdown
+//!   on chosen cores, for measurements).
 //!
 //! ## Invariants (each checked by a test in `tests/`)
 //! - **I1 order**: messages from core A to core B run on B in the order A sent them.

@@ -10,6 +10,9 @@
 //! sees the other's store: either the target's last scan finds the message, or the sender finds
 //! `npoll` clear and sends an IPI. Hence any number of senders cause at most one IPI in flight per
 //! target (I3) and no message is left behind (I2). The loom model in `tests/loom.rs` checks this.
+//! The target writes `npoll` only when it starts or stops: while its passes find work, and while
+//! an idle loop polls through [`Ipiq::poll`], the flag stays set and senders streaming into it
+//! only read a line nobody writes.
 //!
 //! # Context
 //! Every operation disables interrupts for its duration (through the platform), so it is never
@@ -354,6 +357,46 @@ impl<P: Platform> Ipiq<P> {
         self.send_kind(target, Message::new(func, arg0, arg1), Kind::Nowait)
     }
 
+    /// Queues `messages` to `target` in order and wakes it once, after a single fence: the
+    /// streaming form of [`Ipiq::send`], with one store-load barrier and at most one IPI per
+    /// batch instead of per message. Returns the sequence number of the last message (waiting
+    /// on it waits for the whole batch); an empty batch returns `Seq(0)` and sends nothing.
+    /// Messages to the calling core run at once, in the caller (I7).
+    ///
+    /// Context and blocking as `send`: a batch may be longer than the FIFO; when the FIFO is
+    /// over half full the target is signalled and the caller drains its own queues until there
+    /// is room. Errors: [`Error::NoSuchCpu`] and [`Error::CpuOffline`] before anything is
+    /// queued; [`Error::TimedOut`] if the FIFO stayed full (the messages already queued still
+    /// run: the target is signalled).
+    pub fn send_batch(&self, target: CpuId, messages: &[Message<P>]) -> Result<Seq, Error> {
+        self.check_cpu(target)?;
+        let irq = self.platform.irq_save();
+        let me = self.platform.current_cpu();
+        let result = if target == me {
+            self.count(me, |c| &c.local, messages.len() as u64);
+            for &message in messages {
+                message.run(self, me);
+            }
+            Ok(Seq(0))
+        } else if !self.is_online(target) {
+            Err(Error::CpuOffline(target))
+        } else {
+            let mut result = Ok(Seq(0));
+            for &message in messages {
+                result = self.enqueue(me, target, message, Kind::Active, false);
+                if result.is_err() {
+                    break;
+                }
+            }
+            if !messages.is_empty() {
+                self.signal(me, target);
+            }
+            result
+        };
+        self.platform.irq_restore(irq);
+        result
+    }
+
     /// Sends a boxed closure (a convenience over [`Ipiq::send`]; it allocates).
     pub fn send_boxed<F>(&self, target: CpuId, f: F) -> Result<Seq, Error>
     where
@@ -488,8 +531,17 @@ impl<P: Platform> Ipiq<P> {
                 self.platform.relax();
             }
         }
+        // The thresholds below compare `used` against a bound that reads only the sender's own
+        // line; the target's line is read (exactly) only when the bound reaches a threshold.
+        let over = |used: u64| match kind {
+            Kind::Nowait => used * 3 >= capacity * 2,
+            _ => used * 2 >= capacity,
+        };
         loop {
-            let used = fifo.used();
+            let mut used = fifo.used_at_most();
+            if over(used) {
+                used = fifo.used();
+            }
             if kind == Kind::Nowait {
                 if used * 3 >= capacity * 2 {
                     self.count(me, |c| &c.would_block, 1);
@@ -521,7 +573,10 @@ impl<P: Platform> Ipiq<P> {
             }
             break;
         }
-        let used = fifo.used();
+        let mut used = fifo.used_at_most();
+        if kind == Kind::Passive && (used + 1) * 4 >= capacity {
+            used = fifo.used();
+        }
         let Some(w) = fifo.push(message) else {
             // Unreachable: only this core fills the FIFO, and it checked for room above.
             return Ok(self.spill_push(me, target, message, signal));
@@ -834,6 +889,24 @@ impl<P: Platform> Ipiq<P> {
         n
     }
 
+    /// [`Ipiq::process`] for a core that is about to look again soon: an idle loop polling before
+    /// it halts (the seed's idle spin; Linux calls it haltpoll). It runs everything queued but
+    /// leaves the core *signalled* (`npoll` set), so senders skip their IPIs while it polls and
+    /// a stream of messages into a polling core costs no IPI and no write to a line senders read.
+    ///
+    /// Context: as `process`. Contract: a core that called `poll` must call `poll` or
+    /// [`Ipiq::process`] again before it halts or turns to other work, and `process` (which clears
+    /// the signal after a last look) before it halts; until then messages for it are run only by
+    /// its own next drain. (A sender's `wait` watchdog forces an IPI past
+    /// [`Config::resend_after_ns`] if that contract is broken.)
+    pub fn poll(&self) -> usize {
+        let irq = self.platform.irq_save();
+        let me = self.platform.current_cpu();
+        let n = self.drain_as(me, true, true);
+        self.platform.irq_restore(irq);
+        n
+    }
+
     /// The timer-tick hook: drains everything, passive messages included, and counts it.
     pub fn tick(&self) -> usize {
         let irq = self.platform.irq_save();
@@ -849,7 +922,7 @@ impl<P: Platform> Ipiq<P> {
     /// halting; call with interrupts disabled).
     pub fn pending(&self) -> bool {
         let me = self.platform.current_cpu();
-        self.senders_of(me).any(|s| self.fifo_between(s, me).is_some_and(Fifo::has_pending))
+        self.has_incoming(me)
             // SAFETY: on our own core, interrupts disabled by the caller, no call back into ipiq.
             || unsafe { self.cpus[me].requeue.with(|q| !q.is_empty()) }
             // Relaxed: core-local.
@@ -877,14 +950,28 @@ impl<P: Platform> Ipiq<P> {
 
     /// Drains the calling core `me` (interrupts disabled). With `hold`, keeps going while the core
     /// is held in a cpusync; without (nested drains inside a caller's own spin loop), polls each
-    /// held cpusync once.
+    /// held cpusync once. Ends by clearing `npoll` (see [`Ipiq::drain_as`]).
     pub(crate) fn drain(&self, me: CpuId, hold: bool) -> usize {
+        self.drain_as(me, hold, false)
+    }
+
+    /// The drain loop. `npoll` is set on entry and stays set for as long as passes find work, so
+    /// senders streaming into a busy core read a flag nobody writes and skip their IPIs without
+    /// touching its cache line. Only when a pass ran nothing does the core stop: unless `stay`,
+    /// it clears `npoll`, fences (SeqCst) and looks at its queues once more (the module docs'
+    /// handshake), going round again if anything arrived. With `stay` it returns with `npoll`
+    /// still set: the caller promises to drain again soon (see [`Ipiq::poll`]).
+    fn drain_as(&self, me: CpuId, hold: bool, stay: bool) -> usize {
         let cpu = &self.cpus[me];
         // Relaxed: tells senders we are draining so they may skip the IPI; the exit protocol
-        // below (clear, SeqCst fence, scan) is what guarantees no message is missed. Every write
-        // to `npoll` is a read-modify-write, so all of them form one chain that each reads the
-        // last: a clear can never be ordered before a sender's set that it did not see.
-        cpu.npoll.swap(true, Ordering::Relaxed);
+        // below (clear, SeqCst fence, look again) is what guarantees no message is missed. Every
+        // write to `npoll` is a read-modify-write, so all of them form one chain that each reads
+        // the last: a clear can never be ordered before a sender's set that it did not see.
+        // Only the loaded-false case writes: a core that stayed signalled (`poll`) and drains
+        // again does not dirty the line its senders read.
+        if !cpu.npoll.load(Ordering::Relaxed) {
+            cpu.npoll.swap(true, Ordering::Relaxed);
+        }
         let mut total = 0;
         let mut spill_watchdog = None;
         loop {
@@ -901,14 +988,10 @@ impl<P: Platform> Ipiq<P> {
             let held = self.poll_requeued(me);
             let spilling = self.flush_spills(me);
             total += ran;
-            // Relaxed RMW, then the SeqCst fence: our store-load barrier (module docs). When it
-            // was already clear, we cleared it and scanned after a fence in an earlier pass (or a
-            // sender that set it since has sent an IPI), so no further pass is owed.
-            if cpu.npoll.swap(false, Ordering::Relaxed) {
-                fence(Ordering::SeqCst);
-                continue;
-            }
             if ran > 0 {
+                // Still working; `npoll` is still set unless a nested drain (inside a message
+                // function) cleared it on its way out, which costs senders an IPI, never a message:
+                // the exit below runs the handshake either way.
                 continue;
             }
             if hold && held {
@@ -925,10 +1008,28 @@ impl<P: Platform> Ipiq<P> {
                     continue;
                 }
             }
+            if stay {
+                break;
+            }
+            // Relaxed RMW, then the SeqCst fence: our store-load barrier (module docs). Then one
+            // more look; a message found there is run by another pass, signalled again.
+            cpu.npoll.swap(false, Ordering::Relaxed);
+            fence(Ordering::SeqCst);
+            if self.has_incoming(me) {
+                // Relaxed RMW: back to draining, as on entry.
+                cpu.npoll.swap(true, Ordering::Relaxed);
+                continue;
+            }
             break;
         }
         self.count(me, |c| &c.processed, total as u64);
         total
+    }
+
+    /// Whether any FIFO into `me` holds a published message not yet taken.
+    fn has_incoming(&self, me: CpuId) -> bool {
+        self.senders_of(me)
+            .any(|s| self.fifo_between(s, me).is_some_and(Fifo::has_pending))
     }
 
     /// Polls the cpusyncs `me` is held in; returns whether any still holds it.

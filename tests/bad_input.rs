@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ipiq::host::{HostConfig, HostMachine, HostPlatform};
-use ipiq::{Config, CpuSet, Error, Ipiq, Seq, SyncWork};
+use ipiq::{Config, CpuSet, Error, Ipiq, Message, Seq, SyncWork};
 
 type Q = Ipiq<HostPlatform>;
 
@@ -38,6 +38,10 @@ fn unknown_cores_are_errors() {
             Err(Error::NoSuchCpu(usize::MAX))
         );
         assert_eq!(q.try_send(7, nothing, 0, 0), Err(Error::NoSuchCpu(7)));
+        assert_eq!(
+            q.send_batch(2, &[Message::new(nothing, 0, 0)]),
+            Err(Error::NoSuchCpu(2))
+        );
         assert_eq!(q.seq(9), Err(Error::NoSuchCpu(9)));
         assert_eq!(q.wait(9, Seq(1)), Err(Error::NoSuchCpu(9)));
         assert_eq!(q.stats(3).map(|_| ()), Err(Error::NoSuchCpu(3)));

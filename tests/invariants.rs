@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ipiq::host::{HostConfig, HostMachine, HostPlatform};
-use ipiq::{Config, CpuSet, Ipiq, Seq, SyncWork};
+use ipiq::{Config, CpuSet, Ipiq, Message, Seq, SyncWork};
 
 type Q = Ipiq<HostPlatform>;
 
@@ -168,15 +168,21 @@ fn i3_senders_to_a_target_that_has_not_drained_send_one_ipi_between_them() {
     const CPUS: usize = 4;
     let machine = machine(CPUS, 256);
     let busy = Arc::new(AtomicBool::new(true));
-    let busy_target = busy.clone();
-    // Core 0 is busy with interrupts "off" (no interrupt point) until released.
+    let started = Arc::new(AtomicBool::new(false));
+    let (busy_target, started_target) = (busy.clone(), started.clone());
+    // Core 0 is busy with interrupts "off" (no interrupt point) until released. The senders
+    // start only once it is (before that, its idle loop could drain between two sends).
     let target = machine
         .spawn_on(0, move |_core| {
+            started_target.store(true, Ordering::Release);
             while busy_target.load(Ordering::Acquire) {
                 std::hint::spin_loop();
             }
         })
         .unwrap();
+    while !started.load(Ordering::Acquire) {
+        std::thread::yield_now();
+    }
     // Senders one after another, so each sees the previous one's signal.
     for sender in 1..CPUS {
         machine
@@ -190,13 +196,14 @@ fn i3_senders_to_a_target_that_has_not_drained_send_one_ipi_between_them() {
     let q = machine.ipiq();
     let ipis: u64 = (1..CPUS).map(|c| q.stats(c).unwrap().ipis).sum();
     let avoided: u64 = (1..CPUS).map(|c| q.stats(c).unwrap().avoided).sum();
+    // Release core 0 before judging, so a failed assertion fails the test instead of hanging it.
+    busy.store(false, Ordering::Release);
+    target.join();
     assert_eq!(
         ipis, 1,
         "one IPI in flight for the target, whatever the number of senders"
     );
     assert_eq!(avoided, 3 * 50 - 1);
-    busy.store(false, Ordering::Release);
-    target.join();
     assert!(machine.quiesce(Duration::from_secs(5)));
     assert_eq!(q.stats(0).unwrap().processed, 150);
 
@@ -211,6 +218,60 @@ fn i3_senders_to_a_target_that_has_not_drained_send_one_ipi_between_them() {
         })
         .unwrap();
     assert_eq!(q.stats(1).unwrap().ipis, 20);
+    machine.shutdown();
+}
+
+#[test]
+fn i3_a_polling_core_costs_its_senders_no_ipi_until_it_stops_polling() {
+    let machine = machine(2, 256);
+    let q = machine.ipiq();
+    let (polled, sent) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicBool::new(false)),
+    );
+    let (p, s) = (polled.clone(), sent.clone());
+    // Core 0 polls once (no message yet), stays signalled while core 1 sends, polls again to
+    // run them, then stops polling as an idle loop must before it halts.
+    let target = machine
+        .spawn_on(0, move |core| {
+            let q = core.ipiq();
+            assert_eq!(q.poll(), 0);
+            p.store(true, Ordering::Release);
+            while !s.load(Ordering::Acquire) {
+                std::hint::spin_loop();
+            }
+            let ran = q.poll();
+            ran + q.process()
+        })
+        .unwrap();
+    machine
+        .run_on(1, move |core| {
+            while !polled.load(Ordering::Acquire) {
+                std::hint::spin_loop();
+            }
+            for _ in 0..100 {
+                core.ipiq().send(0, nothing, 0, 0).unwrap();
+            }
+            sent.store(true, Ordering::Release);
+        })
+        .unwrap();
+    assert_eq!(
+        target.join(),
+        100,
+        "the polls and the last process ran every message"
+    );
+    let sender = q.stats(1).unwrap();
+    assert_eq!(
+        (sender.ipis, sender.avoided),
+        (0, 100),
+        "no IPI to a polling core"
+    );
+    // Once it has stopped polling (process cleared the signal), the next send needs an IPI.
+    machine
+        .run_on(1, |core| core.ipiq().send(0, nothing, 0, 0).unwrap())
+        .unwrap();
+    assert_eq!(q.stats(1).unwrap().ipis, 1);
+    assert!(machine.quiesce(Duration::from_secs(5)));
     machine.shutdown();
 }
 
@@ -547,5 +608,45 @@ fn boxed_closures_run_on_their_target() {
         })
         .unwrap();
     assert_eq!(rx.recv_timeout(Duration::from_secs(5)).unwrap(), 1);
+    machine.shutdown();
+}
+
+#[test]
+fn a_batch_longer_than_the_fifo_runs_in_order_with_few_ipis() {
+    let machine = machine(2, 16);
+    let book = leak(OrderBook {
+        last: (0..2)
+            .map(|_| (0..2).map(|_| AtomicU64::new(0)).collect())
+            .collect(),
+        violations: AtomicUsize::new(0),
+        received: AtomicUsize::new(0),
+    });
+    let q = machine.ipiq();
+    machine
+        .run_on(0, move |core| {
+            let q = core.ipiq();
+            // Numbers 1..=1000 from sender 0, packed as in the I1 test.
+            let batch: Vec<Message<HostPlatform>> = (1..=1000)
+                .map(|i| Message::new(check_order, book, i))
+                .collect();
+            let seq = q.send_batch(1, &batch).unwrap();
+            assert_eq!(seq, q.seq(1).unwrap(), "the batch's last sequence number");
+            q.wait(1, seq).unwrap();
+            assert_eq!(
+                q.send_batch(1, &[]),
+                Ok(Seq(0)),
+                "an empty batch sends nothing"
+            );
+            // To the calling core: every message runs at once, in the caller.
+            assert_eq!(q.send_batch(0, &batch[..3]), Ok(Seq(0)));
+        })
+        .unwrap();
+    let book = arg::<OrderBook>(book);
+    assert_eq!(book.violations.load(Ordering::Relaxed), 0);
+    assert_eq!(book.received.load(Ordering::Relaxed), 1003);
+    let sender = q.stats(0).unwrap();
+    assert_eq!((sender.sent, sender.local), (1000, 3));
+    // One IPI per batch at most, plus the FIFO-full path's (the FIFO holds 16 of the 1000).
+    assert!(sender.ipis <= 1 + sender.fifo_full, "{sender:?}");
     machine.shutdown();
 }

@@ -1,5 +1,5 @@
-//! Loom models of the wake-up handshake (FIFO + npoll, 2 cores), of FIFO-full progress
-//! (2 cores, 2-slot FIFOs) and of cpusync (3 cores).
+//! Loom models of the wake-up handshake (FIFO + npoll, 2 cores; also with a polling idle loop),
+//! of FIFO-full progress (2 cores, 2-slot FIFOs) and of cpusync (3 cores).
 //!
 //! Run with `RUSTFLAGS="--cfg loom" cargo test --release --test loom` (`make loom`).
 //! `LOOM_MAX_PREEMPTIONS` overrides each model's preemption bound (2 or 3; 0 for cpusync).
@@ -151,6 +151,42 @@ fn npoll_handshake_never_loses_a_wakeup() {
         // already consumed by the drain.
         assert!(q.platform().ipis.load(Ordering::Relaxed) <= 2);
         // Deliver the pending IPI: everything runs exactly once.
+        if pending {
+            q.process();
+        }
+        assert_eq!(ran.load(Ordering::Relaxed), 2);
+        drop(ran);
+    });
+}
+
+/// An idle loop that polls before halting: core 0 polls (staying signalled, so the sender may
+/// skip its IPI), then runs `process` (clear, fence, last look) as it must before halting, while
+/// core 1 publishes two messages. Afterwards every message ran or an IPI is pending.
+#[test]
+fn polling_target_then_process_never_loses_a_wakeup() {
+    builder(3).check(|| {
+        let q = new_ipiq(2, 8);
+        let ran = Arc::new(AtomicUsize::new(0));
+        let counter = &*ran as *const AtomicUsize as usize;
+        let sender = {
+            let q = q.clone();
+            thread::spawn(move || {
+                CPU.with(|c| c.set(1));
+                q.send(0, inc, counter, 0).unwrap();
+                q.send(0, inc, counter, 0).unwrap();
+            })
+        };
+        CPU.with(|c| c.set(0));
+        q.poll();
+        q.process();
+        sender.join().unwrap();
+        let done = ran.load(Ordering::Relaxed);
+        let pending = q.platform().pending[0].load(Ordering::Acquire);
+        assert!(
+            done == 2 || pending,
+            "message stranded: ran {done}, no IPI pending"
+        );
+        assert!(q.platform().ipis.load(Ordering::Relaxed) <= 2);
         if pending {
             q.process();
         }

@@ -165,6 +165,28 @@ impl X86Platform {
         }
     }
 
+    /// Sends a bare fixed IPI of `vector` to core `target` through the same ICR code as ipiq's
+    /// own IPIs, so the kernel keeps one ICR writer (the benchmark probe's raw ping-pong uses
+    /// it). Returns whether it was sent: nothing is sent, and `false` returned, when `target`
+    /// is out of range or has not registered, or when `vector` is below 32 (exception vectors,
+    /// which the APIC refuses as fixed IPIs). The caller must have installed a handler for
+    /// `vector` on every core that can receive it.
+    pub fn send_vector(&self, target: CpuId, vector: u8) -> bool {
+        if vector < 32 {
+            return false;
+        }
+        let Some(apic_id) = self.apic_id_of(target) else {
+            return false;
+        };
+        let enabled = interrupts::are_enabled();
+        interrupts::disable();
+        self.write_icr(apic_id, vector);
+        if enabled {
+            interrupts::enable();
+        }
+        true
+    }
+
     /// Writes a fixed, physical-destination, edge-triggered IPI of `vector` for `apic_id`.
     /// Interrupts must be disabled (the xAPIC write is two stores plus a wait).
     fn write_icr(&self, apic_id: u32, vector: u8) {
@@ -216,17 +238,9 @@ impl Platform for X86Platform {
     }
 
     fn send_ipi(&self, target: CpuId) {
-        let Some(apic_id) = self.apic_id_of(target) else {
-            // Not brought up yet: nothing to interrupt. Its messages stay queued and run when it
-            // drains (the protocol refuses unicasts to offline cores anyway).
-            return;
-        };
-        let enabled = interrupts::are_enabled();
-        interrupts::disable();
-        self.write_icr(apic_id, self.vector);
-        if enabled {
-            interrupts::enable();
-        }
+        // A core not brought up yet has nothing to interrupt: its messages stay queued and run
+        // when it drains (the protocol refuses unicasts to offline cores anyway).
+        self.send_vector(target, self.vector);
     }
 
     #[inline]
@@ -478,6 +492,22 @@ mod tests {
         let off = TickTimer::new(1, 0);
         assert_eq!(off.start(0, 5).deadline, None);
         assert!(!off.fired(0, 5).0);
+    }
+
+    #[test]
+    fn send_vector_refuses_what_it_cannot_send_without_touching_the_apic() {
+        let platform = X86Platform::new(2, ApicAccess::X2Apic, 122, 1000, Some(|| 0));
+        // No core registered yet, a core past the count, an exception vector: nothing is sent
+        // (reaching the ICR here, on the host, would fault).
+        assert!(!platform.send_vector(1, 125));
+        assert!(!platform.send_vector(9, 125));
+        // Core 0 registered (as `register_current` would, without reading the APIC): an
+        // exception vector is still refused before the ICR.
+        // Release: as in `register_current`, which this stands in for.
+        platform.apic_ids[0].store(0, Ordering::Release);
+        assert_eq!(platform.apic_id_of(0), Some(0));
+        assert!(!platform.send_vector(0, 14));
+        assert!(!platform.send_vector(0, 31));
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! tlb-stale: readers on the other cores keep reading a page while core 0 exchanges the frames
 //! behind it (`stale.rs`, the same code ipiq-tests runs). On the ipiq kernel (feature
-//! `kernel-patched`) the swap returns only after every core flushed: any stale read fails the
-//! run. On the stock-probe kernel (`kernel-stock-probe`) the swap uses stock's own map and its
+//! `ipiq-stats`) the swap returns only after every core flushed: any stale read fails the
+//! run. On the stock-probe kernel (`probe-stats`) the swap uses stock's own map and its
 //! fire-and-forget `ipi_tlb_flush`; the stale reads readers see are the finding, reported, not
 //! a failure. Either way the run fails if the experiment itself did not work (no checked reads,
 //! a swap refused, or the kernel's own counters show the swap did not take the expected path).
@@ -9,8 +9,8 @@
 //! Argument (after `--` on the kernel command line): the number of swaps (default 100, 20 with
 //! more than 4 cores). Output: a `<<<report` block and one `tlb-stale:` summary line.
 
-#[cfg(not(any(feature = "kernel-patched", feature = "kernel-stock-probe")))]
-compile_error!("tlb-stale needs the ipiq kernel (kernel-patched) or the stock-probe kernel (kernel-stock-probe)");
+#[cfg(not(any(feature = "ipiq-stats", feature = "probe-stats")))]
+compile_error!("tlb-stale needs the ipiq kernel (ipiq-stats) or the stock-probe kernel (probe-stats)");
 
 mod stale;
 
@@ -56,7 +56,7 @@ fn apic_id() -> usize {
 }
 
 /// The kernel-side counters around the swaps and the unmap.
-#[cfg(feature = "kernel-patched")]
+#[cfg(feature = "ipiq-stats")]
 mod kernel {
     pub const NAME: &str = "ipiq";
     /// ipiq shootdowns so far (all cores).
@@ -66,7 +66,7 @@ mod kernel {
     pub const COUNTER: &str = "shootdowns";
 }
 
-#[cfg(all(feature = "kernel-stock-probe", not(feature = "kernel-patched")))]
+#[cfg(all(feature = "probe-stats", not(feature = "ipiq-stats")))]
 mod kernel {
     pub const NAME: &str = "stock";
     unsafe extern "C" {
@@ -94,7 +94,7 @@ mod kernel {
 /// kernel handed the freed frame to someone else meanwhile, their data (counted apart).
 /// Not run on the ipiq kernel: there munmap shoots the entry down, so a reader's next read of
 /// `p` faults, as it should (its munmap shootdowns are counted instead).
-#[cfg(all(feature = "kernel-stock-probe", not(feature = "kernel-patched")))]
+#[cfg(all(feature = "probe-stats", not(feature = "ipiq-stats")))]
 mod after_munmap {
     use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
     use std::time::{Duration, Instant};
@@ -253,12 +253,12 @@ fn run(me: usize, cpus: usize, rounds: u64) -> Result<(), String> {
     let after_unmap = kernel::counter()?;
     let swap_count = after_swaps - before;
     let unmap_count = after_unmap - after_swaps;
-    #[cfg(all(feature = "kernel-stock-probe", not(feature = "kernel-patched")))]
+    #[cfg(all(feature = "probe-stats", not(feature = "ipiq-stats")))]
     let seen = after_munmap::run(me, cpus, &spawn_on, &join)?;
     // Reads of an unmapped page after munmap returned: (reads, old content, other), stock only.
-    #[cfg(all(feature = "kernel-stock-probe", not(feature = "kernel-patched")))]
+    #[cfg(all(feature = "probe-stats", not(feature = "ipiq-stats")))]
     let (late, late_old, late_other) = (seen.reads.to_string(), seen.old.to_string(), seen.other.to_string());
-    #[cfg(feature = "kernel-patched")]
+    #[cfg(feature = "ipiq-stats")]
     let (late, late_old, late_other) = ("-".to_string(), "-".to_string(), "-".to_string());
 
     println!("<<<report Stale TLB after a remap: {} kernel, {cpus} vCPUs", kernel::NAME);
@@ -294,7 +294,7 @@ fn run(me: usize, cpus: usize, rounds: u64) -> Result<(), String> {
 }
 
 /// The ipiq kernel: no stale read, and each swap's two maps each shot down (unmap too).
-#[cfg(feature = "kernel-patched")]
+#[cfg(feature = "ipiq-stats")]
 fn check_kernel(out: &stale::Outcome, _cpus: usize, swap_count: u64, unmap_count: u64, _late: &str) -> Result<(), String> {
     if out.stale != 0 {
         return Err(format!("{} stale reads of {} on the ipiq kernel", out.stale, out.checks));
@@ -312,7 +312,7 @@ fn check_kernel(out: &stale::Outcome, _cpus: usize, swap_count: u64, unmap_count
 /// stock-probe: the swaps must have gone through stock's map over a present entry, which sends
 /// one TLB-flush IPI to every other core per map (two maps per swap); the stale reads are the
 /// finding and are only reported.
-#[cfg(all(feature = "kernel-stock-probe", not(feature = "kernel-patched")))]
+#[cfg(all(feature = "probe-stats", not(feature = "ipiq-stats")))]
 fn check_kernel(out: &stale::Outcome, cpus: usize, swap_count: u64, unmap_count: u64, late: &str) -> Result<(), String> {
     let expected = 2 * out.rounds * (cpus as u64 - 1);
     if swap_count < expected {

@@ -6,8 +6,8 @@
 //!
 //! Per primitive: round trips per second (emulated time under QEMU TCG: compare kernels, not
 //! absolute values), p50 and p99 of one round trip, and the IPIs the kernel sent during the run:
-//! on the ipiq kernel (feature `kernel-patched`) ipiq's IPIs and messages from its statistics
-//! syscall; on the stock-probe kernel (`kernel-stock-probe`) the wake-up (121) and TLB-flush (112)
+//! on the ipiq kernel (feature `ipiq-stats`) ipiq's IPIs and messages from its statistics
+//! syscall; on the stock-probe kernel (`probe-stats`) the wake-up (121) and TLB-flush (112)
 //! IPIs stock sent, from the probe's counters; with neither feature (plain stock) n/a.
 //! The same source builds for every kernel; only the feature picks the counters.
 //!
@@ -72,7 +72,7 @@ struct Counts {
     messages: Option<u64>,
 }
 
-#[cfg(feature = "kernel-patched")]
+#[cfg(feature = "ipiq-stats")]
 mod kernel {
     pub const NAME: &str = "ipiq";
     pub const IPIS: &str = "ipiq IPIs (122)";
@@ -82,7 +82,7 @@ mod kernel {
     }
 }
 
-#[cfg(all(feature = "kernel-stock-probe", not(feature = "kernel-patched")))]
+#[cfg(all(feature = "probe-stats", not(feature = "ipiq-stats")))]
 mod kernel {
     pub const NAME: &str = "stock";
     pub const IPIS: &str = "stock IPIs (121 + 112)";
@@ -98,7 +98,7 @@ mod kernel {
     }
 }
 
-#[cfg(not(any(feature = "kernel-patched", feature = "kernel-stock-probe")))]
+#[cfg(not(any(feature = "ipiq-stats", feature = "probe-stats")))]
 mod kernel {
     pub const NAME: &str = "stock-no-counters";
     pub const IPIS: &str = "IPIs";
