@@ -97,7 +97,7 @@ done
                     if (ratio < 1.2) why = sprintf("rt/s %.3gx", ratio)
                     if (speed < 1.2) why = why (why == "" ? "" : ", ") sprintf("p50 %.3gx", speed)
                     if (!fewer) why = why (why == "" ? "" : ", ") "IPIs not fewer"
-                    printf "%.3g|%.3g|%.2f|%.2f|%s%s", ratio, speed, ia / n, ib / n, met, (why == "" ? "" : " (" why ")") }')
+                    printf "%.3g|%.3g|%.3f|%.3f|%s%s", ratio, speed, ia / n, ib / n, met, (why == "" ? "" : " (" why ")") }')
             IFS='|' read -r ratio speed ipa ipb met <<<"$row"
             echo "| $smp | $p | ${val[$a|rounds]} | ${val[$a|rate]} | ${val[$b|rate]} | ${ratio}x | ${val[$a|p50]} / ${val[$a|p99]} | ${val[$b|p50]} / ${val[$b|p99]} | ${speed}x | $ipa | $ipb | ${val[$a|w121]} | ${val[$b|w121]} | $met |"
             verdicts+=("$smp vCPUs $p: $met")
