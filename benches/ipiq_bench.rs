@@ -5,7 +5,7 @@
 //! against a raw shared-flag ping-pong; (3) wake-ups per message while streaming; (4) all-to-all
 //! throughput on 4 cores. Every case runs 3 times and the median is reported. Tables go to
 //! stdout and, with SVG plots, to `results/` (`results/bench-report.md`; a smoke run writes to
-//! `results/smoke/`).
+//! `results/smoke/`; `IPIQ_BENCH_OUT=dir` writes there instead).
 //!
 //! Peers: crossbeam-channel bounded, `std::sync::mpsc::sync_channel`, a `Mutex<VecDeque>` with
 //! thread unpark (Hermit's pattern), a Linux-style lock-free list (`llist`: Treiber push, the
@@ -1327,7 +1327,11 @@ fn main() {
 
     // Report
     // A smoke run writes beside, not over, the last full report.
-    let mut dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("results");
+    // IPIQ_BENCH_OUT names another folder (a binary run away from its checkout).
+    let mut dir = std::env::var_os("IPIQ_BENCH_OUT").map_or_else(
+        || std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("results"),
+        std::path::PathBuf::from,
+    );
     if p.smoke {
         dir.push("smoke");
     }
