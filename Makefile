@@ -6,7 +6,8 @@
 #               lints, docs, a smoke run of every benchmark, then the Hermit images under QEMU
 #               (1/2/4/8 vCPUs, x2APIC and xAPIC), and smoke runs of the comparisons with the
 #               stock kernel (tlb-stale-test, wakeup-smoke)
-#   make bench  host benchmarks against peers; report in results/bench-report.md
+#   make bench  every benchmark (host against peers, then the guest ones); one report in
+#               results/report.md (make bench-host: the host part alone)
 #   make guest-bench SMP=8   in-guest measurements under QEMU (guest-bench-all: 2, 4, 8 vCPUs)
 #   make guest-rayon         rayon workloads on the patched and the stock kernel, 1/2/4/8 vCPUs
 #   make guest-wakeup        wake-up ping-pong, ipiq kernel against stock (bench.mk)

@@ -1,9 +1,11 @@
 # ipiq host benchmarks (issue 5): ipiq against crossbeam-channel, std mpsc, Mutex<VecDeque>, a
 # Linux-style llist and a bare SPSC ring, all in one run. Included from the Makefile.
 #
-#   make -f bench.mk bench        full run (a few minutes); tables on stdout, report and SVG
-#                                 plots in results/bench-report.md
-#   make -f bench.mk bench-smoke  every case with tiny counts (seconds), to keep the bench building
+#   make bench        everything below (host and guest, ~10 min on an idle 2-core machine), then
+#                     one report with every table: results/report.md (plots beside it)
+#   make bench-host   host benchmarks only (~20 s); tables on stdout, report and SVG plots in
+#                     results/bench-report.md
+#   make bench-smoke  every host case with tiny counts (seconds), to keep the bench building
 #
 # Guest benchmarks on code no one here wrote (need hermit-app/image.mk: run them from the top
 # Makefile):
@@ -41,10 +43,17 @@ WAKEUP_REPEATS      ?= 3
 WAKEUP_TIMEOUT      ?= 300
 WAKEUP_IMAGES        = $(foreach k,patched stock-probe,$(k)=$(IMAGE_BUILD)/kernel-$(k)/apps/x86_64-unknown-hermit/release/wakeup)
 
-.PHONY: bench bench-smoke guest-rayon guest-rayon-smoke rayon-images guest-wakeup wakeup-smoke wakeup-images guest-tlb-stale
+.PHONY: bench bench-host bench-smoke guest-rayon guest-rayon-smoke rayon-images guest-wakeup wakeup-smoke wakeup-images guest-tlb-stale
 
-## bench: host benchmarks against peers; writes results/bench-report.md
-bench:
+## bench: every benchmark, host and guest, gathered into results/report.md (~10 min here)
+bench: bench-host guest-bench-all guest-wakeup guest-tlb-stale guest-rayon
+	@$(IMAGE_SCRIPTS)/bench-report.sh results \
+		$(foreach n,$(GUEST_BENCH_SMPS),$(GUEST_LOGS)/ipiq-bench-$(n).log) \
+		$(GUEST_LOGS)/wakeup-summary.log $(GUEST_LOGS)/tlb-stale-summary.log \
+		$(GUEST_LOGS)/rayon-summary.md
+
+## bench-host: host benchmarks against peers; writes results/bench-report.md
+bench-host:
 	$(CARGO) bench --features std --bench ipiq_bench
 
 ## bench-smoke: every bench case with tiny counts (IPIQ_BENCH_SMOKE=1)
