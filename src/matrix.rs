@@ -90,6 +90,10 @@ enum Kind {
     Nowait,
 }
 
+/// cpusyncs a core can be held in at once before its requeue list allocates (nesting: a held
+/// core serving a second master's cpusync holds two).
+const REQUEUE_SLOTS: usize = 4;
+
 /// A value only its own core touches, with interrupts disabled.
 struct CoreLocal<T>(UnsafeCell<T>);
 
@@ -200,7 +204,10 @@ impl<P: Platform> Ipiq<P> {
                 incoming: (0..ncpu).map(|_| AtomicPtr::new(ptr::null_mut())).collect(),
                 senders: (0..words).map(|_| AtomicU64::new(0)).collect(),
                 online: AtomicBool::new(false),
-                requeue: CoreLocal(UnsafeCell::new(Vec::new())),
+                // Room for a few nested rendezvous from the start: a target entering a cpusync
+                // (interrupts off, possibly while another core holds the allocator's lock to
+                // lead that very cpusync) then never allocates.
+                requeue: CoreLocal(UnsafeCell::new(Vec::with_capacity(REQUEUE_SLOTS))),
                 spill: CoreLocal(UnsafeCell::new(HashMap::new())),
                 spilled: CachePadded(AtomicU64::new(0)),
                 running: CachePadded(AtomicUsize::new(0)),
