@@ -119,11 +119,13 @@ fn builder(default_preemptions: usize) -> loom::model::Builder {
     b
 }
 
-/// The npoll handshake: a sender publishes two messages while the target drains concurrently.
-/// Afterwards either every message ran or an IPI is pending for the target: no lost wake-up.
-#[test]
-fn npoll_handshake_never_loses_a_wakeup() {
-    builder(3).check(|| {
+/// The npoll handshake: core 1 publishes two messages while core 0 drains concurrently (as if
+/// an earlier IPI or the idle loop ran it); with `poll_first`, core 0 is an idle loop that polls
+/// (staying signalled, so the sender may skip its IPI) and then runs `process` (clear, fence,
+/// last look) as it must before halting. Afterwards either every message ran or an IPI is
+/// pending for core 0: no lost wake-up.
+fn handshake_model(poll_first: bool) {
+    builder(3).check(move || {
         let q = new_ipiq(2, 8);
         let ran = Arc::new(AtomicUsize::new(0));
         let counter = &*ran as *const AtomicUsize as usize;
@@ -135,8 +137,10 @@ fn npoll_handshake_never_loses_a_wakeup() {
                 q.send(0, inc, counter, 0).unwrap();
             })
         };
-        // Core 0 drains once, concurrently (as if an earlier IPI or the idle loop ran it).
         CPU.with(|c| c.set(0));
+        if poll_first {
+            q.poll();
+        }
         q.process();
         sender.join().unwrap();
         let done = ran.load(Ordering::Relaxed);
@@ -159,40 +163,14 @@ fn npoll_handshake_never_loses_a_wakeup() {
     });
 }
 
-/// An idle loop that polls before halting: core 0 polls (staying signalled, so the sender may
-/// skip its IPI), then runs `process` (clear, fence, last look) as it must before halting, while
-/// core 1 publishes two messages. Afterwards every message ran or an IPI is pending.
+#[test]
+fn npoll_handshake_never_loses_a_wakeup() {
+    handshake_model(false);
+}
+
 #[test]
 fn polling_target_then_process_never_loses_a_wakeup() {
-    builder(3).check(|| {
-        let q = new_ipiq(2, 8);
-        let ran = Arc::new(AtomicUsize::new(0));
-        let counter = &*ran as *const AtomicUsize as usize;
-        let sender = {
-            let q = q.clone();
-            thread::spawn(move || {
-                CPU.with(|c| c.set(1));
-                q.send(0, inc, counter, 0).unwrap();
-                q.send(0, inc, counter, 0).unwrap();
-            })
-        };
-        CPU.with(|c| c.set(0));
-        q.poll();
-        q.process();
-        sender.join().unwrap();
-        let done = ran.load(Ordering::Relaxed);
-        let pending = q.platform().pending[0].load(Ordering::Acquire);
-        assert!(
-            done == 2 || pending,
-            "message stranded: ran {done}, no IPI pending"
-        );
-        assert!(q.platform().ipis.load(Ordering::Relaxed) <= 2);
-        if pending {
-            q.process();
-        }
-        assert_eq!(ran.load(Ordering::Relaxed), 2);
-        drop(ran);
-    });
+    handshake_model(true);
 }
 
 /// A target that never drains receives one IPI for any number of messages (I3).

@@ -14,53 +14,20 @@ use std::time::{Duration, Instant};
 use ipiq::hermit;
 use ipiq::Stats;
 
+#[path = "../../pinned.rs"]
+mod pinned;
 mod workload;
+use pinned::{apic_id, join, spawn_on};
 use workload::{corpus, crunch};
 
 const MAX_CORES: usize = 64;
 const CHUNK: usize = 4096;
 const CORPUS_BYTES: usize = 4 << 20;
-const THREAD_STACK_SIZE: usize = 0x4_0000;
-const NORMAL_PRIORITY: u8 = 2;
-
-unsafe extern "C" {
-    fn sys_spawn2(func: unsafe extern "C" fn(usize), arg: usize, prio: u8, stack_size: usize, selector: isize) -> i32;
-    fn sys_join(id: i32) -> i32;
-}
 
 static CORPUS: OnceLock<Vec<u8>> = OnceLock::new();
 static RESULTS: OnceLock<Vec<AtomicU64>> = OnceLock::new();
 static WORDS: AtomicU64 = AtomicU64::new(0);
 static DONE_BY: [AtomicU64; MAX_CORES] = [const { AtomicU64::new(0) }; MAX_CORES];
-
-type Job = Box<dyn FnOnce() + Send>;
-
-unsafe extern "C" fn pinned_entry(raw: usize) {
-    // SAFETY: `raw` came from `Box::into_raw` in `spawn_on` and is consumed exactly once here.
-    let job = unsafe { Box::from_raw(raw as *mut Job) };
-    job();
-}
-
-/// A thread pinned to `core` (below the core count); returns its task id, or `None`.
-fn spawn_on(core: usize, job: impl FnOnce() + Send + 'static) -> Option<i32> {
-    let raw = Box::into_raw(Box::new(Box::new(job) as Job)) as usize;
-    // SAFETY: `pinned_entry` takes ownership of `raw`; the caller keeps `core` in range.
-    let tid = unsafe { sys_spawn2(pinned_entry, raw, NORMAL_PRIORITY, THREAD_STACK_SIZE, core as isize) };
-    (tid >= 0).then_some(tid)
-}
-
-fn join(tid: i32) {
-    // SAFETY: a task id returned by sys_spawn2.
-    unsafe { sys_join(tid) };
-}
-
-/// The APIC id of the running core (the core index under QEMU, as the cores app checks).
-fn apic_id() -> usize {
-    // SAFETY: CPUID exists on every x86_64 CPU.
-    #[allow(unused_unsafe)]
-    let leaf1 = unsafe { std::arch::x86_64::__cpuid(1) };
-    (leaf1.ebx >> 24) as usize
-}
 
 fn chunk_of(index: usize) -> &'static [u8] {
     let corpus = CORPUS.get().map_or(&[][..], Vec::as_slice);
@@ -109,8 +76,7 @@ fn threads_and_channels(chunks: usize, workers: &[usize]) -> Result<(Duration, u
                     return;
                 }
             }
-        })
-        .ok_or_else(|| format!("cannot spawn a thread on core {core}"))?;
+        })?;
         feeds.push(tx);
         tids.push(tid);
     }

@@ -13,12 +13,14 @@ use std::time::{Duration, Instant};
 use ipiq::hermit;
 use ipiq::{CpuSet, Error};
 
+#[path = "../../pinned.rs"]
+mod pinned;
 #[path = "../../tlb-stale/src/stale.rs"]
 mod stale;
 
+use pinned::{apic_id, join};
+
 const MAX_CORES: usize = 64;
-const THREAD_STACK_SIZE: usize = 0x4_0000;
-const NORMAL_PRIORITY: u8 = 2;
 /// ipiq's tick period in the kernel patch (µs) and the bound this test holds passive messages to.
 const TICK_PERIOD: Duration = Duration::from_millis(10);
 const PASSIVE_BOUND: Duration = Duration::from_millis(100);
@@ -26,33 +28,11 @@ const PASSIVE_BOUND: Duration = Duration::from_millis(100);
 const STRESS_TARGET: u64 = 1_000_000;
 const STRESS_BUDGET: Duration = Duration::from_secs(10);
 
-unsafe extern "C" {
-    fn sys_spawn2(func: unsafe extern "C" fn(usize), arg: usize, prio: u8, stack_size: usize, selector: isize) -> i32;
-    fn sys_join(id: i32) -> i32;
-}
-
 // ----- pinned threads --------------------------------------------------------------------------
 
-type Job = Box<dyn FnOnce() + Send>;
-
-unsafe extern "C" fn pinned_entry(raw: usize) {
-    // SAFETY: `raw` came from `Box::into_raw` in `spawn_on`, consumed exactly once here.
-    let job = unsafe { Box::from_raw(raw as *mut Job) };
-    job();
-}
-
-/// A thread pinned to `core`; join it with `join`.
+/// A thread pinned to `core`; join it with `join`. A refusal fails the suite.
 fn spawn_on(core: usize, job: impl FnOnce() + Send + 'static) -> i32 {
-    let raw = Box::into_raw(Box::new(Box::new(job) as Job)) as usize;
-    // SAFETY: `pinned_entry` takes ownership of `raw`; `core` is below the core count.
-    let tid = unsafe { sys_spawn2(pinned_entry, raw, NORMAL_PRIORITY, THREAD_STACK_SIZE, core as isize) };
-    assert!(tid >= 0, "spawn on core {core} failed");
-    tid
-}
-
-fn join(tid: i32) {
-    // SAFETY: a task id returned by sys_spawn2.
-    unsafe { sys_join(tid) };
+    pinned::spawn_on(core, job).unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn run_on<T: Send + 'static>(core: usize, job: impl FnOnce() -> T + Send + 'static) -> T {
@@ -62,14 +42,6 @@ fn run_on<T: Send + 'static>(core: usize, job: impl FnOnce() -> T + Send + 'stat
     });
     join(tid);
     rx.recv().expect("pinned job did not report")
-}
-
-/// The APIC id of the core running the caller (equals the core index under QEMU; checked).
-fn apic_id() -> usize {
-    // SAFETY: CPUID exists on every x86_64 CPU.
-    #[allow(unused_unsafe)]
-    let leaf1 = unsafe { std::arch::x86_64::__cpuid(1) };
-    (leaf1.ebx >> 24) as usize
 }
 
 // ----- message functions -----------------------------------------------------------------------
@@ -466,7 +438,7 @@ fn test_stale_tlb(me: usize, cpus: usize) -> Result<String, String> {
     let rounds: u64 = if cpus > 4 { 20 } else { 100 };
     stale::swap_rejects_bad_input()?;
     let before = hermit::stats(me).map_err(|e| e.to_string())?;
-    let spawn = |core: usize, job: Box<dyn FnOnce() + Send>| spawn_on(core, job);
+    let spawn = |core: usize, job: Box<dyn FnOnce() + Send>| pinned::spawn_on(core, job).unwrap_or(-1);
     let (out, pages) = stale::run(me, cpus, rounds, &spawn, &join)?;
     let after_swaps = hermit::stats(me).map_err(|e| e.to_string())?;
     // Both pages are unmapped (other cores touched `a`): each unmap must be shot down.

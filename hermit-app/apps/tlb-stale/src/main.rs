@@ -12,47 +12,15 @@
 #[cfg(not(any(feature = "ipiq-stats", feature = "probe-stats")))]
 compile_error!("tlb-stale needs the ipiq kernel (ipiq-stats) or the stock-probe kernel (probe-stats)");
 
+#[path = "../../pinned.rs"]
+mod pinned;
 mod stale;
 
-const THREAD_STACK_SIZE: usize = 0x4_0000;
-const NORMAL_PRIORITY: u8 = 2;
+use pinned::{apic_id, join};
 
-unsafe extern "C" {
-    fn sys_spawn2(func: unsafe extern "C" fn(usize), arg: usize, prio: u8, stack_size: usize, selector: isize) -> i32;
-    fn sys_join(id: i32) -> i32;
-}
-
-type Job = Box<dyn FnOnce() + Send>;
-
-unsafe extern "C" fn pinned_entry(raw: usize) {
-    // SAFETY: `raw` came from `Box::into_raw` in `spawn_on`, consumed exactly once here.
-    let job = unsafe { Box::from_raw(raw as *mut Job) };
-    job();
-}
-
-/// A thread pinned to `core` (below the core count); a negative id if the kernel refused.
-fn spawn_on(core: usize, job: Job) -> i32 {
-    let raw = Box::into_raw(Box::new(job)) as usize;
-    // SAFETY: `pinned_entry` takes ownership of `raw`; `core` is below the core count.
-    let tid = unsafe { sys_spawn2(pinned_entry, raw, NORMAL_PRIORITY, THREAD_STACK_SIZE, core as isize) };
-    if tid < 0 {
-        // SAFETY: the kernel did not start the task, so `raw` was not consumed.
-        drop(unsafe { Box::from_raw(raw as *mut Job) });
-    }
-    tid
-}
-
-fn join(tid: i32) {
-    // SAFETY: a task id returned by sys_spawn2.
-    unsafe { sys_join(tid) };
-}
-
-/// The APIC id of the calling core (equals the core index under QEMU; `cores` checks that).
-fn apic_id() -> usize {
-    // SAFETY: CPUID exists on every x86_64 CPU.
-    #[allow(unused_unsafe)]
-    let leaf1 = unsafe { std::arch::x86_64::__cpuid(1) };
-    (leaf1.ebx >> 24) as usize
+/// `pinned::spawn_on` in the shape `stale::run` takes: a negative task id if the kernel refused.
+fn spawn_on(core: usize, job: Box<dyn FnOnce() + Send>) -> i32 {
+    pinned::spawn_on(core, job).unwrap_or(-1)
 }
 
 /// The kernel-side counters around the swaps and the unmap.

@@ -20,50 +20,14 @@ use std::sync::{mpsc, Arc, Condvar, Mutex};
 use std::thread::{self, Thread};
 use std::time::{Duration, Instant};
 
-const THREAD_STACK_SIZE: usize = 0x4_0000;
-const NORMAL_PRIORITY: u8 = 2;
 const DEFAULT_ROUNDS: u64 = 2_000;
 /// Round trips run before measuring (the partner's stack and the scheduler's paths are warm).
 const WARMUP: u64 = 100;
 
-unsafe extern "C" {
-    fn sys_spawn2(func: unsafe extern "C" fn(usize), arg: usize, prio: u8, stack_size: usize, selector: isize) -> i32;
-    fn sys_join(id: i32) -> i32;
-}
+#[path = "../../pinned.rs"]
+mod pinned;
 
-type Job = Box<dyn FnOnce() + Send>;
-
-unsafe extern "C" fn pinned_entry(raw: usize) {
-    // SAFETY: `raw` came from `Box::into_raw` in `spawn_on`, consumed exactly once here.
-    let job = unsafe { Box::from_raw(raw as *mut Job) };
-    job();
-}
-
-/// A thread pinned to `core` (below the core count).
-fn spawn_on(core: usize, job: Job) -> Result<i32, String> {
-    let raw = Box::into_raw(Box::new(job)) as usize;
-    // SAFETY: `pinned_entry` takes ownership of `raw`; `core` is below the core count.
-    let tid = unsafe { sys_spawn2(pinned_entry, raw, NORMAL_PRIORITY, THREAD_STACK_SIZE, core as isize) };
-    if tid < 0 {
-        // SAFETY: the kernel did not start the task, so `raw` was not consumed.
-        drop(unsafe { Box::from_raw(raw as *mut Job) });
-        return Err(format!("cannot start a thread on core {core} ({tid})"));
-    }
-    Ok(tid)
-}
-
-fn join(tid: i32) {
-    // SAFETY: a task id returned by sys_spawn2.
-    unsafe { sys_join(tid) };
-}
-
-/// The APIC id of the calling core (equals the core index under QEMU; `cores` checks that).
-fn apic_id() -> usize {
-    // SAFETY: CPUID exists on every x86_64 CPU.
-    #[allow(unused_unsafe)]
-    let leaf1 = unsafe { std::arch::x86_64::__cpuid(1) };
-    (leaf1.ebx >> 24) as usize
-}
+use pinned::{apic_id, join, spawn_on};
 
 /// IPIs (and, on the ipiq kernel, messages) the kernel has sent so far.
 #[derive(Clone, Copy)]
