@@ -1044,7 +1044,7 @@ impl<P: Platform> Ipiq<P> {
     /// Allocation-free: a held target calls this on every pass of its hold loop, with interrupts
     /// disabled. Allocating there (a fresh list per pass) made every held target take the kernel
     /// allocator's lock several times per pass: with a few held targets the passes slowed down
-    /// some fifty-fold under QEMU, and a target still entering (whose `requeue` push allocates)
+    /// some fifty-fold under QEMU, and a target still entering (whose `requeue` push allocated)
     /// or a master allocating its next rendezvous queued behind them for milliseconds. The list
     /// is taken out while its entries are polled (a poll runs finish work, which may call into
     /// ipiq), filtered in place and put back with its capacity, so the next `requeue` push does
