@@ -370,7 +370,18 @@ impl HostCore<'_> {
                     return;
                 }
             }
+            self.halt();
+        }
+    }
+
+    /// As the kernel's idle loop halts: mark the core halted for lazy senders, look once more,
+    /// sleep until an IPI, a task or the tick; or drain at once if a message came in meanwhile.
+    fn halt(&self) {
+        if self.ipiq.prepare_halt() {
             self.sleep();
+            self.ipiq.end_halt();
+        } else {
+            self.ipiq.process();
         }
     }
 
@@ -574,6 +585,6 @@ fn core_loop(
             ipiq.process();
             return;
         }
-        core.sleep();
+        core.halt();
     }
 }

@@ -23,7 +23,8 @@
 //!   so nesting stays one drain deep under any flood); `wait` stays exact when message
 //!   functions nest; watchdogs return [`Error::TimedOut`] instead of panicking.
 //! - Operations, seed name in brackets: [`Ipiq::send`] (`lwkt_send_ipiq`),
-//!   [`Ipiq::send_passive`] (`_passive`), [`Ipiq::try_send`] (`_nowait`), [`Ipiq::send_many`]
+//!   [`Ipiq::send_passive`] (`_passive`), [`Ipiq::try_send`] (`_nowait`),
+//!   [`Ipiq::try_send_lazy`] (an IPI only to a halted core), [`Ipiq::send_many`]
 //!   (`_mask`, any [`CpuSet`]), [`Ipiq::send_batch`] (many messages to one target, one fence),
 //!   [`Ipiq::seq`] / [`Ipiq::wait`] (`lwkt_seq_ipiq` / `lwkt_wait_ipiq`), [`Ipiq::process`]
 //!   (`lwkt_process_ipiq`, the interrupt, idle and reschedule hook), [`Ipiq::poll`] (an idle

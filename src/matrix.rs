@@ -88,6 +88,8 @@ enum Kind {
     Passive,
     /// `try_send`: like active, but refuses instead of draining when the FIFO is 2/3 full.
     Nowait,
+    /// `try_send_lazy`: refuses as `Nowait` does; IPI only if the target is halted.
+    Lazy,
 }
 
 /// cpusyncs a core can be held in at once before its requeue list allocates (nesting: a held
@@ -116,6 +118,10 @@ struct PerCpu<P: Platform> {
     /// Set by a sender that signalled this core, and by this core while it drains; cleared by this
     /// core before its final scan. See the module docs.
     npoll: CachePadded<AtomicBool>,
+    /// Set by this core's idle loop just before it halts ([`Ipiq::prepare_halt`]); cleared by
+    /// the first lazy sender that sees it (which then wakes the core) or by the core when it stops
+    /// halting ([`Ipiq::end_halt`]). Every write is an RMW, as for `npoll`.
+    halted: CachePadded<AtomicBool>,
     /// The FIFO from each sender, null until that sender first talks to this core. Written once
     /// (Release) by the sender, read (Acquire) by this core and the sender.
     incoming: Box<[AtomicPtr<Fifo<P>>]>,
@@ -201,6 +207,7 @@ impl<P: Platform> Ipiq<P> {
         let cpus = (0..ncpu)
             .map(|_| PerCpu {
                 npoll: CachePadded(AtomicBool::new(false)),
+                halted: CachePadded(AtomicBool::new(false)),
                 incoming: (0..ncpu).map(|_| AtomicPtr::new(ptr::null_mut())).collect(),
                 senders: (0..words).map(|_| AtomicU64::new(0)).collect(),
                 online: AtomicBool::new(false),
@@ -404,6 +411,23 @@ impl<P: Platform> Ipiq<P> {
         result
     }
 
+    /// Like [`Ipiq::try_send`], but wakes the target only if it is halted in its idle loop
+    /// (between [`Ipiq::prepare_halt`] and [`Ipiq::end_halt`]); a target that is running or
+    /// polling finds the message at its next drain (interrupt, reschedule, idle loop, tick). For
+    /// work that a busy core need not be interrupted for, such as the scheduler's cross-core
+    /// wake-ups: a core busy with another task picks them up at its next reschedule, as Hermit's
+    /// own wake-up path does, and no IPI is spent on it. Never blocks: [`Error::WouldBlock`] at
+    /// 2/3 full, nothing queued.
+    pub fn try_send_lazy(
+        &self,
+        target: CpuId,
+        func: IpiFn<P>,
+        arg0: usize,
+        arg1: usize,
+    ) -> Result<Seq, Error> {
+        self.send_kind(target, Message::new(func, arg0, arg1), Kind::Lazy)
+    }
+
     /// Sends a boxed closure (a convenience over [`Ipiq::send`]; it allocates).
     pub fn send_boxed<F>(&self, target: CpuId, f: F) -> Result<Seq, Error>
     where
@@ -524,7 +548,7 @@ impl<P: Platform> Ipiq<P> {
         let nested = self.cpus[me].running.load(Ordering::Relaxed) > 0;
         if self.spill_len(me, target) > 0 {
             // Earlier messages to this target still wait in the spill list: they go first (I1).
-            if kind == Kind::Nowait {
+            if matches!(kind, Kind::Nowait | Kind::Lazy) {
                 self.count(me, |c| &c.would_block, 1);
                 return Err(Error::WouldBlock);
             }
@@ -540,16 +564,20 @@ impl<P: Platform> Ipiq<P> {
         }
         // The thresholds below compare `used` against a bound that reads only the sender's own
         // line; the target's line is read (exactly) only when the bound reaches a threshold.
-        let over = |used: u64| match kind {
-            Kind::Nowait => used * 3 >= capacity * 2,
-            _ => used * 2 >= capacity,
+        let nowait = matches!(kind, Kind::Nowait | Kind::Lazy);
+        let over = |used: u64| {
+            if nowait {
+                used * 3 >= capacity * 2
+            } else {
+                used * 2 >= capacity
+            }
         };
         loop {
             let mut used = fifo.used_at_most();
             if over(used) {
                 used = fifo.used();
             }
-            if kind == Kind::Nowait {
+            if nowait {
                 if used * 3 >= capacity * 2 {
                     self.count(me, |c| &c.would_block, 1);
                     return Err(Error::WouldBlock);
@@ -591,6 +619,8 @@ impl<P: Platform> Ipiq<P> {
         self.count(me, |c| &c.sent, 1);
         if kind == Kind::Passive && (used + 1) * 4 < capacity {
             self.count(me, |c| &c.passive, 1);
+        } else if kind == Kind::Lazy && signal {
+            self.signal_if_halted(me, target);
         } else if signal {
             self.signal(me, target);
         }
@@ -711,6 +741,23 @@ impl<P: Platform> Ipiq<P> {
         // (see the module docs; the target runs the mirror image).
         fence(Ordering::SeqCst);
         self.signal_fenced(me, target, false);
+    }
+
+    /// Wakes `target` after a lazy message was published, only if it is halted: the same
+    /// store; SeqCst fence; load handshake as `npoll`'s, against the target's `prepare_halt`
+    /// (which sets `halted`, fences, then looks at its queues), so either the target sees the
+    /// message and does not halt, or we see `halted` and wake it.
+    fn signal_if_halted(&self, me: CpuId, target: CpuId) {
+        // SeqCst fence: the store-load barrier between our `windex` store and our `halted` load.
+        fence(Ordering::SeqCst);
+        let halted = &self.cpus[target].halted;
+        // Relaxed load, then swap: ordering comes from the fence above; the swap makes one
+        // sender the one that wakes this halt (the seed's and Hermit's "take the halt state").
+        if halted.load(Ordering::Relaxed) && halted.swap(false, Ordering::Relaxed) {
+            self.signal_fenced(me, target, false);
+        } else {
+            self.count(me, |c| &c.lazy, 1);
+        }
     }
 
     /// [`Ipiq::signal`] after the caller's fence. `force` sends the IPI whatever `npoll` says
@@ -912,6 +959,37 @@ impl<P: Platform> Ipiq<P> {
         let n = self.drain_as(me, true, true);
         self.platform.irq_restore(irq);
         n
+    }
+
+    /// The idle loop's last step before it halts (interrupts disabled, after [`Ipiq::process`]):
+    /// marks the core halted for lazy senders ([`Ipiq::try_send_lazy`]), fences (SeqCst), and
+    /// looks at its queues once more. Returns whether the core may halt; `false` means a message
+    /// arrived (the mark is taken back): drain again instead. After the halt, or when the loop
+    /// turns to a task instead, it calls [`Ipiq::end_halt`].
+    pub fn prepare_halt(&self) -> bool {
+        let me = self.platform.current_cpu();
+        let halted = &self.cpus[me].halted;
+        // Relaxed RMW, then the SeqCst fence: the target's side of the handshake in
+        // `signal_if_halted` (every write to `halted` is an RMW, as for `npoll`).
+        halted.swap(true, Ordering::Relaxed);
+        fence(Ordering::SeqCst);
+        if self.has_incoming(me) {
+            // Relaxed RMW: not halting after all.
+            halted.swap(false, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
+
+    /// The core stopped halting (or decided not to halt after [`Ipiq::prepare_halt`]): lazy
+    /// senders stop waking it. Context: the core's own, any time; cheap when not marked.
+    pub fn end_halt(&self) {
+        let halted = &self.cpus[self.platform.current_cpu()].halted;
+        // Relaxed: only whether to skip the RMW; a lazy sender's swap may have cleared it already.
+        if halted.load(Ordering::Relaxed) {
+            // Relaxed RMW: nothing is published by clearing it.
+            halted.swap(false, Ordering::Relaxed);
+        }
     }
 
     /// The timer-tick hook: drains everything, passive messages included, and counts it.

@@ -68,7 +68,7 @@ macro_rules! counters {
 }
 
 counters! {
-    /// Messages this core queued for other cores (active, passive and nowait).
+    /// Messages this core queued for other cores (active, passive, nowait and lazy).
     sent,
     /// Messages sent to this core itself, which ran at once in the caller.
     local,
@@ -104,6 +104,8 @@ counters! {
     ipi_resent,
     /// Waits that returned `TimedOut`.
     timeouts,
+    /// Lazy messages (`try_send_lazy`) queued without an IPI: the target was not halted.
+    lazy,
 }
 
 impl Counters {

@@ -650,3 +650,57 @@ fn a_batch_longer_than_the_fifo_runs_in_order_with_few_ipis() {
     assert!(sender.ipis <= 1 + sender.fifo_full, "{sender:?}");
     machine.shutdown();
 }
+
+#[test]
+fn lazy_sends_wake_only_a_halted_core() {
+    let machine = machine(2, 256);
+    let q = machine.ipiq();
+    let counter = leak(AtomicUsize::new(0));
+    let (busy, started) = (
+        Arc::new(AtomicBool::new(true)),
+        Arc::new(AtomicBool::new(false)),
+    );
+    let (b, s) = (busy.clone(), started.clone());
+    // Core 1 busy (a running task, no interrupt point): lazy messages wait, with no IPI.
+    let task = machine
+        .spawn_on(1, move |_| {
+            s.store(true, Ordering::Release);
+            while b.load(Ordering::Acquire) {
+                std::hint::spin_loop();
+            }
+        })
+        .unwrap();
+    while !started.load(Ordering::Acquire) {
+        std::thread::yield_now();
+    }
+    machine
+        .run_on(0, move |core| {
+            for _ in 0..10 {
+                core.ipiq().try_send_lazy(1, count_one, counter, 0).unwrap();
+            }
+        })
+        .unwrap();
+    let sender = q.stats(0).unwrap();
+    busy.store(false, Ordering::Release);
+    task.join();
+    assert_eq!((sender.ipis, sender.lazy), (0, 10), "no IPI to a busy core");
+    // Core 1 now idles: it drains them (its idle loop's process) and halts; a lazy send to a
+    // halted core wakes it with one IPI.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while arg::<AtomicUsize>(counter).load(Ordering::Acquire) < 10 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert_eq!(arg::<AtomicUsize>(counter).load(Ordering::Acquire), 10);
+    std::thread::sleep(Duration::from_millis(20));
+    let seq = machine
+        .run_on(0, move |core| {
+            core.ipiq().try_send_lazy(1, count_one, counter, 0).unwrap()
+        })
+        .unwrap();
+    machine
+        .run_on(0, move |core| core.ipiq().wait(1, seq).unwrap())
+        .unwrap();
+    assert_eq!(arg::<AtomicUsize>(counter).load(Ordering::Acquire), 11);
+    assert_eq!(q.stats(0).unwrap().ipis, 1, "one IPI woke the halted core");
+    machine.shutdown();
+}

@@ -1,5 +1,6 @@
-//! Loom models of the wake-up handshake (FIFO + npoll, 2 cores; also with a polling idle loop),
-//! of FIFO-full progress (2 cores, 2-slot FIFOs) and of cpusync (3 cores).
+//! Loom models of the wake-up handshake (FIFO + npoll, 2 cores; also with a polling idle loop
+//! and with a lazy send against a halting core), of FIFO-full progress (2 cores, 2-slot FIFOs)
+//! and of cpusync (3 cores).
 //!
 //! Run with `RUSTFLAGS="--cfg loom" cargo test --release --test loom` (`make loom`).
 //! `LOOM_MAX_PREEMPTIONS` overrides each model's preemption bound (2 or 3; 0 for cpusync).
@@ -171,6 +172,40 @@ fn npoll_handshake_never_loses_a_wakeup() {
 #[test]
 fn polling_target_then_process_never_loses_a_wakeup() {
     handshake_model(true);
+}
+
+/// A lazy send (IPI only to a halted core) against a core about to halt: core 0 drains, then
+/// marks itself halted and looks once more (`prepare_halt`), while core 1 sends lazily. Either
+/// core 0 sees the message and does not halt, or core 1 sees the mark and sends the IPI.
+#[test]
+fn lazy_send_never_strands_a_message_behind_a_halt() {
+    builder(3).check(|| {
+        let q = new_ipiq(2, 8);
+        let ran = Arc::new(AtomicUsize::new(0));
+        let counter = &*ran as *const AtomicUsize as usize;
+        let sender = {
+            let q = q.clone();
+            thread::spawn(move || {
+                CPU.with(|c| c.set(1));
+                q.try_send_lazy(0, inc, counter, 0).unwrap();
+            })
+        };
+        CPU.with(|c| c.set(0));
+        q.process();
+        let halts = q.prepare_halt();
+        sender.join().unwrap();
+        let done = ran.load(Ordering::Relaxed);
+        let pending = q.platform().pending[0].load(Ordering::Acquire);
+        assert!(
+            done == 1 || pending || !halts,
+            "message stranded behind a halt: ran {done}, no IPI, core halted"
+        );
+        // Whatever woke it (the IPI, or the look that stopped the halt), core 0 drains.
+        q.end_halt();
+        q.process();
+        assert_eq!(ran.load(Ordering::Relaxed), 1);
+        drop(ran);
+    });
 }
 
 /// A target that never drains receives one IPI for any number of messages (I3).
