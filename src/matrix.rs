@@ -562,8 +562,7 @@ impl<P: Platform> Ipiq<P> {
                 self.platform.relax();
             }
         }
-        // The thresholds below compare `used` against a bound that reads only the sender's own
-        // line; the target's line is read (exactly) only when the bound reaches a threshold.
+        // Refuse (nowait) at 2/3 full; otherwise drain own queues once over half full.
         let nowait = matches!(kind, Kind::Nowait | Kind::Lazy);
         let over = |used: u64| {
             if nowait {
@@ -573,40 +572,36 @@ impl<P: Platform> Ipiq<P> {
             }
         };
         loop {
-            let mut used = fifo.used_at_most();
-            if over(used) {
-                used = fifo.used();
+            // The bound reads only our own line; the exact count (the target's line) only when
+            // the bound reaches the threshold.
+            if !over(fifo.used_at_most()) || !over(fifo.used()) {
+                break;
             }
             if nowait {
-                if used * 3 >= capacity * 2 {
-                    self.count(me, |c| &c.would_block, 1);
-                    return Err(Error::WouldBlock);
-                }
-            } else if used * 2 >= capacity {
-                self.count(me, |c| &c.fifo_full, 1);
-                if nested {
-                    if fifo.used() < capacity {
-                        break;
-                    }
-                    return Ok(self.spill_push(me, target, message, signal));
-                }
-                // Over half full: make sure the target is coming, then serve our own queues until
-                // it has taken the FIFO below a quarter (the seed's fifo-full path). Draining here
-                // is what lets two cores flooding each other both progress.
-                fence(Ordering::SeqCst);
-                self.signal_fenced(me, target, false);
-                let mut watchdog = self.watchdog();
-                while fifo.used() * 4 >= capacity {
-                    self.drain(me, false);
-                    if fifo.used() * 4 < capacity {
-                        break;
-                    }
-                    self.check_watchdog(&mut watchdog, me, core::slice::from_ref(&target))?;
-                    self.platform.relax();
-                }
-                continue;
+                self.count(me, |c| &c.would_block, 1);
+                return Err(Error::WouldBlock);
             }
-            break;
+            self.count(me, |c| &c.fifo_full, 1);
+            if nested {
+                if fifo.used() < capacity {
+                    break;
+                }
+                return Ok(self.spill_push(me, target, message, signal));
+            }
+            // Over half full: make sure the target is coming, then serve our own queues until
+            // it has taken the FIFO below a quarter (the seed's fifo-full path). Draining here
+            // is what lets two cores flooding each other both progress.
+            fence(Ordering::SeqCst);
+            self.signal_fenced(me, target, false);
+            let mut watchdog = self.watchdog();
+            while fifo.used() * 4 >= capacity {
+                self.drain(me, false);
+                if fifo.used() * 4 < capacity {
+                    break;
+                }
+                self.check_watchdog(&mut watchdog, me, core::slice::from_ref(&target))?;
+                self.platform.relax();
+            }
         }
         let mut used = fifo.used_at_most();
         if kind == Kind::Passive && (used + 1) * 4 >= capacity {
