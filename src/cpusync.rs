@@ -7,14 +7,36 @@
 //! target runs the *finish* work, counts itself out, then runs the *after* work (the seed's
 //! fastdata: it runs concurrently with the master, which does not wait for it).
 //!
+//! # Holding is bounded by the master
+//! Held targets spin in interrupt context, so a rendezvous may last no longer than its master's
+//! own work. Two rules make that structural rather than a convention:
+//! - **Interrupts stay off on the master from start to finish.** Every entry point
+//!   ([`Ipiq::cpusync`], [`Ipiq::cpusync_simple`], [`Ipiq::cpusync_fastdata`], the TLB
+//!   shootdown) disables them once, for the whole rendezvous: the master cannot be preempted,
+//!   descheduled or interrupted between gathering and releasing its targets. (It still serves
+//!   its own queues while it waits for them, so masters that target each other both progress.)
+//! - **A rendezvous is a scope, not a value.** [`Ipiq::cpusync`] lends the running
+//!   [`CpuSync`] to a closure and finishes it when the closure returns; no caller ever owns a
+//!   `CpuSync`, so none can be forgotten (`mem::forget`) or kept past its scope, and one that
+//!   unwinds out of the closure releases its targets on the way (its `Drop`).
+//!
+//! A held target also has a watchdog of its own (`watchdog.rs`): if its master has not released
+//! it within [`crate::Config::warn_after_ns`] it logs every core's status, and again each time
+//! the hold doubles; it never leaves early, because the master relies on it being held.
+//!
 //! The rendezvous state lives in an `Arc`: the master and every target hold a reference, so
 //! it stays valid however late a target leaves.
 
+use alloc::boxed::Box;
+
 use crate::error::Error;
-use crate::matrix::Ipiq;
+use crate::irq::IrqOff;
+use crate::matrix::{Hold, Ipiq, Kind};
 use crate::message::{IpiFn, Message};
 use crate::platform::{CpuId, Platform};
-use crate::sync::{Arc, AtomicBool, AtomicUsize, Ordering};
+use crate::status::{FlagSet, Waiting};
+use crate::sync::{Arc, AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use crate::watchdog::Patience;
 use crate::CpuSet;
 
 /// What the targets of a cpusync run, and when.
@@ -38,17 +60,47 @@ impl<P: Platform> Default for SyncWork<P> {
     }
 }
 
+/// A bit map of cores, set by the cores themselves (which target has entered or left), read by
+/// the master's watchdog to know whom it still waits for. Relaxed: the counts below carry the
+/// ordering; the bits only steer re-sent IPIs and name cores in warnings.
+struct CoreBits(Box<[AtomicU64]>);
+
+impl CoreBits {
+    fn new(cpus: usize) -> Self {
+        Self((0..cpus.div_ceil(64)).map(|_| AtomicU64::new(0)).collect())
+    }
+
+    fn set(&self, cpu: CpuId) {
+        if let Some(word) = self.0.get(cpu / 64) {
+            // Relaxed: see the type's docs.
+            word.fetch_or(1 << (cpu % 64), Ordering::Relaxed);
+        }
+    }
+
+    fn contains(&self, cpu: CpuId) -> bool {
+        // Relaxed: see the type's docs.
+        self.0
+            .get(cpu / 64)
+            .is_some_and(|w| w.load(Ordering::Relaxed) & (1 << (cpu % 64)) != 0)
+    }
+}
+
 /// The shared state of one rendezvous.
 struct SyncState<P: Platform> {
     work: SyncWork<P>,
+    master: CpuId,
     /// Targets that ran `start` and are held. Incremented (Release) by targets, read (Acquire)
     /// by the master, so the start work's effects are visible once `start` returns.
     entered: AtomicUsize,
+    /// Which targets have entered (for the master's watchdog).
+    entered_bits: CoreBits,
     /// Set (Release) by the master's finish; read (Acquire) by held targets, so the finish work
     /// sees everything the master did inside the rendezvous.
     released: AtomicBool,
     /// Targets that ran `finish`. Incremented (Release) by targets, read (Acquire) by the master.
     left: AtomicUsize,
+    /// Which targets have left (for the master's watchdog).
+    left_bits: CoreBits,
 }
 
 /// A cpusync poll waiting on a core's requeue list (the seed's `lwkt_cpusync_remote2`
@@ -60,8 +112,10 @@ pub(crate) struct Requeued<P: Platform> {
 impl<P: Platform> Requeued<P> {
     /// Runs the finish side once the master released the rendezvous; returns `true` when done
     /// (the entry is dropped), `false` while still held.
+    ///
+    /// Context: the held target's drain loop, interrupts disabled.
     pub(crate) fn poll(&self, ipiq: &Ipiq<P>) -> bool {
-        // Acquire: pairs with the master's Release in `release`.
+        // Acquire: pairs with the master's Release in `release_now`.
         if !self.state.released.load(Ordering::Acquire) {
             return false;
         }
@@ -69,8 +123,10 @@ impl<P: Platform> Requeued<P> {
         if let Some(finish) = self.state.work.finish {
             finish.run(ipiq, me);
         }
+        self.state.left_bits.set(me);
         // Release: the finish work's effects before the count the master waits on.
         self.state.left.fetch_add(1, Ordering::Release);
+        ipiq.diag(me).released();
         if let Some(after) = self.state.work.after {
             after.run(ipiq, me);
         }
@@ -79,6 +135,7 @@ impl<P: Platform> Requeued<P> {
 }
 
 /// The message a target receives: run the start work, count in, hold (`lwkt_cpusync_remote1`).
+/// Context: a message function (interrupts disabled, on the target).
 fn enter<P: Platform>(ipiq: &Ipiq<P>, raw: usize, _: usize) {
     // SAFETY: `raw` is a reference the master made with `Arc::into_raw` for this one message, and
     // each message runs exactly once; it is consumed here.
@@ -88,13 +145,15 @@ fn enter<P: Platform>(ipiq: &Ipiq<P>, raw: usize, _: usize) {
         start.run(ipiq, me);
     }
     ipiq.count(me, |c| &c.cpusync_target, 1);
+    ipiq.diag(me).held(state.master);
+    state.entered_bits.set(me);
     // Release: the start work's effects before the count the master waits on.
     state.entered.fetch_add(1, Ordering::Release);
     ipiq.requeue(me, Requeued { state });
 }
 
-/// A running cpusync, led by the core that started it. Finish it with [`CpuSync::finish`];
-/// dropping it releases the targets without waiting for them.
+/// A running cpusync, lent by [`Ipiq::cpusync`] to the master's closure. Its targets are held
+/// until the closure returns; [`CpuSync::add`] gathers more.
 pub struct CpuSync<'a, P: Platform> {
     ipiq: &'a Ipiq<P>,
     state: Arc<SyncState<P>>,
@@ -102,6 +161,8 @@ pub struct CpuSync<'a, P: Platform> {
     members: CpuSet,
     master: CpuId,
     released: bool,
+    /// The master's "leading a cpusync" status flag, cleared on drop.
+    leading: Option<FlagSet>,
 }
 
 impl<P: Platform> core::fmt::Debug for CpuSync<'_, P> {
@@ -113,46 +174,99 @@ impl<P: Platform> core::fmt::Debug for CpuSync<'_, P> {
     }
 }
 
+/// How a scoped rendezvous ends.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum End {
+    /// Release the targets and wait until each ran its finish work.
+    WaitForFinish,
+    /// Release the targets and return at once (fastdata).
+    Release,
+}
+
 impl<P: Platform> Ipiq<P> {
-    /// Starts a cpusync over the online cores of `set` other than the caller (the seed's
-    /// `lwkt_cpusync_start`); returns once every target has run `work.start` and is held.
+    /// Gathers the online cores of `set` other than the caller in a rendezvous, runs `lead` on
+    /// the caller while they are held, then releases them and returns once each has run
+    /// `work.finish` (the seed's `lwkt_cpusync_start`, `_add` through [`CpuSync::add`], and
+    /// `_finish`). Every target runs `work.start` before `lead` begins.
     ///
-    /// Context: any, not from a message function of a target being held by this same cpusync.
-    /// While waiting it serves the caller's own queues, so two masters targeting each other both
-    /// progress (I4, I6). Errors: [`Error::NoSuchCpu`] for a core beyond the machine,
-    /// [`Error::EmptySet`] for an empty set, [`Error::TimedOut`] if a target never entered (the
-    /// ones that did are released).
-    pub fn cpusync_start(&self, set: &CpuSet, work: SyncWork<P>) -> Result<CpuSync<'_, P>, Error> {
+    /// Context: any, not from a message function of a target this rendezvous would hold.
+    /// Interrupts are disabled on the caller for the whole call (see the module docs): `lead`
+    /// must not block or sleep, and should be short, since every target spins until it returns.
+    /// While waiting for its targets the caller serves its own queues, so two masters targeting
+    /// each other both progress (I4, I6).
+    ///
+    /// Errors: [`Error::NoSuchCpu`] for a core beyond the machine, [`Error::EmptySet`] for an
+    /// empty set (`lead` does not run); [`Error::TimedOut`] if a target never entered (the ones
+    /// that did are released, `lead` does not run) or never finished (`lead` ran; its result is
+    /// dropped).
+    ///
+    /// ```
+    /// # #[cfg(feature = "std")] {
+    /// use ipiq::host::{HostConfig, HostMachine};
+    /// use ipiq::{CpuSet, SyncWork};
+    ///
+    /// let machine = HostMachine::start(HostConfig::cpus(3));
+    /// let held = machine
+    ///     .run_on(0, |core| {
+    ///         let set: CpuSet = [1, 2].into_iter().collect();
+    ///         core.ipiq()
+    ///             .cpusync(&set, SyncWork::default(), |sync| sync.members().len())
+    ///             .unwrap()
+    ///     })
+    ///     .unwrap();
+    /// assert_eq!(held, 2);
+    /// machine.shutdown();
+    /// # }
+    /// ```
+    pub fn cpusync<R>(
+        &self,
+        set: &CpuSet,
+        work: SyncWork<P>,
+        lead: impl FnOnce(&mut CpuSync<'_, P>) -> R,
+    ) -> Result<R, Error> {
+        self.cpusync_scoped(set, work, End::WaitForFinish, lead)
+    }
+
+    /// Like [`Ipiq::cpusync`], but releases the targets when `lead` returns without waiting for
+    /// them to run `work.finish` and `work.after` (the seed's fastdata ending): what they run
+    /// then must use only its argument words. Context and errors as [`Ipiq::cpusync`] (no
+    /// [`Error::TimedOut`] after `lead`).
+    pub fn cpusync_release<R>(
+        &self,
+        set: &CpuSet,
+        work: SyncWork<P>,
+        lead: impl FnOnce(&mut CpuSync<'_, P>) -> R,
+    ) -> Result<R, Error> {
+        self.cpusync_scoped(set, work, End::Release, lead)
+    }
+
+    fn cpusync_scoped<R>(
+        &self,
+        set: &CpuSet,
+        work: SyncWork<P>,
+        end: End,
+        lead: impl FnOnce(&mut CpuSync<'_, P>) -> R,
+    ) -> Result<R, Error> {
         if let Some(max) = set.max() {
             self.check_cpu(max)?;
         }
         if set.is_empty() {
             return Err(Error::EmptySet);
         }
-        self.cpusync_start_overlapped(set, work, || {})
-    }
-
-    fn cpusync_begin(&self, work: SyncWork<P>) -> CpuSync<'_, P> {
-        let master = self.current_cpu();
-        self.count(master, |c| &c.cpusync, 1);
-        CpuSync {
-            ipiq: self,
-            state: Arc::new(SyncState {
-                work,
-                entered: AtomicUsize::new(0),
-                released: AtomicBool::new(false),
-                left: AtomicUsize::new(0),
-            }),
-            members: CpuSet::new(),
-            master,
-            released: false,
+        let _irq = IrqOff::new(self.platform());
+        let mut sync = self.cpusync_gather(set, work, Patience::Bounded, || {})?;
+        let result = lead(&mut sync);
+        match end {
+            End::WaitForFinish => sync.finish_inner()?,
+            End::Release => sync.release_now(),
         }
+        Ok(result)
     }
 
     /// Runs `func(arg0, arg1)` on every online core of `set` in lockstep (the seed's
     /// `lwkt_cpusync_simple`): all targets are gathered, then each runs it as its finish work,
     /// and the caller runs it too if it is in the set; returns after all have run it, with how
-    /// many cores did.
+    /// many cores did. Context and errors as [`Ipiq::cpusync`].
     pub fn cpusync_simple(
         &self,
         set: &CpuSet,
@@ -161,15 +275,11 @@ impl<P: Platform> Ipiq<P> {
         arg1: usize,
     ) -> Result<usize, Error> {
         let message = Message::new(func, arg0, arg1);
-        self.cpusync_with_master(
-            set,
-            SyncWork {
-                finish: Some(message),
-                ..SyncWork::default()
-            },
-            message,
-            true,
-        )
+        let work = SyncWork {
+            finish: Some(message),
+            ..SyncWork::default()
+        };
+        self.cpusync_with_master(set, work, message, End::WaitForFinish)
     }
 
     /// Like [`Ipiq::cpusync_simple`], but the targets run the function after counting out, while
@@ -183,15 +293,11 @@ impl<P: Platform> Ipiq<P> {
         arg1: usize,
     ) -> Result<usize, Error> {
         let message = Message::new(func, arg0, arg1);
-        self.cpusync_with_master(
-            set,
-            SyncWork {
-                after: Some(message),
-                ..SyncWork::default()
-            },
-            message,
-            false,
-        )
+        let work = SyncWork {
+            after: Some(message),
+            ..SyncWork::default()
+        };
+        self.cpusync_with_master(set, work, message, End::Release)
     }
 
     fn cpusync_with_master(
@@ -199,53 +305,61 @@ impl<P: Platform> Ipiq<P> {
         set: &CpuSet,
         work: SyncWork<P>,
         message: Message<P>,
-        wait: bool,
+        end: End,
     ) -> Result<usize, Error> {
-        let sync = self.cpusync_start(set, work)?;
-        let count = sync.members.len();
-        let me = sync.master;
-        let irq = self.platform().irq_save();
-        let ran_here = set.contains(me);
-        if ran_here {
-            message.run(self, me);
-        }
-        self.platform().irq_restore(irq);
-        if wait {
-            sync.finish()?;
-        } else {
-            sync.release();
-        }
-        Ok(count + usize::from(ran_here))
+        self.cpusync_scoped(set, work, end, |sync| {
+            let me = sync.master;
+            let ran_here = set.contains(me);
+            if ran_here {
+                message.run(self, me);
+            }
+            sync.members.len() + usize::from(ran_here)
+        })
     }
 
-    /// Starts a cpusync whose targets run `start` as they enter, and gives the caller `overlap`
-    /// to run while they do; returns once all have entered (used by the TLB shootdown to overlap
-    /// the local flush with the remote ones).
-    pub(crate) fn cpusync_start_overlapped(
+    /// Sends the enter message to the online cores of `set` other than the caller, gives the
+    /// caller `overlap` to run while they enter (the TLB shootdown's local flush), and returns
+    /// once all have entered, with `patience` for the ones that are slow.
+    ///
+    /// Context: interrupts disabled by the caller, for as long as the returned `CpuSync` lives.
+    pub(crate) fn cpusync_gather(
         &self,
         set: &CpuSet,
         work: SyncWork<P>,
+        patience: Patience,
         overlap: impl FnOnce(),
     ) -> Result<CpuSync<'_, P>, Error> {
-        let mut sync = self.cpusync_begin(work);
-        let master = sync.master;
-        let irq = self.platform().irq_save();
-        let result = (|| {
-            let mut first_error = None;
-            for target in set.iter().filter(|&t| t != master && self.is_online(t)) {
-                if let Err(e) = sync.send_enter(target) {
-                    first_error = Some(e);
-                    break;
-                }
+        let master = self.current_cpu();
+        self.count(master, |c| &c.cpusync, 1);
+        let mut sync = CpuSync {
+            ipiq: self,
+            state: Arc::new(SyncState {
+                work,
+                master,
+                entered: AtomicUsize::new(0),
+                entered_bits: CoreBits::new(self.cpu_count()),
+                released: AtomicBool::new(false),
+                left: AtomicUsize::new(0),
+                left_bits: CoreBits::new(self.cpu_count()),
+            }),
+            members: CpuSet::new(),
+            master,
+            released: false,
+            leading: Some(self.diag(master).leading()),
+        };
+        let mut first_error = None;
+        for target in set.iter().filter(|&t| t != master && self.is_online(t)) {
+            if let Err(e) = sync.send_enter(target, patience) {
+                first_error = Some(e);
+                break;
             }
-            overlap();
-            if let Some(e) = first_error {
-                return Err(e);
-            }
-            sync.wait_entered()
-        })();
-        self.platform().irq_restore(irq);
-        result.map(|()| sync)
+        }
+        overlap();
+        if let Some(e) = first_error {
+            return Err(e);
+        }
+        sync.wait_entered(patience)?;
+        Ok(sync)
     }
 }
 
@@ -255,9 +369,15 @@ impl<P: Platform> CpuSync<'_, P> {
         &self.members
     }
 
+    /// The core leading the rendezvous (the caller of [`Ipiq::cpusync`]).
+    pub fn master(&self) -> CpuId {
+        self.master
+    }
+
     /// Adds `cpu` to the running cpusync (the seed's `lwkt_cpusync_add`); returns once it has run
     /// the start work and is held. Adding an offline core is [`Error::CpuOffline`], the master or
-    /// a member [`Error::AlreadyInSync`].
+    /// a member [`Error::AlreadyInSync`], a core past the machine [`Error::NoSuchCpu`];
+    /// [`Error::TimedOut`] if it never enters (the rendezvous goes on without it).
     pub fn add(&mut self, cpu: CpuId) -> Result<(), Error> {
         self.ipiq.check_cpu(cpu)?;
         if cpu == self.master || self.members.contains(cpu) {
@@ -266,39 +386,41 @@ impl<P: Platform> CpuSync<'_, P> {
         if !self.ipiq.is_online(cpu) {
             return Err(Error::CpuOffline(cpu));
         }
-        let irq = self.ipiq.platform().irq_save();
-        let result = self.send_enter(cpu).and_then(|()| self.wait_entered());
-        self.ipiq.platform().irq_restore(irq);
-        result
+        // Interrupts are already off for the whole rendezvous (module docs); nesting a guard
+        // costs nothing and keeps this method sound on its own.
+        let _irq = IrqOff::new(self.ipiq.platform());
+        self.send_enter(cpu, Patience::Bounded)?;
+        self.wait_entered(Patience::Bounded)
     }
 
-    /// Releases the targets and returns once each has run its finish work (the seed's
-    /// `lwkt_cpusync_finish`). [`Error::TimedOut`] if one never counts out.
-    pub fn finish(mut self) -> Result<(), Error> {
+    /// Releases the targets and waits until each has run its finish work.
+    /// Context: the master, interrupts disabled.
+    fn finish_inner(mut self) -> Result<(), Error> {
         self.release_now();
         let ipiq = self.ipiq;
-        let irq = ipiq.platform().irq_save();
         let me = ipiq.current_cpu();
-        let targets: alloc::vec::Vec<CpuId> = self.members.iter().collect();
         let want = self.members.len();
-        let mut watchdog = ipiq.watchdog();
-        let result = loop {
+        let state = &self.state;
+        let left = || state.left.load(Ordering::Acquire) as u64;
+        let mut watchdog = ipiq.watchdog(me, Waiting::CpusyncExit, None, Patience::Bounded, left());
+        loop {
             // Acquire: pairs with the targets' Release increments; their finish work is visible.
-            if self.state.left.load(Ordering::Acquire) >= want {
-                break Ok(());
+            if state.left.load(Ordering::Acquire) >= want {
+                return Ok(());
             }
-            ipiq.drain(me, false);
-            if let Err(e) = ipiq.check_watchdog(&mut watchdog, me, &targets) {
-                break Err(e);
-            }
+            ipiq.drain(me, Hold::PollOnce);
+            watchdog.check(left(), || {
+                self.members
+                    .iter()
+                    .filter(|&t| !state.left_bits.contains(t))
+            })?;
             ipiq.platform().relax();
-        };
-        ipiq.platform().irq_restore(irq);
-        result
+        }
     }
 
-    /// Releases the targets without waiting for them to count out.
-    pub fn release(mut self) {
+    /// Lets the targets go without waiting for them to count out (they have already done what
+    /// the caller needed, e.g. flushed their TLBs as they entered).
+    pub(crate) fn release(mut self) {
         self.release_now();
     }
 
@@ -312,9 +434,10 @@ impl<P: Platform> CpuSync<'_, P> {
     }
 
     /// Sends the enter message to `target`; interrupts are disabled by the caller.
-    fn send_enter(&mut self, target: CpuId) -> Result<(), Error> {
+    fn send_enter(&mut self, target: CpuId, patience: Patience) -> Result<(), Error> {
         let raw = Arc::into_raw(self.state.clone()) as usize;
-        match self.ipiq.send(target, enter::<P>, raw, 0) {
+        let message = Message::new(enter::<P>, raw, 0);
+        match self.ipiq.send_with(target, message, Kind::Active, patience) {
             Ok(_) => {
                 self.members.insert(target);
                 Ok(())
@@ -327,20 +450,25 @@ impl<P: Platform> CpuSync<'_, P> {
         }
     }
 
-    /// Waits until every member is held; interrupts are disabled by the caller.
-    fn wait_entered(&mut self) -> Result<(), Error> {
+    /// Waits until every member is held; interrupts are disabled by the caller. Re-sent IPIs go
+    /// only to members that have not entered yet (the others spin in their hold loops).
+    fn wait_entered(&mut self, patience: Patience) -> Result<(), Error> {
         let ipiq = self.ipiq;
         let me = ipiq.current_cpu();
         let want = self.members.len();
-        let targets: alloc::vec::Vec<CpuId> = self.members.iter().collect();
-        let mut watchdog = ipiq.watchdog();
+        let state = &self.state;
+        let entered = || state.entered.load(Ordering::Acquire) as u64;
+        let mut watchdog = ipiq.watchdog(me, Waiting::CpusyncEntry, None, patience, entered());
         loop {
             // Acquire: pairs with the targets' Release increments; their start work is visible.
-            if self.state.entered.load(Ordering::Acquire) >= want {
+            if state.entered.load(Ordering::Acquire) >= want {
                 return Ok(());
             }
-            ipiq.drain(me, false);
-            ipiq.check_watchdog(&mut watchdog, me, &targets)?;
+            ipiq.drain(me, Hold::PollOnce);
+            let members = &self.members;
+            watchdog.check(entered(), || {
+                members.iter().filter(|&t| !state.entered_bits.contains(t))
+            })?;
             ipiq.platform().relax();
         }
     }
@@ -348,7 +476,11 @@ impl<P: Platform> CpuSync<'_, P> {
 
 impl<P: Platform> Drop for CpuSync<'_, P> {
     fn drop(&mut self) {
-        // A cpusync dropped without finish (or after an error) must not hold its targets forever.
+        // A rendezvous that ends early (an error, or a panic unwinding out of the master's
+        // closure) must not hold its targets for ever.
         self.release_now();
+        if let Some(token) = self.leading.take() {
+            self.ipiq.diag(self.master).done_leading(token);
+        }
     }
 }

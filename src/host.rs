@@ -83,6 +83,8 @@ struct CoreState {
     full_flushes: AtomicU64,
     /// IPIs that reached this core.
     ipis_delivered: AtomicU64,
+    /// Times this core's interrupts went from disabled to enabled (`irq_restore`).
+    irq_enables: AtomicU64,
 }
 
 /// The [`Platform`] of simulated cores.
@@ -212,6 +214,23 @@ impl HostPlatform {
         }
     }
 
+    /// IPIs that reached core `cpu` (0 for a core past the count).
+    pub fn ipis_delivered(&self, cpu: CpuId) -> u64 {
+        // Relaxed: a statistic.
+        self.cores
+            .get(cpu)
+            .map_or(0, |c| c.ipis_delivered.load(Ordering::Relaxed))
+    }
+
+    /// How many times core `cpu`'s interrupts were re-enabled (an `irq_restore` that turned
+    /// them from off to on): a test can check that an operation kept them off throughout.
+    pub fn irq_enables(&self, cpu: CpuId) -> u64 {
+        // Relaxed: a statistic.
+        self.cores
+            .get(cpu)
+            .map_or(0, |c| c.irq_enables.load(Ordering::Relaxed))
+    }
+
     /// The TLB flushes core `cpu` performed.
     pub fn tlb_flushes(&self, cpu: CpuId) -> TlbFlushes {
         self.cores
@@ -262,7 +281,13 @@ impl Platform for HostPlatform {
     }
 
     fn irq_restore(&self, state: IrqState) {
-        IRQ_OFF.with(|off| off.set(!state.0));
+        let was_off = IRQ_OFF.with(|off| off.replace(!state.0));
+        if was_off && state.0 {
+            if let Some(core) = CURRENT.with(Cell::get).and_then(|cpu| self.cores.get(cpu)) {
+                // Relaxed: a statistic, read by tests after the operation returned.
+                core.irq_enables.fetch_add(1, Ordering::Relaxed);
+            }
+        }
     }
 
     fn relax(&self) {

@@ -29,12 +29,16 @@
 //!   [`Ipiq::seq`] / [`Ipiq::wait`] (`lwkt_seq_ipiq` / `lwkt_wait_ipiq`), [`Ipiq::process`]
 //!   (`lwkt_process_ipiq`, the interrupt, idle and reschedule hook), [`Ipiq::poll`] (an idle
 //!   loop polling before it halts, staying signalled), [`Ipiq::tick`] (the timer hook), the
-//!   cpusync family ([`Ipiq::cpusync_simple`], [`Ipiq::cpusync_fastdata`], [`Ipiq::cpusync_start`],
-//!   [`CpuSync::add`], [`CpuSync::finish`]), [`Ipiq::shootdown`] (TLB shootdown on cpusync),
+//!   cpusync family ([`Ipiq::cpusync_simple`], [`Ipiq::cpusync_fastdata`], and the scoped
+//!   [`Ipiq::cpusync`] / [`Ipiq::cpusync_release`] with [`CpuSync::add`]: the master runs with
+//!   interrupts off from start to finish, and no caller ever owns a rendezvous it could forget),
+//!   [`Ipiq::shootdown`] (TLB shootdown on cpusync, which never gives up),
 //!   per-core [`Stats`] (switchable at run time with [`Ipiq::set_stats`]: one flag read
 //!   Relaxed on the send and drain paths, see the `stats` module), the IPI-avoidance switch
 //!   [`Ipiq::set_ipi_avoidance`], and [`Ipiq::shootdown_on`] (ranged or forced-full shootdown
-//!   on chosen cores, for measurements).
+//!   on chosen cores, for measurements), and [`Ipiq::core_status`] / [`Ipiq::log_core_states`]
+//!   (what each core is doing: draining, polling, halted, held by whom, leading, waiting for
+//!   what, last progress), which every watchdog prints when a wait passes its warning bound.
 //!
 //! ## Invariants (each checked by a test in `tests/`)
 //! - **I1 order**: messages from core A to core B run on B in the order A sent them.
@@ -48,10 +52,16 @@
 //!   before (fastdata: with) the master's finish; a held core can serve a second master.
 //! - **I7** a message to the current core runs at once, in the caller.
 //!
-//! ## Errors
+//! ## Errors and stalls
 //! Nothing panics on bad input: an unknown core is [`Error::NoSuchCpu`], a full FIFO on
-//! [`Ipiq::try_send`] is [`Error::WouldBlock`], and a wait that never completes is logged, the
-//! IPI re-sent, and past [`Config::timeout_ns`] the caller gets [`Error::TimedOut`].
+//! [`Ipiq::try_send`] is [`Error::WouldBlock`]. Every spin loop has a watchdog that counts time
+//! *without progress* (a target that keeps working is never cut short): it re-sends the IPI to
+//! the cores that still owe something, logs every core's [`CoreStatus`] past
+//! [`Config::warn_after_ns`] and again each time the stall doubles, and then follows its
+//! [`Patience`]: waits, sends and the general cpusync give up with [`Error::TimedOut`] past
+//! [`Config::timeout_ns`] (what was accepted still runs); a TLB shootdown never gives up, since
+//! returning early would let a frame be reused while a core may still map it, and panics with
+//! the diagnosis only past [`Config::stall_panic_ns`] if the kernel sets one.
 //!
 //! ## Example (host platform)
 //! ```
@@ -87,12 +97,15 @@ mod cpuset;
 mod cpusync;
 mod error;
 mod fifo;
+mod irq;
 mod matrix;
 mod message;
 mod platform;
 mod stats;
+mod status;
 mod sync;
 mod tlb;
+mod watchdog;
 
 #[cfg(target_os = "hermit")]
 pub mod hermit;
@@ -106,5 +119,7 @@ pub use matrix::{Config, Ipiq, Seq};
 pub use message::{IpiFn, Message};
 pub use platform::{CpuId, IrqState, Platform};
 pub use stats::Stats;
+pub use status::{CoreStatus, Waiting};
 pub use sync::CachePadded;
 pub use tlb::Shootdown;
+pub use watchdog::Patience;

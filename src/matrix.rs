@@ -34,9 +34,11 @@ use crate::fifo::Fifo;
 use crate::message::{IpiFn, Message};
 use crate::platform::{CpuId, Platform};
 use crate::stats::{Counters, Stats};
+use crate::status::{CoreDiag, Waiting};
 use crate::sync::{
     fence, AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, CachePadded, Ordering, UnsafeCell,
 };
+use crate::watchdog::Patience;
 use crate::CpuSet;
 
 /// A sequence number on one sender/target FIFO, returned by a send; [`Ipiq::wait`] waits until
@@ -59,8 +61,13 @@ pub struct Config {
     pub resend_after_ns: u64,
     /// Watchdogs log a warning after this long without progress.
     pub warn_after_ns: u64,
-    /// Watchdogs give up with [`Error::TimedOut`] after this long without progress.
+    /// Watchdogs give up with [`Error::TimedOut`] after this long without progress (waits,
+    /// sends and the general cpusync: [`crate::Patience::Bounded`]).
     pub timeout_ns: u64,
+    /// Waits that must not give up ([`crate::Patience::Unbounded`]: TLB shootdowns, held cpusync
+    /// targets) panic after this long without progress, having logged every core's status;
+    /// `None` (the default) waits for ever, warning each time the stall doubles.
+    pub stall_panic_ns: Option<u64>,
     /// TLB shootdowns of more pages than this flush everything instead.
     pub shootdown_cutoff_pages: usize,
 }
@@ -74,6 +81,7 @@ impl Default for Config {
             resend_after_ns: 10_000_000,
             warn_after_ns: 1_000_000_000,
             timeout_ns: 10_000_000_000,
+            stall_panic_ns: None,
             shootdown_cutoff_pages: 32,
         }
     }
@@ -81,7 +89,7 @@ impl Default for Config {
 
 /// How a message is queued.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Kind {
+pub(crate) enum Kind {
     /// `send`: IPI unless avoided; drains own queues while the FIFO is over half full.
     Active,
     /// `send_passive`: no IPI until the FIFO is a quarter full; drained by the target's tick.
@@ -90,6 +98,26 @@ enum Kind {
     Nowait,
     /// `try_send_lazy`: refuses as `Nowait` does; IPI only if the target is halted.
     Lazy,
+}
+
+/// What a drain does while its core is held in a cpusync.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Hold {
+    /// Keep serving the queues until every cpusync holding the core has released it (the
+    /// interrupt, idle and tick paths).
+    ServeWhileHeld,
+    /// Poll each held cpusync once and return (nested drains inside a caller's own spin loop,
+    /// which must get back to what it waits for).
+    PollOnce,
+}
+
+/// How a drain ends when it finds no more work.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Exit {
+    /// Clear `npoll`, fence, look once more: senders IPI the core again.
+    Unsignal,
+    /// Leave `npoll` set: the caller drains again soon ([`Ipiq::poll`]).
+    StaySignalled,
 }
 
 /// cpusyncs a core can be held in at once before its requeue list allocates (nesting: a held
@@ -114,14 +142,14 @@ impl<T> CoreLocal<T> {
 /// One core's state as a target (plus its counters as a sender). The fields this core writes
 /// all the time (`running`, `spilled`, `counters`) sit on cache lines of their own, away from
 /// what senders read on every send (`online`, `incoming`, `npoll`).
-struct PerCpu<P: Platform> {
+pub(crate) struct PerCpu<P: Platform> {
     /// Set by a sender that signalled this core, and by this core while it drains; cleared by this
     /// core before its final scan. See the module docs.
     npoll: CachePadded<AtomicBool>,
     /// Set by this core's idle loop just before it halts ([`Ipiq::prepare_halt`]); cleared by
     /// the first lazy sender that sees it (which then wakes the core) or by the core when it stops
     /// halting ([`Ipiq::end_halt`]). Every write is an RMW, as for `npoll`.
-    halted: CachePadded<AtomicBool>,
+    pub(crate) halted: CachePadded<AtomicBool>,
     /// The FIFO from each sender, null until that sender first talks to this core. Written once
     /// (Release) by the sender, read (Acquire) by this core and the sender.
     incoming: Box<[AtomicPtr<Fifo<P>>]>,
@@ -141,9 +169,11 @@ struct PerCpu<P: Platform> {
     spilled: CachePadded<AtomicU64>,
     /// How many message functions are running on this core's stack (nesting depth). Touched
     /// only by this core; atomic only so that the type is `Sync` without unsafe.
-    running: CachePadded<AtomicUsize>,
+    pub(crate) running: CachePadded<AtomicUsize>,
     /// This core's statistics.
     counters: CachePadded<Counters>,
+    /// What this core is doing, for diagnostics (`status.rs`). Written only by this core.
+    pub(crate) diag: CachePadded<CoreDiag>,
 }
 
 /// The inter-processor message queues of one machine.
@@ -186,14 +216,6 @@ unsafe impl<P: Platform> Sync for Ipiq<P> {}
 // SAFETY: as above; nothing refers to the creating thread.
 unsafe impl<P: Platform> Send for Ipiq<P> {}
 
-/// Tracks how long a spin loop has waited, re-sends IPIs and gives up (the seed's
-/// `lwkt_wait_ipiq` warning and panic, made recoverable).
-pub(crate) struct Watchdog {
-    start: u64,
-    last_resend: u64,
-    warned: bool,
-}
-
 impl<P: Platform> Ipiq<P> {
     /// Builds the queues for `platform.cpu_count()` cores, none online yet except through
     /// [`Ipiq::cpu_online`]. A `fifo_slots` that is not a power of two is rounded up (minimum 2).
@@ -219,6 +241,7 @@ impl<P: Platform> Ipiq<P> {
                 spilled: CachePadded(AtomicU64::new(0)),
                 running: CachePadded(AtomicUsize::new(0)),
                 counters: CachePadded(Counters::default()),
+                diag: CachePadded(CoreDiag::default()),
             })
             .collect();
         Self {
@@ -397,7 +420,7 @@ impl<P: Platform> Ipiq<P> {
         } else {
             let mut result = Ok(Seq(0));
             for &message in messages {
-                result = self.enqueue(me, target, message, Kind::Active, false);
+                result = self.enqueue(me, target, message, Kind::Active, false, Patience::Bounded);
                 if result.is_err() {
                     break;
                 }
@@ -477,7 +500,7 @@ impl<P: Platform> Ipiq<P> {
                 include_self = true;
                 continue;
             }
-            match self.enqueue(me, target, message, Kind::Active, false) {
+            match self.enqueue(me, target, message, Kind::Active, false, Patience::Bounded) {
                 Ok(_) => {
                     queued.insert(target);
                 }
@@ -509,6 +532,18 @@ impl<P: Platform> Ipiq<P> {
     }
 
     fn send_kind(&self, target: CpuId, message: Message<P>, kind: Kind) -> Result<Seq, Error> {
+        self.send_with(target, message, kind, Patience::Bounded)
+    }
+
+    /// [`Ipiq::send`] and its siblings with a chosen patience for a full FIFO (the TLB
+    /// shootdown's enter messages must never give up).
+    pub(crate) fn send_with(
+        &self,
+        target: CpuId,
+        message: Message<P>,
+        kind: Kind,
+        patience: Patience,
+    ) -> Result<Seq, Error> {
         self.check_cpu(target)?;
         let irq = self.platform.irq_save();
         let me = self.platform.current_cpu();
@@ -519,7 +554,7 @@ impl<P: Platform> Ipiq<P> {
         } else if !self.is_online(target) {
             Err(Error::CpuOffline(target))
         } else {
-            self.enqueue(me, target, message, kind, true)
+            self.enqueue(me, target, message, kind, true, patience)
         };
         self.platform.irq_restore(irq);
         result
@@ -541,6 +576,7 @@ impl<P: Platform> Ipiq<P> {
         message: Message<P>,
         kind: Kind,
         signal: bool,
+        patience: Patience,
     ) -> Result<Seq, Error> {
         let fifo = self.fifo_to(me, target);
         let capacity = fifo.capacity();
@@ -555,10 +591,16 @@ impl<P: Platform> Ipiq<P> {
             if nested {
                 return Ok(self.spill_push(me, target, message, signal));
             }
-            let mut watchdog = self.watchdog();
+            let mut watchdog = self.watchdog(
+                me,
+                Waiting::SpillRoom,
+                Some(target),
+                patience,
+                fifo.xindex(),
+            );
             while self.flush_spill(me, target) > 0 {
-                self.drain(me, false);
-                self.check_watchdog(&mut watchdog, me, core::slice::from_ref(&target))?;
+                self.drain(me, Hold::PollOnce);
+                watchdog.check(fifo.xindex(), || core::iter::once(target))?;
                 self.platform.relax();
             }
         }
@@ -593,13 +635,14 @@ impl<P: Platform> Ipiq<P> {
             // is what lets two cores flooding each other both progress.
             fence(Ordering::SeqCst);
             self.signal_fenced(me, target, false);
-            let mut watchdog = self.watchdog();
+            let mut watchdog =
+                self.watchdog(me, Waiting::FifoRoom, Some(target), patience, fifo.xindex());
             while fifo.used() * 4 >= capacity {
-                self.drain(me, false);
+                self.drain(me, Hold::PollOnce);
                 if fifo.used() * 4 < capacity {
                     break;
                 }
-                self.check_watchdog(&mut watchdog, me, core::slice::from_ref(&target))?;
+                watchdog.check(fifo.xindex(), || core::iter::once(target))?;
                 self.platform.relax();
             }
         }
@@ -775,6 +818,14 @@ impl<P: Platform> Ipiq<P> {
         }
     }
 
+    /// A watchdog's re-sent IPI: the previous one may have been lost, so it goes out whatever
+    /// `npoll` says. Interrupts are disabled by the caller.
+    pub(crate) fn resignal(&self, me: CpuId, target: CpuId) {
+        // SeqCst fence: as in `signal`, between what we published and the IPI.
+        fence(Ordering::SeqCst);
+        self.signal_fenced(me, target, true);
+    }
+
     /// The FIFO from `me` to `target`, allocated on first use (an idle pair costs a pointer).
     fn fifo_to(&self, me: CpuId, target: CpuId) -> &Fifo<P> {
         let slot = &self.cpus[target].incoming[me];
@@ -841,13 +892,22 @@ impl<P: Platform> Ipiq<P> {
         if seq.0 > fifo.windex() + self.spill_len(me, target) as u64 {
             return Err(Error::InvalidSequence);
         }
-        let mut watchdog = self.watchdog();
+        if fifo.xindex() >= seq.0 {
+            return Ok(());
+        }
+        let mut watchdog = self.watchdog(
+            me,
+            Waiting::Sequence,
+            Some(target),
+            Patience::Bounded,
+            fifo.xindex(),
+        );
         while fifo.xindex() < seq.0 {
-            self.drain(me, false);
+            self.drain(me, Hold::PollOnce);
             if fifo.xindex() >= seq.0 {
                 break;
             }
-            self.check_watchdog(&mut watchdog, me, core::slice::from_ref(&target))?;
+            watchdog.check(fifo.xindex(), || core::iter::once(target))?;
             self.platform.relax();
         }
         Ok(())
@@ -880,47 +940,6 @@ impl<P: Platform> Ipiq<P> {
                 .is_some_and(|f| f.xindex() >= seq.0))
     }
 
-    pub(crate) fn watchdog(&self) -> Watchdog {
-        let now = self.platform.now_ns();
-        Watchdog {
-            start: now,
-            last_resend: now,
-            warned: false,
-        }
-    }
-
-    /// One watchdog step in a spin loop waiting on `targets`: re-sends their IPIs every
-    /// [`Config::resend_after_ns`], warns once after [`Config::warn_after_ns`], and fails after
-    /// [`Config::timeout_ns`].
-    pub(crate) fn check_watchdog(
-        &self,
-        watchdog: &mut Watchdog,
-        me: CpuId,
-        targets: &[CpuId],
-    ) -> Result<(), Error> {
-        let now = self.platform.now_ns();
-        let waited = now.saturating_sub(watchdog.start);
-        if waited >= self.config.timeout_ns {
-            log::error!("ipiq: cpu {me} gave up waiting on cpus {targets:?} after {waited} ns");
-            self.count(me, |c| &c.timeouts, 1);
-            return Err(Error::TimedOut);
-        }
-        if waited >= self.config.warn_after_ns && !watchdog.warned {
-            watchdog.warned = true;
-            log::warn!("ipiq: cpu {me} still waiting on cpus {targets:?} after {waited} ns; re-sending IPIs");
-        }
-        if now.saturating_sub(watchdog.last_resend) >= self.config.resend_after_ns {
-            watchdog.last_resend = now;
-            for &target in targets {
-                if target != me {
-                    self.count(me, |c| &c.ipi_resent, 1);
-                    self.signal_fenced(me, target, true);
-                }
-            }
-        }
-        Ok(())
-    }
-
     // ----- draining ------------------------------------------------------------------------------
 
     /// Runs every message queued for the calling core, and keeps serving its queues while it is
@@ -933,7 +952,7 @@ impl<P: Platform> Ipiq<P> {
     pub fn process(&self) -> usize {
         let irq = self.platform.irq_save();
         let me = self.platform.current_cpu();
-        let n = self.drain(me, true);
+        let n = self.drain(me, Hold::ServeWhileHeld);
         self.platform.irq_restore(irq);
         n
     }
@@ -951,7 +970,7 @@ impl<P: Platform> Ipiq<P> {
     pub fn poll(&self) -> usize {
         let irq = self.platform.irq_save();
         let me = self.platform.current_cpu();
-        let n = self.drain_as(me, true, true);
+        let n = self.drain_as(me, Hold::ServeWhileHeld, Exit::StaySignalled);
         self.platform.irq_restore(irq);
         n
     }
@@ -992,7 +1011,7 @@ impl<P: Platform> Ipiq<P> {
         let irq = self.platform.irq_save();
         let me = self.platform.current_cpu();
         self.count(me, |c| &c.ticks, 1);
-        let n = self.drain(me, true);
+        let n = self.drain(me, Hold::ServeWhileHeld);
         self.count(me, |c| &c.tick_drained, n as u64);
         self.platform.irq_restore(irq);
         n
@@ -1028,21 +1047,26 @@ impl<P: Platform> Ipiq<P> {
             })
     }
 
-    /// Drains the calling core `me` (interrupts disabled). With `hold`, keeps going while the core
-    /// is held in a cpusync; without (nested drains inside a caller's own spin loop), polls each
-    /// held cpusync once. Ends by clearing `npoll` (see [`Ipiq::drain_as`]).
-    pub(crate) fn drain(&self, me: CpuId, hold: bool) -> usize {
-        self.drain_as(me, hold, false)
+    /// Drains the calling core `me` (interrupts disabled), ending by clearing `npoll` (see
+    /// [`Ipiq::drain_as`]).
+    pub(crate) fn drain(&self, me: CpuId, hold: Hold) -> usize {
+        self.drain_as(me, hold, Exit::Unsignal)
     }
 
     /// The drain loop. `npoll` is set on entry and stays set for as long as passes find work, so
     /// senders streaming into a busy core read a flag nobody writes and skip their IPIs without
-    /// touching its cache line. Only when a pass ran nothing does the core stop: unless `stay`,
-    /// it clears `npoll`, fences (SeqCst) and looks at its queues once more (the module docs'
-    /// handshake), going round again if anything arrived. With `stay` it returns with `npoll`
-    /// still set: the caller promises to drain again soon (see [`Ipiq::poll`]).
-    fn drain_as(&self, me: CpuId, hold: bool, stay: bool) -> usize {
+    /// touching its cache line. Only when a pass ran nothing does the core stop: with
+    /// [`Exit::Unsignal`] it clears `npoll`, fences (SeqCst) and looks at its queues once more
+    /// (the module docs' handshake), going round again if anything arrived; with
+    /// [`Exit::StaySignalled`] it returns with `npoll` still set: the caller promises to drain
+    /// again soon (see [`Ipiq::poll`]).
+    ///
+    /// Context: interrupts disabled, on core `me`; re-entered from message functions (nested
+    /// sends and waits), which then continue with the next message.
+    fn drain_as(&self, me: CpuId, hold: Hold, exit: Exit) -> usize {
         let cpu = &self.cpus[me];
+        let draining = cpu.diag.draining();
+        cpu.diag.polling(exit == Exit::StaySignalled);
         // Relaxed: tells senders we are draining so they may skip the IPI; the exit protocol
         // below (clear, SeqCst fence, look again) is what guarantees no message is missed. Every
         // write to `npoll` is a read-modify-write, so all of them form one chain that each reads
@@ -1054,6 +1078,7 @@ impl<P: Platform> Ipiq<P> {
         }
         let mut total = 0;
         let mut spill_watchdog = None;
+        let mut hold_watchdog = None;
         loop {
             let mut ran = 0;
             for sender in self.senders_of(me) {
@@ -1069,26 +1094,41 @@ impl<P: Platform> Ipiq<P> {
             let spilling = self.flush_spills(me);
             total += ran;
             if ran > 0 {
+                cpu.diag.progressed(self.platform.now_ns());
                 // Still working; `npoll` is still set unless a nested drain (inside a message
                 // function) cleared it on its way out, which costs senders an IPI, never a message:
                 // the exit below runs the handshake either way.
                 continue;
             }
-            if hold && held {
+            if hold == Hold::ServeWhileHeld && held {
+                // Held by a master that has not released us yet. Masters run with interrupts
+                // off from start to finish (see `cpusync.rs`), so this is short unless a master
+                // is stuck: then this core's own watchdog reports it (it never leaves early,
+                // which would break the rendezvous its master relies on).
+                let holds = cpu.diag.holds();
+                let watchdog = hold_watchdog.get_or_insert_with(|| {
+                    self.watchdog(me, Waiting::Release, None, Patience::Unbounded, holds)
+                });
+                let master = cpu.diag.last_master();
+                // Unbounded: never an error.
+                let _ = watchdog.check(holds, || master.into_iter());
                 self.platform.relax();
                 continue;
             }
-            if hold && !spilling.is_empty() {
+            if hold == Hold::ServeWhileHeld && !spilling.is_empty() {
                 // Our spilled messages wait for room in their targets' FIFOs: keep serving our
                 // own queues (the targets may be waiting on us) until they are in, or until the
                 // watchdog says a target is not draining (then the next drain or tick retries).
-                let watchdog = spill_watchdog.get_or_insert_with(|| self.watchdog());
-                if self.check_watchdog(watchdog, me, &spilling).is_ok() {
+                let spilled = cpu.spilled.load(Ordering::Relaxed);
+                let watchdog = spill_watchdog.get_or_insert_with(|| {
+                    self.watchdog(me, Waiting::SpillRoom, None, Patience::Bounded, spilled)
+                });
+                if watchdog.check(spilled, || spilling.iter().copied()).is_ok() {
                     self.platform.relax();
                     continue;
                 }
             }
-            if stay {
+            if exit == Exit::StaySignalled {
                 break;
             }
             // Relaxed RMW, then the SeqCst fence: our store-load barrier (module docs). Then one
@@ -1102,6 +1142,8 @@ impl<P: Platform> Ipiq<P> {
             }
             break;
         }
+        drop((spill_watchdog, hold_watchdog));
+        cpu.diag.done_draining(draining);
         self.count(me, |c| &c.processed, total as u64);
         total
     }
@@ -1154,6 +1196,18 @@ impl<P: Platform> Ipiq<P> {
     }
 
     // ----- helpers ---------------------------------------------------------------------------------
+
+    /// Core `cpu`'s state, if it exists.
+    #[inline]
+    pub(crate) fn per_cpu(&self, cpu: CpuId) -> Option<&PerCpu<P>> {
+        self.cpus.get(cpu)
+    }
+
+    /// Core `me`'s diagnostic words (`me` must be a valid core: the caller's own).
+    #[inline]
+    pub(crate) fn diag(&self, me: CpuId) -> &CoreDiag {
+        &self.cpus[me].diag
+    }
 
     #[inline]
     pub(crate) fn check_cpu(&self, cpu: CpuId) -> Result<(), Error> {

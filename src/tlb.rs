@@ -5,14 +5,28 @@
 //! also drops global entries. The targets flush as they enter the rendezvous; the caller flushes
 //! its own TLB while they do, and returns only once every target has flushed.
 //!
+//! # Policy: a shootdown never gives up
+//! A shootdown that returned while some online core had not flushed would let the caller free
+//! and reuse a frame that core may still reach through its stale translation: the very
+//! use-after-free the shootdown exists to prevent. So its waits are [`Patience::Unbounded`]:
+//! a slow core is waited for as long as it takes, its IPI re-sent every
+//! [`crate::Config::resend_after_ns`] without progress, a warning naming the cores that have not
+//! flushed (with every core's [`crate::CoreStatus`]) logged past [`crate::Config::warn_after_ns`]
+//! and again each time the stall doubles, and, if [`crate::Config::stall_panic_ns`] is set, a
+//! panic with that diagnosis past it (the kernel sets one: a crash with a report beats a silent
+//! hang). The only errors are bad arguments, checked before anything is sent. Interrupts stay
+//! off on the caller for the whole shootdown.
+//!
 //! [`Ipiq::shootdown_on`] runs the same rendezvous on chosen cores, ranged or forced full, for
 //! measuring one against the other (the benchmark probe in `hermit-app/kernel/patches/`).
 
 use crate::cpusync::SyncWork;
 use crate::error::Error;
+use crate::irq::IrqOff;
 use crate::matrix::Ipiq;
 use crate::message::Message;
 use crate::platform::Platform;
+use crate::watchdog::Patience;
 
 /// `pages` value meaning "flush everything".
 const FULL: usize = usize::MAX;
@@ -39,9 +53,11 @@ impl<P: Platform> Ipiq<P> {
     /// Invalidates `pages` 4 KiB pages from `start` (page-aligned down) on every online core,
     /// and returns once all of them have done so. `pages == 0` does nothing.
     ///
-    /// Context: call after the page-table change, not from a message function. Errors: as
-    /// [`Ipiq::cpusync_start`] ([`Error::TimedOut`] if a core never answers; the cores that did
-    /// answer have flushed, and the local TLB is always flushed).
+    /// Context: call after the page-table change, not from a message function; interrupts are
+    /// disabled inside for the whole call. Never returns before every online core has flushed
+    /// (module docs: it waits without bound, or panics past [`crate::Config::stall_panic_ns`]).
+    /// Errors: [`Error::CpuOffline`] only if a core went offline during the call (it cannot use
+    /// the translation while offline).
     pub fn shootdown(&self, start: usize, pages: usize) -> Result<Shootdown, Error> {
         if pages == 0 {
             return Ok(Shootdown {
@@ -73,7 +89,7 @@ impl<P: Platform> Ipiq<P> {
     /// nothing; an empty `targets` flushes only the caller.
     ///
     /// Errors: [`Error::NoSuchCpu`] if `targets` names a core past the core count (nothing
-    /// flushed); otherwise as [`Ipiq::shootdown`].
+    /// flushed); otherwise as [`Ipiq::shootdown`], whose never-give-up policy it shares.
     pub fn shootdown_on(
         &self,
         targets: &crate::CpuSet,
@@ -104,8 +120,8 @@ impl<P: Platform> Ipiq<P> {
         pages_arg: usize,
         pages: usize,
     ) -> Result<Shootdown, Error> {
+        let _irq = IrqOff::new(self.platform());
         let me = self.current_cpu();
-        let irq = self.platform().irq_save();
         let mut others = match targets {
             // Offline cores are skipped by the cpusync itself.
             Some(set) => set.clone(),
@@ -116,7 +132,9 @@ impl<P: Platform> Ipiq<P> {
             start: Some(Message::new(flush::<P>, start, pages_arg)),
             ..SyncWork::default()
         };
-        let result = self.cpusync_start_overlapped(&others, work, || flush(self, start, pages_arg));
+        let result = self.cpusync_gather(&others, work, Patience::Unbounded, || {
+            flush(self, start, pages_arg)
+        });
         let full = pages_arg == FULL;
         self.count(me, |c| &c.shootdowns, 1);
         if full {
@@ -130,7 +148,6 @@ impl<P: Platform> Ipiq<P> {
             sync.release();
             Shootdown { targets, full }
         });
-        self.platform().irq_restore(irq);
         result
     }
 }

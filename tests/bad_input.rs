@@ -55,8 +55,7 @@ fn unknown_cores_are_errors() {
         );
         assert_eq!(q.stats(0).unwrap().sent, before);
         assert_eq!(
-            q.cpusync_start(&[1, 300].into_iter().collect(), SyncWork::default())
-                .map(|_| ()),
+            q.cpusync(&[1, 300].into_iter().collect(), SyncWork::default(), |_| ()),
             Err(Error::NoSuchCpu(300))
         );
         assert_eq!(
@@ -83,8 +82,7 @@ fn empty_sets_are_errors() {
             Err(Error::EmptySet)
         );
         assert_eq!(
-            q.cpusync_start(&CpuSet::new(), SyncWork::default())
-                .map(|_| ()),
+            q.cpusync(&CpuSet::new(), SyncWork::default(), |_| ()),
             Err(Error::EmptySet)
         );
         q.cpu_offline(1).unwrap();
@@ -97,13 +95,12 @@ fn empty_sets_are_errors() {
         assert_eq!(q.send(1, nothing, 0, 0), Err(Error::CpuOffline(1)));
         q.cpu_online(1).unwrap();
         q.cpu_online(2).unwrap();
-        let mut sync = q
-            .cpusync_start(&CpuSet::single(1), SyncWork::default())
-            .unwrap();
-        assert_eq!(sync.add(0), Err(Error::AlreadyInSync(0)), "the master");
-        assert_eq!(sync.add(1), Err(Error::AlreadyInSync(1)));
-        assert_eq!(sync.add(3), Err(Error::NoSuchCpu(3)));
-        sync.finish().unwrap();
+        q.cpusync(&CpuSet::single(1), SyncWork::default(), |sync| {
+            assert_eq!(sync.add(0), Err(Error::AlreadyInSync(0)), "the master");
+            assert_eq!(sync.add(1), Err(Error::AlreadyInSync(1)));
+            assert_eq!(sync.add(3), Err(Error::NoSuchCpu(3)));
+        })
+        .unwrap();
     })
     .unwrap();
     m.shutdown();

@@ -309,16 +309,17 @@ fn cpusync_three_cores() {
             finish: Some(Message::new(inc, f, 0)),
             after: Some(Message::new(inc, f, 0)),
         };
-        let sync = q.cpusync_start(&CpuSet::all(3), work).unwrap();
-        // start returns once both targets ran the start work and are held.
-        assert_eq!(started.load(Ordering::Relaxed), 2);
-        assert_eq!(
-            finished.load(Ordering::Relaxed),
-            0,
-            "held targets have not finished"
-        );
         // Release without waiting (the master must not spin beside the held targets in loom).
-        sync.release();
+        q.cpusync_release(&CpuSet::all(3), work, |_| {
+            // The closure runs once both targets ran the start work and are held.
+            assert_eq!(started.load(Ordering::Relaxed), 2);
+            assert_eq!(
+                finished.load(Ordering::Relaxed),
+                0,
+                "held targets have not finished"
+            );
+        })
+        .unwrap();
         stop.store(true, Ordering::Release);
         q.platform().send_ipi(1);
         q.platform().send_ipi(2);

@@ -334,6 +334,15 @@ pub struct TickTimer {
     next_tick: Box<[AtomicU64]>,
 }
 
+/// Which timer vector fired ([`TickTimer::fired`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TimerVector {
+    /// The scheduler's own timer vector (its handler wakes tasks whose deadline passed).
+    Scheduler,
+    /// ipiq's tick-only vector (drains, re-arms, never reschedules).
+    TickOnly,
+}
+
 /// What the kernel should program after [`TickTimer::program`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TimerSetting {
@@ -385,23 +394,37 @@ impl TickTimer {
         self.setting(cpu)
     }
 
-    /// The scheduler's timer vector fired on `cpu` at `now`. Returns whether a tick is due (the
-    /// caller then runs ipiq's tick); advances the next tick past `now` either way and forgets a
-    /// scheduler deadline that has passed (the scheduler's handler, which runs next, re-arms
-    /// what it still needs).
-    pub fn fired(&self, cpu: CpuId, now: u64) -> (bool, TimerSetting) {
-        self.fire(cpu, now, true)
+    /// A timer vector fired on `cpu` at `now`: advances the next tick past `now`, runs `tick`
+    /// (ipiq's tick: [`crate::Ipiq::tick`]) if one was due, and returns what to program next.
+    ///
+    /// The setting is computed **after** `tick` ran: a message drained by the tick may itself
+    /// arm the scheduler's timer ([`TickTimer::program`], e.g. a wake-up with a deadline), and a
+    /// setting computed before the drain would overwrite that deadline until the following tick.
+    ///
+    /// With [`TimerVector::Scheduler`] a scheduler deadline that has passed is forgotten (the
+    /// scheduler's handler, which runs next, re-arms what it still needs). With
+    /// [`TimerVector::TickOnly`] it is kept: the setting then re-arms the scheduler's vector at
+    /// once (a deadline in the past fires immediately), because only the scheduler's handler
+    /// wakes the tasks whose time has come; forgetting it there would lose that wake-up.
+    ///
+    /// Context: the timer interrupt handler, interrupts disabled, on core `cpu`.
+    pub fn fired(
+        &self,
+        cpu: CpuId,
+        now: u64,
+        vector: TimerVector,
+        tick: impl FnOnce(),
+    ) -> TimerSetting {
+        if self.advance(cpu, now, vector) {
+            tick();
+        }
+        self.setting(cpu)
     }
 
-    /// The tick-only vector fired on `cpu` at `now`. Like [`TickTimer::fired`], but a scheduler
-    /// deadline that has passed meanwhile is kept: the setting then re-arms the scheduler's
-    /// vector at once (a deadline in the past fires immediately), because only the scheduler's
-    /// handler wakes the tasks whose time has come. Forgetting it here would lose that wake-up.
-    pub fn tick_fired(&self, cpu: CpuId, now: u64) -> (bool, TimerSetting) {
-        self.fire(cpu, now, false)
-    }
-
-    fn fire(&self, cpu: CpuId, now: u64, scheduler_vector: bool) -> (bool, TimerSetting) {
+    /// Advances the next tick past `now` and forgets a passed scheduler deadline (scheduler
+    /// vector only); returns whether a tick is due.
+    fn advance(&self, cpu: CpuId, now: u64, vector: TimerVector) -> bool {
+        let scheduler_vector = vector == TimerVector::Scheduler;
         let mut due = false;
         if let (Some(next), true) = (self.next_tick.get(cpu), self.period_us > 0) {
             // Relaxed: core-local.
@@ -420,7 +443,7 @@ impl TickTimer {
                 slot.store(u64::MAX, Ordering::Relaxed);
             }
         }
-        (due, self.setting(cpu))
+        due
     }
 
     fn setting(&self, cpu: CpuId) -> TimerSetting {
@@ -473,7 +496,8 @@ mod tests {
             }
         );
         // A late interrupt skips missed ticks.
-        let (due, next) = timer.fired(1, 35_000);
+        let mut due = false;
+        let next = timer.fired(1, 35_000, TimerVector::Scheduler, || due = true);
         assert!(due);
         assert_eq!(
             next,
@@ -484,14 +508,40 @@ mod tests {
         );
         // The scheduler's deadline fires first: no tick due, the deadline is forgotten.
         timer.program(1, Some(36_000));
-        let (due, next) = timer.fired(1, 36_000);
-        assert!(!due);
+        let next = timer.fired(1, 36_000, TimerVector::Scheduler, || panic!("no tick due"));
         assert_eq!(next.deadline, Some(40_000));
         // Out-of-range cores and a disabled tick do not panic.
         assert_eq!(timer.program(7, Some(1)).deadline, None);
         let off = TickTimer::new(1, 0);
         assert_eq!(off.start(0, 5).deadline, None);
-        assert!(!off.fired(0, 5).0);
+        off.fired(0, 5, TimerVector::Scheduler, || panic!("the tick is off"));
+    }
+
+    #[test]
+    fn a_deadline_armed_by_a_message_the_tick_drained_is_programmed() {
+        let timer = TickTimer::new(1, 10_000);
+        timer.start(0, 0);
+        // The tick fires at 10_000; one of the messages it drains wakes a task with a deadline
+        // (the scheduler arms its timer from inside the drain) at 12_000, before the next tick.
+        for vector in [TimerVector::TickOnly, TimerVector::Scheduler] {
+            timer.program(0, None);
+            let now = if vector == TimerVector::TickOnly {
+                10_000
+            } else {
+                20_000
+            };
+            let next = timer.fired(0, now, vector, || {
+                timer.program(0, Some(now + 2_000));
+            });
+            assert_eq!(
+                next,
+                TimerSetting {
+                    deadline: Some(now + 2_000),
+                    tick_only: false
+                },
+                "{vector:?}: the deadline armed during the drain is what gets programmed"
+            );
+        }
     }
 
     #[test]
@@ -517,7 +567,8 @@ mod tests {
         // The scheduler wants 10_500; the tick (10_000) fires first but its handler runs late,
         // at 11_000, when the scheduler's deadline has passed too.
         timer.program(0, Some(10_500));
-        let (due, next) = timer.tick_fired(0, 11_000);
+        let mut due = false;
+        let next = timer.fired(0, 11_000, TimerVector::TickOnly, || due = true);
         assert!(due);
         assert_eq!(
             next,
@@ -528,8 +579,7 @@ mod tests {
             "the scheduler's vector is re-armed at once"
         );
         // Its handler runs and forgets the deadline; the tick goes on.
-        let (due, next) = timer.fired(0, 11_001);
-        assert!(!due);
+        let next = timer.fired(0, 11_001, TimerVector::Scheduler, || panic!("no tick due"));
         assert_eq!(
             next,
             TimerSetting {
