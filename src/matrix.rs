@@ -72,18 +72,23 @@ pub struct Config {
     pub shootdown_cutoff_pages: usize,
 }
 
+impl Config {
+    /// The defaults, as a constant (for `static` and `const` settings such as a kernel's).
+    pub const DEFAULT: Config = Config {
+        fifo_slots: 256,
+        ipi_avoidance: true,
+        stats: true,
+        resend_after_ns: 10_000_000,
+        warn_after_ns: 1_000_000_000,
+        timeout_ns: 10_000_000_000,
+        stall_panic_ns: None,
+        shootdown_cutoff_pages: 32,
+    };
+}
+
 impl Default for Config {
     fn default() -> Self {
-        Self {
-            fifo_slots: 256,
-            ipi_avoidance: true,
-            stats: true,
-            resend_after_ns: 10_000_000,
-            warn_after_ns: 1_000_000_000,
-            timeout_ns: 10_000_000_000,
-            stall_panic_ns: None,
-            shootdown_cutoff_pages: 32,
-        }
+        Self::DEFAULT
     }
 }
 
