@@ -215,14 +215,38 @@ extern "C" fn count_on_any(_: usize) {
     count_on(apic_id());
 }
 
+/// Cores on which a cpusync function found interrupts enabled.
+static CPUSYNC_IRQ_ON: AtomicU64 = AtomicU64::new(0);
+
+/// Whether the calling core has interrupts enabled (RFLAGS.IF).
+fn interrupts_enabled() -> bool {
+    let flags: u64;
+    // SAFETY: reads RFLAGS through the stack; no memory of ours is touched.
+    unsafe { std::arch::asm!("pushfq", "pop {}", out(reg) flags) };
+    flags & (1 << 9) != 0
+}
+
+/// A cpusync function: counts where it ran, and whether that core had interrupts on (the master
+/// runs the whole rendezvous with them off, and targets run it from their interrupt context).
+extern "C" fn count_in_cpusync(_: usize) {
+    if interrupts_enabled() {
+        CPUSYNC_IRQ_ON.fetch_add(1, Ordering::Relaxed);
+    }
+    count_on(apic_id());
+}
+
 fn test_cpusync(cpus: usize) -> Result<String, String> {
     let before: Vec<u64> = (0..cpus).map(ran).collect();
-    let n = hermit::cpusync(&CpuSet::all(cpus), count_on_any, 0).map_err(|e| e.to_string())?;
+    let irq_on = CPUSYNC_IRQ_ON.load(Ordering::Relaxed);
+    let n = hermit::cpusync(&CpuSet::all(cpus), count_in_cpusync, 0).map_err(|e| e.to_string())?;
     ensure(n == cpus, || format!("cpusync gathered {n} of {cpus}"))?;
     for (core, &b) in before.iter().enumerate() {
         ensure(ran(core) == b + 1, || format!("core {core} had not run the function when cpusync returned"))?;
     }
-    Ok(format!("{n} cores in lockstep"))
+    let on = CPUSYNC_IRQ_ON.load(Ordering::Relaxed) - irq_on;
+    ensure(on == 0, || format!("{on} cores ran the cpusync function with interrupts enabled"))?;
+    ensure(interrupts_enabled(), || "interrupts stayed off after cpusync returned".into())?;
+    Ok(format!("{n} cores in lockstep, interrupts off in all"))
 }
 
 /// try_send to a core that cannot drain (interrupts off) fills its FIFO until WouldBlock; every
