@@ -63,21 +63,29 @@ impl<P: Platform> Default for SyncWork<P> {
 /// A bit map of cores, set by the cores themselves (which target has entered or left), read by
 /// the master's watchdog to know whom it still waits for. Relaxed: the counts below carry the
 /// ordering; the bits only steer re-sent IPIs and name cores in warnings.
-struct CoreBits(Box<[AtomicU64]>);
+pub(crate) struct CoreBits(Box<[AtomicU64]>);
 
 impl CoreBits {
-    fn new(cpus: usize) -> Self {
+    pub(crate) fn new(cpus: usize) -> Self {
         Self((0..cpus.div_ceil(64)).map(|_| AtomicU64::new(0)).collect())
     }
 
-    fn set(&self, cpu: CpuId) {
+    /// Clears every bit (the owner, before reusing the map).
+    pub(crate) fn clear(&self) {
+        for word in self.0.iter() {
+            // Relaxed: see the type's docs; published to readers by whatever hands them the work.
+            word.store(0, Ordering::Relaxed);
+        }
+    }
+
+    pub(crate) fn set(&self, cpu: CpuId) {
         if let Some(word) = self.0.get(cpu / 64) {
             // Relaxed: see the type's docs.
             word.fetch_or(1 << (cpu % 64), Ordering::Relaxed);
         }
     }
 
-    fn contains(&self, cpu: CpuId) -> bool {
+    pub(crate) fn contains(&self, cpu: CpuId) -> bool {
         // Relaxed: see the type's docs.
         self.0
             .get(cpu / 64)

@@ -31,6 +31,7 @@ use hashbrown::HashMap;
 use crate::cpusync::Requeued;
 use crate::error::Error;
 use crate::fifo::Fifo;
+use crate::irq::IrqOff;
 use crate::message::{IpiFn, Message};
 use crate::platform::{CpuId, Platform};
 use crate::stats::{Counters, Stats};
@@ -38,6 +39,7 @@ use crate::status::{CoreDiag, Waiting};
 use crate::sync::{
     fence, AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, CachePadded, Ordering, UnsafeCell,
 };
+use crate::tlb::TlbState;
 use crate::watchdog::Patience;
 use crate::CpuSet;
 
@@ -179,6 +181,8 @@ pub(crate) struct PerCpu<P: Platform> {
     counters: CachePadded<Counters>,
     /// What this core is doing, for diagnostics (`status.rs`). Written only by this core.
     pub(crate) diag: CachePadded<CoreDiag>,
+    /// Deferred TLB flushes for this core and its own shootdown as a master (`tlb.rs`).
+    pub(crate) tlb: TlbState,
 }
 
 /// The inter-processor message queues of one machine.
@@ -247,6 +251,7 @@ impl<P: Platform> Ipiq<P> {
                 running: CachePadded(AtomicUsize::new(0)),
                 counters: CachePadded(Counters::default()),
                 diag: CachePadded(CoreDiag::default()),
+                tlb: TlbState::new(ncpu),
             })
             .collect();
         Self {
@@ -515,13 +520,7 @@ impl<P: Platform> Ipiq<P> {
                 }
             }
         }
-        if !queued.is_empty() {
-            // One store-load barrier for all targets (see `signal`).
-            fence(Ordering::SeqCst);
-            for target in queued.iter() {
-                self.signal_fenced(me, target, false);
-            }
-        }
+        self.signal_all(me, &queued);
         let mut count = queued.len();
         if include_self && result.is_ok() {
             self.count(me, |c| &c.local, 1);
@@ -823,6 +822,33 @@ impl<P: Platform> Ipiq<P> {
         }
     }
 
+    /// Queues `message` for `target` without waking it (the caller signals a batch of targets
+    /// with [`Ipiq::signal_all`]). Interrupts are disabled by the caller; `target` is online.
+    pub(crate) fn queue_unsignalled(
+        &self,
+        me: CpuId,
+        target: CpuId,
+        message: Message<P>,
+        patience: Patience,
+    ) -> Result<(), Error> {
+        self.enqueue(me, target, message, Kind::Active, false, patience)
+            .map(drop)
+    }
+
+    /// Wakes every core of `targets` after messages were published to them: one store-load
+    /// barrier for all (see `signal`), then an IPI to each that is not already signalled or
+    /// draining. Interrupts are disabled by the caller.
+    pub(crate) fn signal_all(&self, me: CpuId, targets: &CpuSet) {
+        if targets.is_empty() {
+            return;
+        }
+        // SeqCst fence: as in `signal`, once for all targets.
+        fence(Ordering::SeqCst);
+        for target in targets.iter() {
+            self.signal_fenced(me, target, false);
+        }
+    }
+
     /// A watchdog's re-sent IPI: the previous one may have been lost, so it goes out whatever
     /// `npoll` says. Interrupts are disabled by the caller.
     pub(crate) fn resignal(&self, me: CpuId, target: CpuId) {
@@ -957,6 +983,7 @@ impl<P: Platform> Ipiq<P> {
     pub fn process(&self) -> usize {
         let irq = self.platform.irq_save();
         let me = self.platform.current_cpu();
+        self.end_halt_on(me);
         let n = self.drain(me, Hold::ServeWhileHeld);
         self.platform.irq_restore(irq);
         n
@@ -988,33 +1015,61 @@ impl<P: Platform> Ipiq<P> {
     pub fn prepare_halt(&self) -> bool {
         let me = self.platform.current_cpu();
         let halted = &self.cpus[me].halted;
+        self.cpus[me].diag.halting(true);
         // Relaxed RMW, then the SeqCst fence: the target's side of the handshake in
         // `signal_if_halted` (every write to `halted` is an RMW, as for `npoll`).
         halted.swap(true, Ordering::Relaxed);
         fence(Ordering::SeqCst);
         if self.has_incoming(me) {
-            // Relaxed RMW: not halting after all.
-            halted.swap(false, Ordering::Relaxed);
+            // Not halting after all: end the halt window as a wake-up would (clearing `halted`
+            // by RMW, and doing a TLB flush a shootdown deferred meanwhile).
+            self.end_halt_on(me);
             return false;
         }
         true
     }
 
     /// The core stopped halting (or decided not to halt after [`Ipiq::prepare_halt`]): lazy
-    /// senders stop waking it. Context: the core's own, any time; cheap when not marked.
+    /// senders stop waking it, and a TLB flush that a shootdown deferred while it was halted is
+    /// done now, before the core can touch memory through a stale translation (see `tlb.rs`).
+    /// Context: the core's own, any time; interrupts are disabled inside; one load when the
+    /// core is not in a halt.
     pub fn end_halt(&self) {
-        let halted = &self.cpus[self.platform.current_cpu()].halted;
-        // Relaxed: only whether to skip the RMW; a lazy sender's swap may have cleared it already.
-        if halted.load(Ordering::Relaxed) {
-            // Relaxed RMW: nothing is published by clearing it.
-            halted.swap(false, Ordering::Relaxed);
+        let _irq = IrqOff::new(&self.platform);
+        self.end_halt_on(self.platform.current_cpu());
+    }
+
+    /// The first thing an interrupt handler that can run while the core halts does (ipiq's
+    /// vector, the tick, the scheduler's timer, device interrupts): if the interrupt ended a
+    /// halt, the halt ends here ([`Ipiq::end_halt`]), so a deferred TLB flush is done before the
+    /// handler runs anything that may touch memory. [`Ipiq::process`] and [`Ipiq::tick`] call it
+    /// themselves. Context: interrupt handlers, interrupts disabled; one load when not halted.
+    #[inline]
+    pub fn interrupt_entry(&self) {
+        let _irq = IrqOff::new(&self.platform);
+        self.end_halt_on(self.platform.current_cpu());
+    }
+
+    /// `end_halt` on core `me`, interrupts disabled.
+    fn end_halt_on(&self, me: CpuId) {
+        let cpu = &self.cpus[me];
+        if !cpu.diag.is_halting() {
+            return;
         }
+        cpu.diag.halting(false);
+        // Relaxed RMW, always (a lazy sender may have cleared the flag already: our own write is
+        // what the handshake needs), then the SeqCst fence: our side of the deferral handshake
+        // against a shootdown's "bump the deferral count; fence; load `halted`" (`tlb.rs`).
+        cpu.halted.swap(false, Ordering::Relaxed);
+        fence(Ordering::SeqCst);
+        self.honour_deferred_flush(me);
     }
 
     /// The timer-tick hook: drains everything, passive messages included, and counts it.
     pub fn tick(&self) -> usize {
         let irq = self.platform.irq_save();
         let me = self.platform.current_cpu();
+        self.end_halt_on(me);
         self.count(me, |c| &c.ticks, 1);
         let n = self.drain(me, Hold::ServeWhileHeld);
         self.count(me, |c| &c.tick_drained, n as u64);

@@ -106,6 +106,11 @@ counters! {
     timeouts,
     /// Lazy messages (`try_send_lazy`) queued without an IPI: the target was not halted.
     lazy,
+    /// Targets of this core's shootdowns that were halted: no IPI, their flush deferred to
+    /// their wake-up.
+    shootdown_deferred,
+    /// Full flushes this core did on waking because a shootdown deferred one while it halted.
+    deferred_flushes,
 }
 
 impl Counters {

@@ -32,16 +32,19 @@ pub enum Waiting {
     CpusyncExit,
     /// A held cpusync target: its master to release it.
     Release,
+    /// A TLB shootdown master: its targets to acknowledge their flush.
+    ShootdownAck,
 }
 
 impl Waiting {
-    const ALL: [Waiting; 6] = [
+    const ALL: [Waiting; 7] = [
         Waiting::Sequence,
         Waiting::FifoRoom,
         Waiting::SpillRoom,
         Waiting::CpusyncEntry,
         Waiting::CpusyncExit,
         Waiting::Release,
+        Waiting::ShootdownAck,
     ];
 
     fn code(self) -> usize {
@@ -61,6 +64,7 @@ impl Waiting {
             Waiting::CpusyncEntry => "cpusync targets to enter",
             Waiting::CpusyncExit => "cpusync targets to finish",
             Waiting::Release => "its cpusync master to release it",
+            Waiting::ShootdownAck => "TLB flush acknowledgements",
         }
     }
 }
@@ -68,6 +72,9 @@ impl Waiting {
 const DRAINING: usize = 1;
 const POLLING: usize = 2;
 const LEADING: usize = 4;
+/// Between `prepare_halt` returning true and `end_halt` (the core's own view: unlike the shared
+/// `halted` flag, no lazy sender clears it).
+const HALTING: usize = 8;
 
 /// One core's diagnostic words. Written only by the core itself with interrupts disabled, read
 /// by anyone (Relaxed everywhere: a snapshot for humans and tests, ordering nothing).
@@ -130,6 +137,20 @@ impl CoreDiag {
         if new != old {
             self.flags.store(new, Ordering::Relaxed);
         }
+    }
+
+    pub(crate) fn halting(&self, on: bool) {
+        // Relaxed: as in `set_flag`.
+        let old = self.flags.load(Ordering::Relaxed);
+        let new = if on { old | HALTING } else { old & !HALTING };
+        if new != old {
+            self.flags.store(new, Ordering::Relaxed);
+        }
+    }
+
+    pub(crate) fn is_halting(&self) -> bool {
+        // Relaxed: own word.
+        self.flags.load(Ordering::Relaxed) & HALTING != 0
     }
 
     pub(crate) fn leading(&self) -> FlagSet {

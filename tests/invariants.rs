@@ -503,10 +503,42 @@ fn i6_a_core_held_in_a_cpusync_serves_a_second_master() {
     machine.shutdown();
 }
 
+/// Keeps cores `cpus` busy (running a task that takes interrupts, never halting) until the
+/// returned flag is cleared; returns once all run.
+fn keep_busy(
+    machine: &HostMachine,
+    cpus: std::ops::Range<usize>,
+) -> (Arc<AtomicBool>, Vec<ipiq::host::Pending<()>>) {
+    let busy = Arc::new(AtomicBool::new(true));
+    let running = Arc::new(AtomicUsize::new(0));
+    let n = cpus.len();
+    let tasks = cpus
+        .map(|cpu| {
+            let (b, r) = (busy.clone(), running.clone());
+            machine
+                .spawn_on(cpu, move |core| {
+                    r.fetch_add(1, Ordering::AcqRel);
+                    while b.load(Ordering::Acquire) {
+                        core.interrupt_point();
+                        std::hint::spin_loop();
+                    }
+                })
+                .unwrap()
+        })
+        .collect();
+    while running.load(Ordering::Acquire) < n {
+        std::thread::yield_now();
+    }
+    (busy, tasks)
+}
+
 #[test]
-fn i6_shootdown_flushes_every_other_core_before_returning() {
+fn i6_shootdown_flushes_every_busy_core_before_returning() {
     const CPUS: usize = 4;
     let machine = machine(CPUS, 16);
+    // Cores 0, 2, 3 run tasks: a shootdown from core 1 must interrupt each and wait for it.
+    let (busy, tasks) = keep_busy(&machine, 2..CPUS);
+    let (busy0, tasks0) = keep_busy(&machine, 0..1);
     let (ranged, full) = machine
         .run_on(1, |core| {
             let q = core.ipiq();
@@ -516,8 +548,15 @@ fn i6_shootdown_flushes_every_other_core_before_returning() {
             )
         })
         .unwrap();
-    assert_eq!((ranged.targets, ranged.full), (3, false));
-    assert_eq!((full.targets, full.full), (3, true));
+    for flag in [busy, busy0] {
+        flag.store(false, Ordering::Release);
+    }
+    tasks.into_iter().chain(tasks0).for_each(|t| t.join());
+    assert_eq!(
+        (ranged.targets, ranged.deferred, ranged.full),
+        (3, 0, false)
+    );
+    assert_eq!((full.targets, full.deferred, full.full), (3, 0, true));
     for cpu in 0..CPUS {
         let flushes = machine.platform().tlb_flushes(cpu);
         assert_eq!(
@@ -531,6 +570,69 @@ fn i6_shootdown_flushes_every_other_core_before_returning() {
         (stats.shootdowns, stats.shootdown_pages, stats.full_flushes),
         (2, 8, 1)
     );
+    machine.shutdown();
+}
+
+/// Records, on the core it runs on, whether that core had done a full flush since `before`
+/// (a leaked `[AtomicU64; 2]`: the flush count before, then the count seen here).
+fn see_flushes(q: &Q, book: usize, _: usize) {
+    let book: &[AtomicU64; 2] = arg(book);
+    let me = q.current_cpu();
+    book[1].store(q.platform().tlb_flushes(me).full, Ordering::Release);
+}
+
+#[test]
+fn i6_a_halted_core_is_not_interrupted_and_flushes_before_it_runs_anything() {
+    const CPUS: usize = 3;
+    let machine = machine(CPUS, 16);
+    let q = machine.ipiq().clone();
+    let mut deferred_seen = 0;
+    for _attempt in 0..50 {
+        // Wait until core 2 halts (it wakes briefly for each host tick, then halts again).
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !q.core_status(2).unwrap().halted && Instant::now() < deadline {
+            std::thread::yield_now();
+        }
+        let full_before = machine.platform().tlb_flushes(2).full;
+        let ranged_before = machine.platform().tlb_flushes(2).ranges;
+        let book = leak([AtomicU64::new(full_before), AtomicU64::new(u64::MAX)]);
+        let (ipis_to_2, acked_by_2, seen) = machine
+            .run_on(0, move |core| {
+                let q = core.ipiq();
+                let p = q.platform();
+                let ipis = p.ipis_delivered(2);
+                let result = q.shootdown(0x40_0000, 1).unwrap();
+                assert_eq!(result.targets + result.deferred, 2, "{result:?}");
+                let ipis = p.ipis_delivered(2) - ipis;
+                // Whether core 2 flushed the range (interrupted) before the shootdown returned.
+                let acked = p.tlb_flushes(2).ranges > ranged_before;
+                // The next thing core 2 runs: a message reporting its full-flush count.
+                let seq = q.send(2, see_flushes, book, 0).unwrap();
+                q.wait(2, seq).unwrap();
+                (
+                    ipis,
+                    acked,
+                    arg::<[AtomicU64; 2]>(book)[1].load(Ordering::Acquire),
+                )
+            })
+            .unwrap();
+        if acked_by_2 {
+            continue; // core 2 woke in between: it was interrupted and acknowledged instead
+        }
+        deferred_seen += 1;
+        assert_eq!(ipis_to_2, 0, "a deferred core gets no IPI");
+        assert!(
+            seen > full_before,
+            "core 2 ran a message before the full flush deferred for it ({full_before} -> {seen})"
+        );
+        if deferred_seen == 3 {
+            break;
+        }
+    }
+    assert!(deferred_seen >= 1, "core 2 was never found halted");
+    let stats = q.total_stats();
+    assert!(stats.shootdown_deferred >= deferred_seen as u64);
+    assert!(stats.deferred_flushes >= 1);
     machine.shutdown();
 }
 

@@ -23,6 +23,8 @@ loom::thread_local! {
 struct LoomPlatform {
     pending: Vec<AtomicBool>,
     ipis: AtomicUsize,
+    /// TLB flushes (ranged or full) each core did.
+    flushes: Vec<AtomicUsize>,
     /// The thread of each core, for unparking (a plain std mutex: loom does not model it, and
     /// it guards only thread handles).
     threads: std::sync::Mutex<Vec<Option<thread::Thread>>>,
@@ -33,6 +35,7 @@ impl LoomPlatform {
         Self {
             pending: (0..cpus).map(|_| AtomicBool::new(false)).collect(),
             ipis: AtomicUsize::new(0),
+            flushes: (0..cpus).map(|_| AtomicUsize::new(0)).collect(),
             threads: std::sync::Mutex::new((0..cpus).map(|_| None).collect()),
         }
     }
@@ -84,8 +87,14 @@ impl Platform for LoomPlatform {
     fn now_ns(&self) -> u64 {
         0 // watchdogs never fire in the model
     }
-    fn flush_tlb_range(&self, _: usize, _: usize) {}
-    fn flush_tlb_all(&self) {}
+    fn flush_tlb_range(&self, _: usize, _: usize) {
+        // Relaxed: read back only by the same core.
+        self.flushes[self.current_cpu()].fetch_add(1, Ordering::Relaxed);
+    }
+    fn flush_tlb_all(&self) {
+        // Relaxed: as above.
+        self.flushes[self.current_cpu()].fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 type Q = Ipiq<LoomPlatform>;
@@ -332,4 +341,83 @@ fn cpusync_three_cores() {
             "finish and after work, once per target"
         );
     });
+}
+
+/// A TLB shootdown against a core running the kernel's idle loop (drain, `prepare_halt`, halt,
+/// `end_halt`, interrupts entering through `interrupt_entry`): whether the master finds the core
+/// awake (and interrupts it, waiting for its acknowledgement) or halted (and defers its flush to
+/// its wake-up, with no IPI), the core never uses memory through its old translation once the
+/// shootdown has returned. "Using memory" is modelled where the kernel would: right after the
+/// halt ends and at the start of an interrupt handler's work; "the shootdown has returned" is the
+/// master's `freed` flag (the frame handed back to the allocator), read with Acquire.
+#[test]
+fn a_shootdown_never_leaves_a_halted_core_with_a_stale_translation() {
+    // How many explored executions took each path (plain std atomics: outside the model).
+    static PATHS: [std::sync::atomic::AtomicUsize; 2] =
+        [const { std::sync::atomic::AtomicUsize::new(0) }; 2];
+    builder(2).check(|| {
+        let q = new_ipiq(2, 4);
+        let freed = Arc::new(AtomicBool::new(false));
+        let stop = Arc::new(AtomicBool::new(false));
+        let core = {
+            let (q, freed, stop) = (q.clone(), freed.clone(), stop.clone());
+            thread::spawn(move || {
+                q.platform().become_cpu(1);
+                let use_memory = |q: &Q| {
+                    if freed.load(Ordering::Acquire) {
+                        assert!(
+                            q.platform().flushes[1].load(Ordering::Relaxed) > 0,
+                            "core 1 used a translation the shootdown had removed"
+                        );
+                    }
+                };
+                loop {
+                    if q.platform().pending[1].swap(false, Ordering::Acquire) {
+                        // An interrupt handler: the entry hook first, then its work.
+                        q.interrupt_entry();
+                        use_memory(&q);
+                        q.process();
+                        continue;
+                    }
+                    if stop.load(Ordering::Acquire) {
+                        return;
+                    }
+                    q.process();
+                    if q.prepare_halt() {
+                        if !q.platform().pending[1].load(Ordering::Acquire) {
+                            thread::park();
+                        }
+                        q.end_halt();
+                        use_memory(&q);
+                    }
+                }
+            })
+        };
+        // A wake-up that is not the master's (the core's tick ending a halt), racing with the
+        // master's decision; it gives the master no ordering with the core.
+        let tick = {
+            let q = q.clone();
+            thread::spawn(move || {
+                if let Some(t) = q.platform().threads.lock().unwrap()[1].as_ref() {
+                    t.unpark();
+                }
+            })
+        };
+        q.platform().become_cpu(0);
+        let done = q.shootdown(0x1000, 1).unwrap();
+        assert_eq!(done.targets + done.deferred, 1);
+        PATHS[done.deferred].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        freed.store(true, Ordering::Release);
+        // Some later interrupt (a tick, a device) wakes the core, if it halted.
+        stop.store(true, Ordering::Release);
+        q.platform().send_ipi(1);
+        core.join().unwrap();
+        tick.join().unwrap();
+    });
+    let [interrupted, deferred] =
+        [0, 1].map(|i| PATHS[i].load(std::sync::atomic::Ordering::Relaxed));
+    assert!(
+        interrupted > 0 && deferred > 0,
+        "both paths explored: {interrupted} interrupted, {deferred} deferred"
+    );
 }
