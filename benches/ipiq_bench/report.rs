@@ -69,16 +69,7 @@ pub fn latency_table(rows: &[&Figure], raw: &Figure) -> String {
     );
     for r in rows {
         let p = |m: Metric| or_na(r.metric(m).map(|s| spread(m, s)));
-        let own = r
-            .metric(Metric::P99)
-            .zip(r.metric(Metric::P50))
-            .map(|(p99, p50)| {
-                (
-                    p99.median / p50.median,
-                    p99.min / p50.max,
-                    p99.max / p50.min,
-                )
-            });
+        let own = ratio(r, Metric::P99, r, Metric::P50);
         let _ = writeln!(
             t,
             "| {} | {} | {} | {} | {} | {} |",
