@@ -1,11 +1,19 @@
 # ipiq host benchmarks (issue 5): ipiq against crossbeam-channel, std mpsc, Mutex<VecDeque>, a
-# Linux-style llist and a bare SPSC ring, all in one run. Included from the Makefile.
+# Linux-style llist, a bare SPSC ring and that ring plus one SeqCst fence per message or per batch
+# (the wake-up protocol's limit), all in one run. The bench is benches/ipiq_bench/ (peers/,
+# cases/, main.rs wiring them); its targets are data, benches/targets.csv. Included from the
+# Makefile.
 #
 #   make bench        everything below (host and guest, ~10 min on an idle 2-core machine), then
 #                     one report with every table: results/report.md (plots beside it)
-#   make bench-host   host benchmarks only (~20 s); tables on stdout, report and SVG plots in
-#                     results/bench-report.md
-#   make bench-smoke  every host case with tiny counts (seconds), to keep the bench building
+#   make bench-host   host benchmarks only (~20 s idle): tables on stdout; in results/ (or
+#                     $IPIQ_BENCH_OUT) the report bench-report.md (every figure a median with its
+#                     min-max, every target met or not), the figures as CSV (bench-figures.csv,
+#                     bench-runs.csv, bench-latency.csv, bench-targets.csv, bench-meta.csv) and
+#                     SVG plots drawn with plotters
+#   make bench-smoke  every host case with tiny counts (seconds), after the bench's self-checks
+#                     of its CSV and targets-file code; checks benches/targets.csv against the
+#                     case ids; writes to results/smoke/ (part of make test)
 #
 # Guest benchmarks on code no one here wrote (need hermit-app/image.mk: run them from the top
 # Makefile):
@@ -52,11 +60,13 @@ bench: bench-host guest-bench-all guest-wakeup guest-tlb-stale guest-rayon
 		$(GUEST_LOGS)/wakeup-summary.log $(GUEST_LOGS)/tlb-stale-summary.log \
 		$(GUEST_LOGS)/rayon-summary.md
 
-## bench-host: host benchmarks against peers; writes results/bench-report.md
+## bench-host: host benchmarks against peers; writes results/bench-report.md and the CSV and SVG
+## files beside it
 bench-host:
 	$(CARGO) bench --features std --bench ipiq_bench
 
-## bench-smoke: every bench case with tiny counts (IPIQ_BENCH_SMOKE=1)
+## bench-smoke: every bench case with tiny counts (IPIQ_BENCH_SMOKE=1), the bench's self-checks
+## and the targets file's check; fails if any of them fails
 bench-smoke:
 	IPIQ_BENCH_SMOKE=1 $(CARGO) bench --features std --bench ipiq_bench
 

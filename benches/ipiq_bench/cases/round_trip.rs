@@ -1,0 +1,103 @@
+//! Round trip: send a message to another core and wait until it ran; latency percentiles
+//! against a raw shared-flag ping-pong and a crossbeam request/response pair.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Barrier};
+use std::time::Instant;
+
+use ipiq::host::{HostConfig, HostMachine, HostPlatform};
+use ipiq::Ipiq;
+
+use super::{LatencyCase, Params};
+use crate::peers::crossbeam;
+use crate::peers::ping_pong::{self, Yield};
+use crate::spin::Spin;
+
+/// How the target core of an ipiq round trip behaves.
+#[derive(Clone, Copy)]
+enum Target {
+    /// A busy core calling `process()` in a loop.
+    Polls,
+    /// The idle loop (`idle_until`), woken by the IPI.
+    Idles,
+}
+
+/// Every round-trip case, in report order.
+pub fn cases(p: &Params) -> Vec<LatencyCase> {
+    let k = p.roundtrips;
+    let case = |id, label, run: Box<dyn Fn() -> Vec<u64>>| LatencyCase { id, label, run };
+    vec![
+        case(
+            "rt.raw.yield16",
+            "raw ping-pong, yield every 16 spins",
+            Box::new(move || ping_pong::round_trips(k, Yield::Every16)),
+        ),
+        case(
+            "rt.raw.yield1024",
+            "raw ping-pong, yield every 1024 spins",
+            Box::new(move || ping_pong::round_trips(k, Yield::Every1024)),
+        ),
+        case(
+            "rt.ipiq.polls",
+            "ipiq send+wait, target polls",
+            Box::new(move || ipiq_round_trips(k, Target::Polls)),
+        ),
+        case(
+            "rt.ipiq.idles",
+            "ipiq send+wait, target idles",
+            Box::new(move || ipiq_round_trips(k, Target::Idles)),
+        ),
+        case(
+            "rt.crossbeam",
+            "crossbeam request/response",
+            Box::new(move || crossbeam::request_response(k)),
+        ),
+    ]
+}
+
+fn ipiq_nop(_: &Ipiq<HostPlatform>, _: usize, _: usize) {}
+
+/// ipiq `send` + `wait` from core 0 to core 1, `k` times; samples in nanoseconds.
+fn ipiq_round_trips(k: usize, target: Target) -> Vec<u64> {
+    let machine = HostMachine::start(HostConfig::cpus(2));
+    let stop = Arc::new(AtomicBool::new(false));
+    let barrier = Arc::new(Barrier::new(2));
+    let (s, b) = (stop.clone(), barrier.clone());
+    // Relaxed loads of `stop`: a flag alone, carrying no data; the join below waits for it.
+    let target = machine
+        .spawn_on(1, move |core| {
+            b.wait();
+            match target {
+                Target::Polls => {
+                    let mut spin = Spin::new();
+                    while !s.load(Ordering::Relaxed) {
+                        if core.ipiq().process() == 0 {
+                            spin.spin();
+                        }
+                    }
+                }
+                Target::Idles => core.idle_until(|| s.load(Ordering::Relaxed)),
+            }
+        })
+        .expect("core 1");
+    let b = barrier.clone();
+    let samples = machine
+        .run_on(0, move |core| {
+            let q = core.ipiq();
+            b.wait();
+            let mut samples = Vec::with_capacity(k);
+            for _ in 0..k {
+                let t = Instant::now();
+                let seq = q.send(1, ipiq_nop, 0, 0).expect("core 1 online");
+                q.wait(1, seq).expect("core 1 answers");
+                samples.push(t.elapsed().as_nanos() as u64);
+            }
+            samples
+        })
+        .expect("core 0");
+    // Relaxed: see above.
+    stop.store(true, Ordering::Relaxed);
+    target.join();
+    machine.shutdown();
+    samples
+}
