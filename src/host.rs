@@ -335,12 +335,7 @@ unsafe impl<A: std::alloc::GlobalAlloc> std::alloc::GlobalAlloc for InterruptsOf
         ptr
     }
 
-    unsafe fn realloc(
-        &self,
-        ptr: *mut u8,
-        layout: std::alloc::Layout,
-        new_size: usize,
-    ) -> *mut u8 {
+    unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new_size: usize) -> *mut u8 {
         let irq = local_irq_save();
         // SAFETY: the caller's contract, forwarded.
         let ptr = unsafe { self.0.realloc(ptr, layout, new_size) };
@@ -560,12 +555,14 @@ impl Platform for HostPlatform {
         self.deliver(target);
     }
 
-    /// Context: any; see [`local_irq_save`] (this is the thread's own core's flag).
+    /// Context: any, the core's own interrupt handler included; never blocks. Clears the calling
+    /// core's virtual interrupt flag (on a thread that is not a core it does nothing).
     fn irq_save(&self) -> IrqState {
         local_irq_save()
     }
 
-    /// Context: any; in preemptive mode turning interrupts on takes a pending one here.
+    /// Context: any. In preemptive mode, turning interrupts back on takes an interrupt that came
+    /// meanwhile, here (as `sti` does).
     fn irq_restore(&self, state: IrqState) {
         local_irq_restore(state);
     }

@@ -272,7 +272,9 @@ fn interrupted_pc(context: *mut libc::c_void) -> usize {
         return 0;
     }
     // SAFETY: with SA_SIGINFO the kernel passes a valid ucontext_t as the third argument.
-    unsafe { (*(context as *const libc::ucontext_t)).uc_mcontext.gregs[libc::REG_RIP as usize] as usize }
+    unsafe {
+        (*(context as *const libc::ucontext_t)).uc_mcontext.gregs[libc::REG_RIP as usize] as usize
+    }
 }
 
 /// The instruction address the signal interrupted (not decoded on this target).
