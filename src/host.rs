@@ -537,6 +537,8 @@ impl Platform for HostPlatform {
         self.cores.len()
     }
 
+    /// Context: any thread, interrupts on or off, the interrupt handler included; never blocks
+    /// except on the delayed-IPI list's lock, which every user takes with interrupts off.
     fn send_ipi(&self, target: CpuId) {
         if self.drop_per_mille > 0 && self.roll() < self.drop_per_mille {
             // Relaxed: a statistic.
@@ -546,9 +548,13 @@ impl Platform for HostPlatform {
         if self.delay_per_mille > 0 && self.roll() < self.delay_per_mille {
             // Relaxed: a statistic; the list itself is under its lock.
             self.delayed_total.fetch_add(1, Ordering::Relaxed);
-            if let Ok(mut list) = self.delayed.lock() {
+            let irq = local_irq_save();
+            let queued = self.delayed.lock().map(|mut list| {
                 list.push((Instant::now() + self.delay, target));
                 self.delayed_len.store(list.len(), Ordering::Relaxed);
+            });
+            local_irq_restore(irq);
+            if queued.is_ok() {
                 return;
             }
         }

@@ -32,7 +32,15 @@ type Q = Ipiq<HostPlatform>;
 
 /// A preemptive machine, or `None` (said loudly) where the mode does not exist.
 fn machine(cpus: usize, slots: usize) -> Option<HostMachine> {
+    machine_with_faults(cpus, slots, 0, 0)
+}
+
+/// [`machine`] with `drop` and `delay` per mille of the IPIs lost and late (100 us).
+fn machine_with_faults(cpus: usize, slots: usize, drop: u32, delay: u32) -> Option<HostMachine> {
     let mut config = HostConfig::cpus(cpus);
+    config.drop_ipi_per_mille = drop;
+    config.delay_ipi_per_mille = delay;
+    config.ipi_delay = Duration::from_micros(100);
     config.delivery = IrqDelivery::Preemptive;
     config.tick = Duration::from_millis(1);
     config.ipiq = Config {
@@ -218,10 +226,12 @@ struct FloodBook {
     cli: CliBook,
 }
 
-static FLOOD: OnceLock<FloodBook> = OnceLock::new();
+/// One book per flood test (the clean one and the one with faults), named by bit 38 of the
+/// messages' second word.
+static FLOOD: [OnceLock<FloodBook>; 2] = [OnceLock::new(), OnceLock::new()];
 
-fn flood_book() -> &'static FloodBook {
-    FLOOD.get_or_init(|| FloodBook {
+fn flood_book(which: usize) -> &'static FloodBook {
+    FLOOD[which].get_or_init(|| FloodBook {
         runs: (0..FLOOD_CPUS * FLOOD_PER_CORE)
             .map(|_| AtomicU64::new(0))
             .collect(),
@@ -255,8 +265,16 @@ enum How {
 /// forward sent from a message function run there goes first, though its number came later.
 /// Within each kind the numbers are the sending order: the task sends one message at a time,
 /// and a forward never drains (a nested send spills instead) and runs with interrupts off.
-fn send_numbered(q: &Q, target: usize, id: usize, hops: usize, how: How, forwarded: bool) {
-    let book = flood_book();
+fn send_numbered(
+    q: &Q,
+    which: usize,
+    target: usize,
+    id: usize,
+    hops: usize,
+    how: How,
+    forwarded: bool,
+) {
+    let book = flood_book(which);
     let platform = q.platform();
     let irq = platform.irq_save();
     let me = q.current_cpu();
@@ -266,7 +284,7 @@ fn send_numbered(q: &Q, target: usize, id: usize, hops: usize, how: How, forward
     next.store(n, Ordering::Relaxed);
     let (word0, word1) = (
         (id << 8) | hops,
-        (me << 40) | (usize::from(forwarded) << 39) | n as usize,
+        (me << 40) | (usize::from(forwarded) << 39) | (which << 38) | n as usize,
     );
     let sent = match how {
         How::Active => q.send(target, flood_hop, word0, word1),
@@ -278,15 +296,16 @@ fn send_numbered(q: &Q, target: usize, id: usize, hops: usize, how: How, forward
 
 /// Counts the run, checks the pair's order, forwards while hops are left (a nested send).
 fn flood_hop(q: &Q, word0: usize, word1: usize) {
-    let book = flood_book();
-    let me = q.current_cpu();
-    book.cli.check(me);
     let (id, hops) = (word0 >> 8, word0 & 0xff);
-    let (sender, forwarded, n) = (
+    let (sender, forwarded, which, n) = (
         word1 >> 40,
         (word1 >> 39) & 1,
-        (word1 & ((1 << 39) - 1)) as u64,
+        (word1 >> 38) & 1,
+        (word1 & ((1 << 38) - 1)) as u64,
     );
+    let book = flood_book(which);
+    let me = q.current_cpu();
+    book.cli.check(me);
     book.runs[id].fetch_add(1, Ordering::Relaxed);
     // Relaxed load and store: only core `me` runs messages for itself.
     let last = &book.last[me][sender][forwarded];
@@ -295,16 +314,39 @@ fn flood_hop(q: &Q, word0: usize, word1: usize) {
     }
     last.store(n, Ordering::Relaxed);
     if hops > 0 {
-        send_numbered(q, (me + 1) % FLOOD_CPUS, id, hops - 1, How::Active, true);
+        send_numbered(
+            q,
+            which,
+            (me + 1) % FLOOD_CPUS,
+            id,
+            hops - 1,
+            How::Active,
+            true,
+        );
     }
 }
 
 #[test]
 fn flood_with_nested_sends_runs_each_message_once_and_in_order_under_preemption() {
-    let Some(machine) = machine(FLOOD_CPUS, 8) else {
+    flood(0, 0, 0);
+}
+
+/// The same with 10% of the IPIs lost and 10% late (delivered by the timer thread as they fall
+/// due): the tick and the watchdogs' re-sends, both interrupts too, recover them.
+#[test]
+fn flood_under_preemption_with_lost_and_late_ipis() {
+    flood(1, 100, 100);
+}
+
+/// Every core sends `FLOOD_PER_CORE` numbered messages round the others through 8-slot FIFOs
+/// (a quarter of them passive), each forwarded 0-2 times by nested sends, working with
+/// interrupts on between sends; checks that each ran exactly once, per-sender order, that no
+/// message ran inside an interrupts-off section, and that deliveries preempted task code.
+fn flood(which: usize, drop: u32, delay: u32) {
+    let Some(machine) = machine_with_faults(FLOOD_CPUS, 8, drop, delay) else {
         return;
     };
-    let book = flood_book();
+    let book = flood_book(which);
     let started = Instant::now();
     // Each core floods, then keeps working (interrupts on, no safe point) until every message
     // has run, so the last of the flood lands in its work too.
@@ -327,11 +369,11 @@ fn flood_with_nested_sends_runs_each_message_once_and_in_order_under_preemption(
                         } else {
                             How::Active
                         };
-                        send_numbered(q, target, id, hops_of(id), how, false);
+                        send_numbered(q, which, target, id, hops_of(id), how, false);
                         // Busy work with interrupts on, where the other cores' IPIs land.
                         x ^= busy(3_000 + (i % 7) as u32 * 300, i as u64);
                         if i % 64 == 0 {
-                            x ^= flood_book().cli.busy_with_interrupts_off(core, 400);
+                            x ^= flood_book(which).cli.busy_with_interrupts_off(core, 400);
                         }
                     }
                     sent.fetch_add(1, Ordering::Release);
@@ -380,10 +422,18 @@ fn flood_with_nested_sends_runs_each_message_once_and_in_order_under_preemption(
     );
     book.cli.assert_clean("flood");
     let stats = machine.ipiq().total_stats();
+    let faults = machine.platform().ipi_faults();
     eprintln!(
-        "preempt flood: {executions} executions in {elapsed:?} (sends done after {send_phase:?}); ipis {} avoided {} fifo_full {} spilled {}",
-        stats.ipis, stats.avoided, stats.fifo_full, stats.spilled
+        "preempt flood drop={drop}‰ delay={delay}‰: {executions} executions in {elapsed:?} (sends done after \
+         {send_phase:?}); ipis {} avoided {} fifo_full {} spilled {} resent {}; {faults:?}",
+        stats.ipis, stats.avoided, stats.fifo_full, stats.spilled, stats.ipi_resent
     );
+    if drop > 0 || delay > 0 {
+        assert!(
+            faults.dropped > 0 && faults.delayed > 0,
+            "fault injection did not fire: {faults:?}"
+        );
+    }
     let irqs = assert_preempted(&machine, 0..FLOOD_CPUS, 1_000, 8, "preempt flood");
     assert!(
         irqs.deferred > 0 && irqs.on_restore > 0,
@@ -825,5 +875,86 @@ fn two_masters_with_interrupts_on_between_start_and_finish_both_finish() {
     }
     stop_workers(&stop, workers);
     cli.assert_clean("two masters");
+    machine.shutdown();
+}
+
+// ----- allocation in interrupt context, against tasks that allocate -----------------------------
+
+static ALLOC_RUNS: AtomicUsize = AtomicUsize::new(0);
+
+/// Allocates and frees in interrupt context (a message function).
+fn allocating(_: &Q, n: usize, _: usize) {
+    let v: Vec<usize> = (0..200 + n % 300).collect();
+    ALLOC_RUNS.fetch_add(std::hint::black_box(v).len().min(1), Ordering::Relaxed);
+}
+
+/// Workers allocate and free all the time with interrupts on (blocks of 1.6 to 14 KiB, past
+/// the allocator's lock-free per-thread caches), while message functions (and the boxed
+/// closures of `send_boxed`, freed on the target) allocate from the interrupt handler.
+/// `InterruptsOffAlloc` keeps the handler out of an interrupted allocation. Without it (the
+/// same test in a binary with the system allocator), the handler re-entered the allocator while
+/// its own thread held the allocator's lock: the target hung, and the sender's `send` returned
+/// `TimedOut` after 10 s.
+#[test]
+fn message_functions_allocate_while_the_interrupted_tasks_allocate() {
+    const MESSAGES: usize = 20_000;
+    let Some(machine) = machine(3, 64) else {
+        return;
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let workers: Vec<_> = (1..3)
+        .map(|cpu| {
+            let stop = stop.clone();
+            machine
+                .spawn_on(cpu, move |_| {
+                    let mut kept: Vec<Vec<u64>> = Vec::new();
+                    let mut i = 0u64;
+                    while !stop.load(Ordering::Acquire) {
+                        i += 1;
+                        let mut v = Vec::with_capacity(200 + (i % 1500) as usize);
+                        v.push(i);
+                        kept.push(v);
+                        if kept.len() > 64 {
+                            kept.drain(..32);
+                        }
+                        if i.is_multiple_of(4096) {
+                            yield_host_cpu();
+                        }
+                    }
+                    kept.len() as u64
+                })
+                .unwrap()
+        })
+        .collect();
+    let boxed_runs = Arc::new(AtomicUsize::new(0));
+    let runs = boxed_runs.clone();
+    machine
+        .run_on(0, move |core| {
+            let q = core.ipiq();
+            for i in 0..MESSAGES {
+                let target = 1 + i % 2;
+                if i % 2 == 0 {
+                    q.send(target, allocating, i, 0).unwrap();
+                } else {
+                    let runs = runs.clone();
+                    q.send_boxed(target, move |_| {
+                        runs.fetch_add(1, Ordering::Relaxed);
+                    })
+                    .unwrap();
+                }
+                busy(300, i as u64);
+            }
+        })
+        .unwrap();
+    assert!(
+        machine.quiesce(Duration::from_secs(20)),
+        "messages left undrained"
+    );
+    stop_workers(&stop, workers);
+    assert_eq!(ALLOC_RUNS.load(Ordering::Relaxed), MESSAGES / 2);
+    assert_eq!(boxed_runs.load(Ordering::Relaxed), MESSAGES / 2);
+    let irqs = assert_preempted(&machine, 1..3, 150, 8, "preempt allocation");
+    // Interrupts that found the workers inside the allocator waited for it to return.
+    assert!(irqs.deferred > 0 && irqs.on_restore > 0, "{irqs:?}");
     machine.shutdown();
 }
