@@ -405,7 +405,9 @@ impl HostPlatform {
         }
     }
 
-    /// A number in `0..1000` from the fault generator.
+    /// A number in `0..1000` from the fault generator. Context: any, the interrupt handler
+    /// included (a handler's roll between the interrupted roll's load and store only repeats a
+    /// number).
     fn roll(&self) -> u32 {
         // Relaxed: the generator's state orders nothing; a lost update only repeats a number.
         let mut x = self.rng.load(Ordering::Relaxed);
@@ -416,6 +418,9 @@ impl HostPlatform {
         (x % 1000) as u32
     }
 
+    /// Raises the IPI on `target`: its pending bit, then (preemptive mode) the signal, then an
+    /// unpark for a halted core. Context: any thread, the interrupt handler included; never
+    /// blocks.
     fn deliver(&self, target: CpuId) {
         let core = &self.cores[target];
         // Relaxed: a statistic.
@@ -468,7 +473,7 @@ impl HostPlatform {
         }
     }
 
-    /// Takes the core's pending IPI, if any.
+    /// Takes the core's pending IPI, if any. Context: the core's own thread.
     fn take_pending(&self, cpu: CpuId) -> bool {
         // Acquire: pairs with the Release store in `deliver`.
         self.cores[cpu].pending.swap(false, Ordering::Acquire)

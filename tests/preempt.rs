@@ -514,7 +514,7 @@ fn wait_is_exact_when_targets_run_messages_from_the_interrupt_handler() {
     machine.shutdown();
 }
 
-// ----- I6: cpusync and shootdown with targets preempted mid-work ------------------------------------
+// ----- I6: cpusync and shootdown with targets preempted mid-work ----------------------------
 
 const SYNC_ROUNDS: usize = 400;
 
@@ -695,7 +695,7 @@ fn cpusync_and_shootdown_hold_with_targets_preempted_mid_work() {
     machine.shutdown();
 }
 
-// ----- passive and lazy messages drained by the tick, which preempts busy targets --------------------
+// ----- passive and lazy messages drained by the tick, which preempts busy targets ------------
 
 struct TickBook {
     ran: AtomicUsize,

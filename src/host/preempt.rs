@@ -32,10 +32,11 @@
 //! for running them from its interrupt handler. What they reach beyond that:
 //! - the allocator (first FIFO of a pair, spill lists, message functions that allocate). Sound
 //!   only if the interrupted code was not inside the allocator, which the preemptive tests
-//!   guarantee with [`InterruptsOffAlloc`](super::InterruptsOffAlloc) as their global allocator: it turns the virtual
-//!   interrupt flag off around every allocation (the kernel's rule: a lock that interrupt
-//!   context takes is taken with interrupts off). An allocator lock held by *another* thread
-//!   is only waited for, as a spinning kernel core waits for another core's lock;
+//!   guarantee with [`InterruptsOffAlloc`](super::InterruptsOffAlloc) as their global
+//!   allocator: it turns the virtual interrupt flag off around every allocation (the kernel's
+//!   rule: a lock that interrupt context takes is taken with interrupts off). An allocator lock
+//!   held by *another* thread is only waited for, as a spinning kernel core waits for another
+//!   core's lock;
 //! - the platform: `pthread_kill` (async-signal-safe by POSIX), `Thread::unpark` (an atomic
 //!   swap and a futex wake), `Instant::now` (`clock_gettime`), `sched_yield`, and the lock of
 //!   the delayed-IPI list, which every user takes with interrupts off, so the interrupted code
@@ -159,8 +160,8 @@ impl IrqLine {
         block_signal();
     }
 
-    /// Remembers `pc` among the distinct addresses task code was interrupted at. Only the
-    /// core's own handler writes the table.
+    /// Remembers `pc` among the distinct addresses task code was interrupted at. Context: the
+    /// core's own signal handler, the only writer of the table.
     fn record_pc(&self, pc: usize) {
         if pc == 0 {
             return;
@@ -230,6 +231,10 @@ pub(super) fn install() -> io::Result<()> {
 }
 
 /// The signal handler: an interrupt arrived on this thread.
+///
+/// Context: interrupt context, on any thread (it does nothing on one that is not a core);
+/// never re-entered by its own signal (blocked while it runs), and it takes requests only with
+/// the virtual flag off, so neither `irq_restore` nor a safe point re-enters it either.
 extern "C" fn on_signal(_: libc::c_int, _: *mut libc::siginfo_t, context: *mut libc::c_void) {
     // SAFETY: errno is thread-local; saved here and restored below so the interrupted code
     // never sees it change.
@@ -284,6 +289,9 @@ fn interrupted_pc(_: *mut libc::c_void) -> usize {
 }
 
 /// `irq_restore` turned interrupts on and found a request: take it now, as `sti` does.
+///
+/// Context: the core's own thread, its virtual interrupt flag just turned on (inside an ipiq
+/// call's `irq_restore`, or the allocator wrapper's); the work it runs is interrupt context.
 pub(super) fn take_on_restore(core: &CoreState) {
     let ipiq = HANDLER_IPIQ.with(Cell::get);
     if ipiq.is_null() {
