@@ -38,9 +38,11 @@ test: lint test-host test-flood loom check-kernel-target doc bench-smoke image-t
 	$(MAKE) --no-print-directory guest-bench-smoke
 
 ## test-host: unit tests, invariant tests I1-I7, bad input, stalls (watchdogs, shootdown
-## policy, cpusync holds), doctests (host platform)
+## policy, cpusync holds), doctests (host platform), and the invariants under arbitrary
+## preemption (tests/preempt.rs: IPIs and ticks as POSIX signals)
 test-host:
 	$(CARGO) test --release --features std --lib --test invariants --test bad_input --test stalls
+	$(CARGO) test --release --features std --test preempt -- --test-threads 1
 	$(CARGO) test --release --features std --doc
 
 ## test-flood: 10^6+ messages all-to-all through 4-slot FIFOs, then with lost and late IPIs
@@ -80,7 +82,8 @@ guest-bench-run:
 	@bash -o pipefail -c '$(IMAGE_SCRIPTS)/qemu.sh $(LOADER) $(GUEST_BENCH_BIN)/$(GUEST_BENCH_NAME) $(SMP) $(CPU) $(MEM) \
 		$(GUEST_BENCH_TIMEOUT) 2>&1 | tee $(GUEST_BENCH_LOGS)/$(GUEST_BENCH_NAME)-$(SMP).log'
 
-## loom: model checks of the npoll handshake, FIFO-full progress and cpusync
+## loom: model checks of the npoll handshake, FIFO-full progress, cpusync and the kernel's idle
+## loop against lazy and active senders
 loom:
 	RUSTFLAGS="--cfg loom" $(if $(LOOM_MAX_PREEMPTIONS),LOOM_MAX_PREEMPTIONS=$(LOOM_MAX_PREEMPTIONS)) \
 		CARGO_TARGET_DIR=target/loom $(CARGO) test --release --test loom

@@ -1007,12 +1007,16 @@ impl<P: Platform> Ipiq<P> {
         n
     }
 
-    /// The idle loop's last step before it halts (interrupts disabled, after [`Ipiq::process`]):
+    /// The idle loop's last step before it halts (after [`Ipiq::process`]; interrupts disabled inside):
     /// marks the core halted for lazy senders ([`Ipiq::try_send_lazy`]), fences (SeqCst), and
     /// looks at its queues once more. Returns whether the core may halt; `false` means a message
     /// arrived (the mark is taken back): drain again instead. After the halt, or when the loop
     /// turns to a task instead, it calls [`Ipiq::end_halt`].
     pub fn prepare_halt(&self) -> bool {
+        // Interrupts off inside, whatever the caller promised: an interrupt between marking the
+        // halt window and setting `halted` would end the window (`interrupt_entry`) and leave
+        // `halted` set on a running core, whose TLB flushes shootdowns would then defer.
+        let _irq = IrqOff::new(&self.platform);
         let me = self.platform.current_cpu();
         let halted = &self.cpus[me].halted;
         self.cpus[me].diag.halting(true);

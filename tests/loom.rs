@@ -1,6 +1,7 @@
 //! Loom models of the wake-up handshake (FIFO + npoll, 2 cores; also with a polling idle loop
-//! and with a lazy send against a halting core), of FIFO-full progress (2 cores, 2-slot FIFOs)
-//! and of cpusync (3 cores).
+//! and with a lazy send against a halting core), of FIFO-full progress (2 cores, 2-slot FIFOs),
+//! of cpusync (3 cores) and of the kernel's idle loop against a lazy and an active sender
+//! (3 cores).
 //!
 //! Run with `RUSTFLAGS="--cfg loom" cargo test --release --test loom` (`make loom`).
 //! `LOOM_MAX_PREEMPTIONS` overrides each model's preemption bound (2 or 3; 0 for cpusync).
@@ -420,4 +421,206 @@ fn a_shootdown_never_leaves_a_halted_core_with_a_stale_translation() {
         interrupted > 0 && deferred > 0,
         "both paths explored: {interrupted} interrupted, {deferred} deferred"
     );
+}
+
+// ----- the kernel's idle loop against a lazy and an active sender --------------------------------
+
+/// The idle core, the lazy sender and the active sender of `idle_loop_model`.
+const IDLE_CPU: CpuId = 0;
+const LAZY_CPU: CpuId = 1;
+const ACTIVE_CPU: CpuId = 2;
+
+/// [`LoomPlatform`]'s model of IPIs (an RMW on the target's pending flag, then an unpark), plus
+/// the idle core's *halt windows*, for one check: an IPI from the lazy sender must be explained
+/// by a halt, that is by a window (from just before the idle core's `prepare_halt` to just after
+/// its `end_halt`) that was open at some moment after the lazy send began. A window that closed
+/// before the send began explains nothing: the core was running again.
+struct IdleLoopPlatform {
+    pending: Vec<AtomicBool>,
+    /// The idle core's thread, for unparking (a plain std mutex, as in `LoomPlatform`).
+    idle_thread: std::sync::Mutex<Option<thread::Thread>>,
+    /// Window events so far: incremented (RMW) as the idle core opens a window and again as it
+    /// closes it, so it is odd while one is open. Read with RMWs (the latest value, not an
+    /// older one loom may hand a plain load).
+    halt_window: AtomicUsize,
+    /// `halt_window` as the lazy sender read it just before its send.
+    lazy_start: AtomicUsize,
+    /// IPIs from the lazy sender, and those of them that found the idle core outside its halt
+    /// window.
+    lazy_ipis: AtomicUsize,
+    lazy_ipis_to_running: AtomicUsize,
+}
+
+impl Platform for IdleLoopPlatform {
+    fn current_cpu(&self) -> CpuId {
+        CPU.with(Cell::get)
+    }
+    fn cpu_count(&self) -> usize {
+        self.pending.len()
+    }
+    fn send_ipi(&self, target: CpuId) {
+        if self.current_cpu() == LAZY_CPU {
+            self.lazy_ipis.fetch_add(1, Ordering::Relaxed);
+            let start = self.lazy_start.fetch_add(0, Ordering::SeqCst);
+            let now = self.halt_window.fetch_add(0, Ordering::SeqCst);
+            // Open when the send began, or opened since.
+            let explained = start % 2 == 1 || now > start;
+            if target != IDLE_CPU || !explained {
+                self.lazy_ipis_to_running.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        // An RMW rather than a store, as in `LoomPlatform::send_ipi`.
+        self.pending[target].swap(true, Ordering::Release);
+        if target == IDLE_CPU {
+            if let Some(t) = self.idle_thread.lock().unwrap().as_ref() {
+                t.unpark();
+            }
+        }
+    }
+    fn irq_save(&self) -> IrqState {
+        IrqState(true)
+    }
+    fn irq_restore(&self, _: IrqState) {}
+    fn relax(&self) {
+        thread::yield_now();
+    }
+    fn now_ns(&self) -> u64 {
+        0 // watchdogs never fire in the model
+    }
+    fn flush_tlb_range(&self, _: usize, _: usize) {}
+    fn flush_tlb_all(&self) {}
+}
+
+type IdleQ = Ipiq<IdleLoopPlatform>;
+
+fn idle_inc(_: &IdleQ, counter: usize, _: usize) {
+    // SAFETY: the counter is kept alive by the model's Arc for the whole model run.
+    let counter = unsafe { &*(counter as *const AtomicUsize) };
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+/// The idle core's interrupt handler, when interrupts are on: an IPI that is pending is taken
+/// (ipiq's vector runs `process`).
+fn take_ipi(q: &IdleQ) {
+    if q.platform().pending[IDLE_CPU].swap(false, Ordering::Acquire) {
+        q.process();
+    }
+}
+
+/// The kernel's idle loop (patches 0006 and 0007, `scheduler::run` with `ipiq::idle_drain`), on
+/// core 0, until `want` messages ran. With interrupts off: during the backoff it polls (`poll`,
+/// staying signalled) and then enables interrupts and snoozes; once the backoff is over it runs
+/// `process`, then `pending() || !prepare_halt()`: with nothing pending it halts (`sti; hlt`,
+/// parked until an IPI, whose handler runs `process`) and calls `end_halt`; otherwise it calls
+/// `end_halt` and reschedules (whose hook drains again). The backoff is one poll here.
+fn kernel_idle_loop(q: &IdleQ, ran: &AtomicUsize, want: usize) {
+    let mut backoff_done = false;
+    while ran.load(Ordering::Relaxed) < want {
+        if !backoff_done {
+            q.poll();
+            // `sti; snooze`: an IPI that came is taken now.
+            take_ipi(q);
+            backoff_done = true;
+            continue;
+        }
+        q.process();
+        q.platform().halt_window.fetch_add(1, Ordering::SeqCst);
+        let work = q.pending() || !q.prepare_halt();
+        if !work && ran.load(Ordering::Relaxed) == want {
+            // Everything ran (this core ran it): the model ends instead of halting for good.
+            q.end_halt();
+            q.platform().halt_window.fetch_add(1, Ordering::SeqCst);
+            break;
+        }
+        if !work {
+            // `sti; hlt`: until an IPI; its handler drains.
+            while !q.platform().pending[IDLE_CPU].swap(false, Ordering::Acquire) {
+                thread::park();
+            }
+            q.process();
+            q.end_halt();
+        } else {
+            q.end_halt();
+            // `sti; reschedule`: the reschedule hook drains, an IPI that came is taken.
+            take_ipi(q);
+            q.process();
+        }
+        q.platform().halt_window.fetch_add(1, Ordering::SeqCst);
+        backoff_done = false;
+    }
+}
+
+/// The kernel's idle loop (`kernel_idle_loop`: poll during the backoff, then `process`,
+/// `prepare_halt`, halt, `end_halt`) against a lazy sender (`try_send_lazy`, core 1) and an
+/// active one (`send`, core 2), one message each. No message is stranded behind a halt: if one
+/// were, the idle core would park with nobody left to wake it, which loom reports as a
+/// deadlock. The lazy sender sends an IPI only to a halted core (inside its halt window). Both
+/// messages run exactly once.
+///
+/// The model fails when the protocol is weakened: without `prepare_halt`'s last look, without
+/// its fence, or without the lazy sender's fence in `signal_if_halted`, loom finds the idle core
+/// parked with the lazy message stranded (a deadlock); a lazy send that signals by `npoll` like
+/// an active one, or an `end_halt` that leaves the mark set, fails the halt-window check. (The
+/// drain exit's own look and fence are not needed on this path: `prepare_halt`'s look covers
+/// the active sender's message too. The handshake models above check them.)
+#[test]
+fn idle_loop_against_a_lazy_and_an_active_sender() {
+    builder(2).check(|| {
+        let q = Arc::new(Ipiq::new(
+            IdleLoopPlatform {
+                pending: (0..3).map(|_| AtomicBool::new(false)).collect(),
+                idle_thread: std::sync::Mutex::new(None),
+                halt_window: AtomicUsize::new(0),
+                lazy_start: AtomicUsize::new(0),
+                lazy_ipis: AtomicUsize::new(0),
+                lazy_ipis_to_running: AtomicUsize::new(0),
+            },
+            Config {
+                fifo_slots: 8,
+                ..Config::default()
+            },
+        ));
+        for cpu in 0..3 {
+            q.cpu_online(cpu).unwrap();
+        }
+        let ran = Arc::new(AtomicUsize::new(0));
+        let counter = &*ran as *const AtomicUsize as usize;
+        // The idle core is a thread of its own: only it is ever unparked (loom lets an unpark
+        // meant for a park end a `join` instead).
+        let idle = {
+            let (q, ran) = (q.clone(), ran.clone());
+            thread::spawn(move || {
+                CPU.with(|c| c.set(IDLE_CPU));
+                *q.platform().idle_thread.lock().unwrap() = Some(thread::current());
+                kernel_idle_loop(&q, &ran, 2);
+            })
+        };
+        let lazy = {
+            let q = q.clone();
+            thread::spawn(move || {
+                CPU.with(|c| c.set(LAZY_CPU));
+                let platform = q.platform();
+                let start = platform.halt_window.fetch_add(0, Ordering::SeqCst);
+                platform.lazy_start.swap(start, Ordering::SeqCst);
+                q.try_send_lazy(IDLE_CPU, idle_inc, counter, 0).unwrap();
+            })
+        };
+        CPU.with(|c| c.set(ACTIVE_CPU));
+        q.send(IDLE_CPU, idle_inc, counter, 0).unwrap();
+        lazy.join().unwrap();
+        idle.join().unwrap();
+        let platform = q.platform();
+        assert_eq!(
+            platform.lazy_ipis_to_running.load(Ordering::Relaxed),
+            0,
+            "the lazy sender interrupted a core that was not halted ({} lazy IPIs)",
+            platform.lazy_ipis.load(Ordering::Relaxed)
+        );
+        // Whatever is still pending runs now (as core 0): nothing ran twice.
+        CPU.with(|c| c.set(IDLE_CPU));
+        take_ipi(&q);
+        q.process();
+        assert_eq!(ran.load(Ordering::Relaxed), 2, "each message exactly once");
+        drop(ran);
+    });
 }
