@@ -208,7 +208,12 @@ impl SaveArea {
 
     /// The saved MXCSR.
     pub fn mxcsr(&self) -> u32 {
-        u32::from_le_bytes([self.bytes[24], self.bytes[25], self.bytes[26], self.bytes[27]])
+        u32::from_le_bytes([
+            self.bytes[24],
+            self.bytes[25],
+            self.bytes[26],
+            self.bytes[27],
+        ])
     }
 
     /// The saved XMM register `n` (0-15), low byte first.
@@ -363,13 +368,14 @@ impl SaveStacks {
     }
 }
 
-/// [`SaveStacks::run`] with an area on the stack: for nesting deeper than the per-core levels.
+/// [`SaveStacks::run`] with an area on the stack (832 bytes): what it does past the per-core
+/// levels, and a kernel's fallback before its areas exist.
 ///
 /// # Safety
-/// As [`SaveStacks::run`].
+/// As [`SaveStacks::run`], except that any core may call it.
 #[cold]
 #[inline(never)]
-unsafe fn run_on_stack(how: SaveInstr, func: extern "C" fn(usize), arg: usize) {
+pub unsafe fn run_on_stack(how: SaveInstr, func: extern "C" fn(usize), arg: usize) {
     let mut area = core::mem::MaybeUninit::<SaveArea>::uninit();
     let base = area.as_mut_ptr().cast::<u64>();
     // The XSAVE header (bytes 512-575) must be zero for xrstor64; written a word at a time
@@ -520,7 +526,9 @@ mod tests {
     /// Loads a caller state, calls the bracket through `enter(nest)`, reads the state back.
     fn call_bracketed(nest: usize) -> Box<Readback> {
         let mut r = Box::new(Readback {
-            xmm_in: core::array::from_fn(|i| 0x0123_4567_89ab_cdefu64.rotate_left(i as u32) ^ i as u64),
+            xmm_in: core::array::from_fn(|i| {
+                0x0123_4567_89ab_cdefu64.rotate_left(i as u32) ^ i as u64
+            }),
             xmm_out: [0; 32],
             x87_in: [1.25, -3.5],
             x87_out: [0.0; 2],
@@ -618,18 +626,33 @@ mod tests {
     fn check(nest: usize, how: SaveInstr) {
         SEEN.store(0, Ordering::Relaxed);
         let r = call_bracketed(nest);
-        assert_eq!(r.xmm_out, r.xmm_in, "XMM registers after {nest} nested levels ({how:?})");
-        assert_eq!(r.mxcsr_out, r.mxcsr_in, "MXCSR (control and flags) after {nest} nested levels ({how:?})");
-        assert_eq!(r.fcw_out, r.fcw_in, "x87 control word after {nest} nested levels ({how:?})");
+        assert_eq!(
+            r.xmm_out, r.xmm_in,
+            "XMM registers after {nest} nested levels ({how:?})"
+        );
+        assert_eq!(
+            r.mxcsr_out, r.mxcsr_in,
+            "MXCSR (control and flags) after {nest} nested levels ({how:?})"
+        );
+        assert_eq!(
+            r.fcw_out, r.fcw_in,
+            "x87 control word after {nest} nested levels ({how:?})"
+        );
         assert_eq!(
             (r.fsw_out >> 11) & 7,
             6,
             "x87 stack top: two values pushed before the bracket, none left by the message"
         );
-        assert_eq!(r.x87_out, r.x87_in, "x87 stack values after {nest} nested levels ({how:?})");
+        assert_eq!(
+            r.x87_out, r.x87_in,
+            "x87 stack values after {nest} nested levels ({how:?})"
+        );
         let seen = SEEN.load(Ordering::Relaxed);
         let abi = u64::from(FCW_DEFAULT) << 48 | u64::from(MXCSR_DEFAULT);
-        assert_eq!(seen, abi, "the message's entry state (fcw<<48|fsw<<32|ftw<<24|mxcsr), not the caller's");
+        assert_eq!(
+            seen, abi,
+            "the message's entry state (fcw<<48|fsw<<32|ftw<<24|mxcsr), not the caller's"
+        );
         assert_eq!(stacks().depth(0), 0, "every bracket closed");
     }
 
@@ -720,7 +743,8 @@ mod tests {
     /// The CPU has AVX and XCR0 enables it.
     #[target_feature(enable = "avx")]
     unsafe fn ymm_round_trip() -> ([u64; 64], [u64; 64]) {
-        let input: [u64; 64] = core::array::from_fn(|i| 0xfeed_f00d_dead_beefu64.rotate_left(i as u32) ^ i as u64);
+        let input: [u64; 64] =
+            core::array::from_fn(|i| 0xfeed_f00d_dead_beefu64.rotate_left(i as u32) ^ i as u64);
         let mut output = [0u64; 64];
         stacks();
         // SAFETY: reads `input` and writes `output` (r13, r14: preserved by the callee); the
@@ -783,11 +807,17 @@ mod tests {
         }
         let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
         let held = SaveInstr::detect_held();
-        assert!(matches!(held, SaveInstr::Xsave { mask } if mask & 0b100 != 0), "AVX without XSAVE of AVX state");
+        assert!(
+            matches!(held, SaveInstr::Xsave { mask } if mask & 0b100 != 0),
+            "AVX without XSAVE of AVX state"
+        );
         *HOW.lock().unwrap_or_else(|e| e.into_inner()) = Some(held);
         // SAFETY: AVX detected (CPUID and XCR0).
         let (input, output) = unsafe { ymm_round_trip() };
-        assert_eq!(output, input, "ymm0-15 after a message that set them all ones");
+        assert_eq!(
+            output, input,
+            "ymm0-15 after a message that set them all ones"
+        );
         // FXSAVE does not hold the upper halves: the same check sees them change.
         *HOW.lock().unwrap_or_else(|e| e.into_inner()) = Some(SaveInstr::Fxsave);
         // SAFETY: as above.
@@ -807,7 +837,11 @@ mod tests {
         match SaveInstr::detect() {
             Ok(SaveInstr::Xsave { mask }) => assert_eq!(mask & !COMPONENTS, 0),
             Ok(SaveInstr::Fxsave) => {}
-            Err(xcr0) => assert_ne!(xcr0 & !COMPONENTS, 0, "refused only for components beyond AVX"),
+            Err(xcr0) => assert_ne!(
+                xcr0 & !COMPONENTS,
+                0,
+                "refused only for components beyond AVX"
+            ),
         }
     }
 }

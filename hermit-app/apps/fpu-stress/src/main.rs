@@ -26,7 +26,7 @@
 //! run that never interrupted the thread cannot pass.
 //!
 //! Arguments (after `--`): `ms=N` (run time, default 2000), `rate=N` (messages per second to each
-//! target, default 4000), `spins=N` (length of a window, default 3000 loop turns), `nest=N`
+//! target, default 4000), `spins=N` (length of a window, default 30000 loop turns), `nest=N`
 //! (deepest nesting of the nested messages, 0-6, default 6; 0 sends none), `require-avx`
 //! (fail unless the CPU has AVX and the windows used it).
 //! Output: one line per target core and a final `fpu-stress: PASS` or `fpu-stress: FAIL: why`;
@@ -158,6 +158,15 @@ impl FpState {
     fn is_abi_default(&self) -> bool {
         self.fcw == FCW_DEFAULT && self.fsw == 0 && self.ftw == 0 && self.mxcsr & !0x3F == MXCSR_DEFAULT
     }
+}
+
+/// Gives the calling thread an empty x87 stack and the default x87 control word. Hermit 0.11
+/// starts a task with the FSAVE-style tag word 0xFFFF in its FXSAVE-format state, which
+/// `fxrstor` reads as all eight x87 registers in use (the XSAVE path starts in the init state
+/// instead), so a thread makes its x87 state what the ABI says before it checks anything.
+fn reset_x87() {
+    // SAFETY: fninit only resets x87 state; no x87 value is live in Rust code here.
+    unsafe { asm!("fninit", options(nomem, nostack)) };
 }
 
 // ----- tallies --------------------------------------------------------------------------------
@@ -621,6 +630,7 @@ struct X87Expect {
 
 /// Runs until `STOP`: checks the f64 chain, then an XMM, an x87 and (with AVX) a YMM window.
 fn worker(core: usize, spins: u64, x87_expect: &[X87Expect], avx: bool) {
+    reset_x87();
     let tally = &CORES[core];
     let mut h = Hold::new();
     tally.ready.store(true, Ordering::Release);
@@ -723,7 +733,7 @@ struct Options {
 }
 
 fn options() -> Result<Options, String> {
-    let mut o = Options { ms: 2_000, rate: 4_000, spins: 3_000, nest: MAX_NEST, require_avx: false };
+    let mut o = Options { ms: 2_000, rate: 4_000, spins: 30_000, nest: MAX_NEST, require_avx: false };
     for arg in std::env::args().skip(1) {
         let number = |v: &str| v.parse::<u64>().map_err(|_| format!("bad number in argument '{arg}'"));
         match arg.split_once('=') {
@@ -784,6 +794,7 @@ fn run() -> Result<(), String> {
     );
 
     // Reference results, on core 0 with the ABI's default state (no message runs here).
+    reset_x87();
     for seed in 0..SEEDS {
         EXPECT_CHAIN[seed].store(chain(black_box(seed)), Ordering::Relaxed);
         EXPECT_X87_WORK[seed].store(x87_work(black_box(seed)), Ordering::Relaxed);
@@ -889,6 +900,12 @@ fn run() -> Result<(), String> {
         join(tid);
     }
 
+    let total: u64 = sent.iter().map(|s| s.heavy + s.passive + s.odd + s.odd_avx + s.nested + s.cpusync).sum();
+    println!(
+        "fpu-stress: sent {total} messages in {:.0} ms: {:.0} per second to each target",
+        elapsed.as_secs_f64() * 1e3,
+        total as f64 / elapsed.as_secs_f64() / targets.len() as f64
+    );
     let mut problems = Vec::new();
     for &core in &targets {
         let t = &CORES[core];
