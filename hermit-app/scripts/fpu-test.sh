@@ -36,7 +36,7 @@ boot() {
     else
         echo "FAIL fpu-stress smp=$smp cpu=$model ($mode) ${took}s (log: $log)"
         echo "$reasons"
-        tr -d '\r' <"$log" | grep -E '^fpu-stress: (core|messages|mismatch)' | head -n 8 | sed 's/^/    /'
+        tr -d '\r' <"$log" | grep -E '^fpu-stress: (core|messages|mismatch)' | head -n 8 | sed 's/^/    /' || true
         failed=$((failed + 1))
     fi
 }
