@@ -242,34 +242,45 @@ pub unsafe fn enter_abi_state() {
     }
 }
 
+/// What [`claim_fpu`] found in CR0.TS, for the matching [`release_fpu`].
+#[must_use = "pass it to release_fpu, which puts CR0.TS back"]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FpuClaim {
+    /// TS was set (the registers belong to a task the lazy switching has not moved yet): it
+    /// was cleared and must be set again.
+    TaskSwitched,
+    /// TS was clear: nothing to put back.
+    Owned,
+}
+
 /// Clears CR0.TS if it is set, so the FPU can be used without the #NM trap of lazy switching;
-/// returns whether it was set, for [`release_fpu`].
+/// says what it found, for [`release_fpu`].
 ///
 /// # Safety
 /// Ring 0. The caller calls [`release_fpu`] with the result before anything may switch tasks
 /// on this core. Interrupt context: yes; re-entrant (a nested call finds TS clear and returns
-/// false, leaving it to the outer one).
+/// [`FpuClaim::Owned`], leaving it to the outer one).
 #[inline(always)]
-pub unsafe fn claim_fpu() -> bool {
+pub unsafe fn claim_fpu() -> FpuClaim {
     let cr0: u64;
     // SAFETY: reading CR0 in ring 0 (the caller's contract) has no side effect.
     unsafe { asm!("mov {}, cr0", out(reg) cr0, options(nomem, nostack, preserves_flags)) };
-    let set = cr0 & CR0_TS != 0;
-    if set {
-        // SAFETY: ring 0; clts only clears CR0.TS.
-        unsafe { asm!("clts", options(nomem, nostack, preserves_flags)) };
+    if cr0 & CR0_TS == 0 {
+        return FpuClaim::Owned;
     }
-    set
+    // SAFETY: ring 0; clts only clears CR0.TS.
+    unsafe { asm!("clts", options(nomem, nostack, preserves_flags)) };
+    FpuClaim::TaskSwitched
 }
 
 /// Sets CR0.TS again if [`claim_fpu`] found it set, so lazy switching goes on as before.
 ///
 /// # Safety
-/// Ring 0; `was_set` is what the matching [`claim_fpu`] returned, and the FPU registers hold
+/// Ring 0; `claim` is what the matching [`claim_fpu`] returned, and the FPU registers hold
 /// what they held then (restored). Interrupt context: yes.
 #[inline(always)]
-pub unsafe fn release_fpu(was_set: bool) {
-    if was_set {
+pub unsafe fn release_fpu(claim: FpuClaim) {
+    if claim == FpuClaim::TaskSwitched {
         // SAFETY: ring 0; only CR0.TS changes (read-modify-write of CR0).
         unsafe {
             asm!("mov {t}, cr0", "or {t}, {ts}", "mov cr0, {t}", t = out(reg) _,
@@ -286,6 +297,34 @@ struct CoreAreas {
 }
 
 /// Per-core, per-nesting-level save areas, and the bracket that uses them ([`SaveStacks::run`]).
+///
+/// ```
+/// # #[cfg(feature = "std")] {
+/// use ipiq::arch::x86_64::xstate::{SaveInstr, SaveStacks};
+/// use std::arch::asm;
+///
+/// fn mxcsr() -> u32 {
+///     let mut value = 0u32;
+///     // SAFETY: stmxcsr stores 4 bytes to a local.
+///     unsafe { asm!("stmxcsr [{}]", in(reg) &mut value, options(nostack)) };
+///     value
+/// }
+///
+/// // A message function that leaves MXCSR rounding toward zero behind.
+/// extern "C" fn careless(_: usize) {
+///     let rz = 0x7F80u32;
+///     // SAFETY: ldmxcsr loads a valid MXCSR from a local (and breaks the ABI on purpose).
+///     unsafe { asm!("ldmxcsr [{}]", in(reg) &rz, options(nostack)) };
+/// }
+///
+/// // Bring-up: one core, two nesting levels (user mode here: CR0.TS is clear).
+/// let stacks = SaveStacks::new(1, 2, SaveInstr::detect_held());
+/// let before = mxcsr();
+/// // SAFETY: core 0 is the only one; TS is clear; the instruction was detected on this CPU.
+/// unsafe { stacks.run(0, careless, 0) };
+/// assert_eq!(mxcsr(), before);
+/// # }
+/// ```
 pub struct SaveStacks {
     how: SaveInstr,
     cores: Box<[CachePadded<CoreAreas>]>,
