@@ -5,7 +5,7 @@
 # location, so both work from any directory. Long steps live in hermit-app/scripts/.
 # See hermit-app/README-image.md for what each step does and how long it takes.
 #
-# Targets:  image loader qemu uhyve image-test kernel-tests tlb-stale-test image-run image-clean
+# Targets:  image loader qemu uhyve image-test kernel-tests tlb-stale-test fpu-test image-run image-clean
 # Variables (make VAR=value):
 #   KERNEL=patched|stock|stock-probe   kernel source with hermit-app/kernel/patches/*.patch,
 #                          unpatched, or with only the test probes of kernel/stock-probe-patches/
@@ -23,6 +23,9 @@
 #   KERNEL_TESTS_KERNELS="patched stock" KERNEL_TESTS_SMP="1 4"   kernel-tests' sources and vCPUs
 #   TLB_STALE_KERNELS=stock-probe TLB_STALE_SMP="2 4" TLB_STALE_MODES=x2APIC TLB_STALE_LOGS=...
 #                          tlb-stale-test's kernels, vCPU counts, APIC models and log folder
+#   FPU_TEST_SMP="2 4" FPU_TEST_MODES="x2APIC xAPIC" FPU_TEST_AVX_MODELS=Skylake-Client
+#   FPU_TEST_ARGS=... FPU_TEST_LOGS=...   fpu-test's vCPU counts, APIC models, AVX CPU models
+#                          (2 vCPUs, AVX required), fpu-stress arguments and log folder
 
 IMAGE_HERMIT_APP := $(patsubst %/,%,$(dir $(abspath $(lastword $(MAKEFILE_LIST)))))
 IMAGE_SCRIPTS    := $(IMAGE_HERMIT_APP)/scripts
@@ -50,6 +53,12 @@ TLB_STALE_KERNELS ?= stock-probe
 TLB_STALE_SMP     ?= 2 4
 TLB_STALE_MODES   ?= x2APIC
 TLB_STALE_LOGS    ?= $(IMAGE_BUILD)/tlb-stale-logs
+# fpu-test: vCPU counts, APIC models, AVX CPU models (2 vCPUs, AVX required), app arguments, logs.
+FPU_TEST_SMP        ?= 2 4
+FPU_TEST_MODES      ?= x2APIC xAPIC
+FPU_TEST_AVX_MODELS ?= Skylake-Client
+FPU_TEST_ARGS       ?= ms=1500
+FPU_TEST_LOGS       ?= $(IMAGE_BUILD)/fpu-test-logs
 
 ifeq ($(filter $(KERNEL),patched stock stock-probe),)
 $(error KERNEL must be 'patched', 'stock' or 'stock-probe', not '$(KERNEL)')
@@ -74,7 +83,7 @@ LOADER           ?= $(IPIQ_LOADER)
 # Build the project's loader only when it is the one in use.
 IMAGE_LOADER_DEP := $(if $(filter $(IPIQ_LOADER),$(LOADER)),loader)
 
-.PHONY: image loader qemu uhyve image-test kernel-tests tlb-stale-test image-run image-clean
+.PHONY: image loader qemu uhyve image-test kernel-tests tlb-stale-test fpu-test image-run image-clean
 .PHONY: hermit-toolchain hermit-kernel qemu-install image-force
 
 ## image: kernel archive (patched or stock) + application image
@@ -154,6 +163,15 @@ tlb-stale-test: $(IMAGE_LOADER_DEP) qemu-install
 	@echo "==> stale-TLB experiment on $(TLB_STALE_KERNELS), $(TLB_STALE_SMP) vCPUs, $(TLB_STALE_MODES); logs in $(TLB_STALE_LOGS)"
 	@$(IMAGE_SCRIPTS)/tlb-stale.sh $(LOADER) $(TLB_STALE_LOGS) $(QEMU_TIMEOUT) "$(TLB_STALE_SMP)" "$(TLB_STALE_MODES)" \
 		$(foreach k,$(TLB_STALE_KERNELS),$(k)=$(IMAGE_BUILD)/kernel-$(k)/apps/x86_64-unknown-hermit/release/tlb-stale)
+
+## fpu-test: apps/fpu-stress on the patched kernel (application messages computing with f64,
+## x87 and AVX against pinned threads checking their own state bit for bit) with FPU_TEST_SMP
+## vCPUs on FPU_TEST_MODES, and with 2 vCPUs and AVX required on FPU_TEST_AVX_MODELS
+fpu-test: $(IMAGE_LOADER_DEP) qemu-install
+	@$(MAKE) --no-print-directory -f $(IMAGE_MK) KERNEL=patched APP=fpu-stress image
+	@echo "==> fpu-stress on $(FPU_TEST_SMP) vCPUs, $(FPU_TEST_MODES); AVX on $(FPU_TEST_AVX_MODELS); logs in $(FPU_TEST_LOGS)"
+	@$(IMAGE_SCRIPTS)/fpu-test.sh $(LOADER) $(IMAGE_BUILD)/kernel-patched/apps/x86_64-unknown-hermit/release/fpu-stress \
+		$(FPU_TEST_LOGS) $(QEMU_TIMEOUT) "$(FPU_TEST_SMP)" "$(FPU_TEST_MODES)" "$(FPU_TEST_AVX_MODELS)" "$(FPU_TEST_ARGS)"
 
 ## image-run: build everything and boot the first application with 4 cores
 image-run: image $(IMAGE_LOADER_DEP) qemu-install

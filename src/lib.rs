@@ -10,7 +10,8 @@
 //! ## Architecture
 //! - [`Platform`] is the only door to the hardware: current core, core count, IPI, interrupt
 //!   save/restore, relax, time, TLB flushes. The protocol is `#![no_std]` + `alloc` and generic
-//!   over it. The kernel's implementation is [`arch::x86_64`] (x2APIC with an xAPIC fallback);
+//!   over it. The kernel's implementation is [`arch::x86_64`] (x2APIC with an xAPIC fallback;
+//!   [`arch::x86_64::xstate`] saves the x87/SSE/AVX state around application message functions);
 //!   [`host`] (feature `std`) simulates cores with threads for tests, examples and benchmarks.
 //! - [`Ipiq`] holds the queue matrix: for every (sender, target) pair that has talked, one
 //!   single-producer/single-consumer FIFO of [`Message`]s (a function and two words), allocated

@@ -24,6 +24,11 @@
 //! ipiq's periodic tick: it remembers the scheduler's own deadline per core and programs the
 //! earlier of it and the next tick, telling the kernel which vector to use (a tick-only vector
 //! when the tick comes first, so that interrupt drains passive messages without rescheduling).
+//!
+//! # Extended state
+//! [`xstate`] saves and restores the x87, SSE and AVX state around application message
+//! functions (the kernel is soft-float and its interrupt path saves none of it); see there for
+//! the mechanism and why.
 
 use alloc::boxed::Box;
 use alloc::vec::Vec;
@@ -38,6 +43,8 @@ use x86_64::registers::model_specific::Msr;
 use x86_64::VirtAddr;
 
 use crate::platform::{CpuId, IrqState, Platform};
+
+pub mod xstate;
 
 /// x2APIC Interrupt Command Register (one 64-bit MSR: destination in bits 63:32).
 const X2APIC_ICR: u32 = 0x830;

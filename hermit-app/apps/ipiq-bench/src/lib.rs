@@ -9,7 +9,10 @@
 //! 4. shootdown: ranged (invlpg per page) against forced full over k = 1, 4, 16, 32 pages on
 //!    1..cpus-1 other cores; then each followed by the other cores re-touching a working set;
 //! 5. statistics on against off: streaming throughput and round trip, interleaved rounds;
-//! 6. multicast: one `send_many` to k cores against k unicast sends, each then waited for.
+//! 6. multicast: one `send_many` to k cores against k unicast sends, each then waited for;
+//! 7. application messages with the FPU-state bracket (kernel patch 0008) against without it
+//!    (its test-only switch, `sys_ipiq_bench_fpu_save`; the function here is integer-only):
+//!    cost per message sent to the calling core (runs in the send) and streamed to core 1.
 //!
 //! Every table is printed as a report block (`<<<report title` ... `>>>report`). The probes'
 //! bad-input answers are checked first. Exits 0 when every measurement ran (the figures are
@@ -49,6 +52,10 @@ pub struct Scale {
     pub stats_round_trips: usize,
     /// Multicast rounds per target count and mode, the two modes alternating round by round.
     pub multicast_rounds: usize,
+    /// FPU bracket on/off rounds (each measures both settings on both paths).
+    pub fpu_rounds: usize,
+    /// Application messages per setting, path and round.
+    pub fpu_messages: u64,
 }
 
 /// The figures (`ipiq-bench`).
@@ -63,6 +70,8 @@ pub const FULL: Scale = Scale {
     stats_streaming: 10_000,
     stats_round_trips: 200,
     multicast_rounds: 500,
+    fpu_rounds: 11,
+    fpu_messages: 5_000,
 };
 
 /// Every path once or a few times (`ipiq-bench-smoke`, part of `make test`).
@@ -77,6 +86,8 @@ pub const SMOKE: Scale = Scale {
     stats_streaming: 1_000,
     stats_round_trips: 20,
     multicast_rounds: 10,
+    fpu_rounds: 2,
+    fpu_messages: 200,
 };
 
 /// Pages in the shootdown buffer; the readers' working set is all of them.
@@ -106,6 +117,10 @@ mod probe {
             ) -> i32;
             /// Statistics on (1) or off (0): the previous setting or -errno.
             pub fn sys_ipiq_bench_set_stats(on: usize) -> i32;
+            /// Test-only (patch 0008): application messages with (1) or without (0) their
+            /// FPU-state bracket: the previous setting or -errno. Off, only integer-only
+            /// message functions may run.
+            pub fn sys_ipiq_bench_fpu_save(on: usize) -> i32;
         }
     }
 
@@ -148,6 +163,26 @@ mod probe {
 
     pub fn set_stats(on: bool) -> Result<bool, i32> {
         set_stats_raw(usize::from(on))
+    }
+
+    /// The raw syscall with any `on` (for the bad-input check).
+    pub fn set_fpu_save_raw(on: usize) -> Result<bool, i32> {
+        // SAFETY: a plain value; the kernel validates it.
+        check(unsafe { sys::sys_ipiq_bench_fpu_save(on) }).map(|was| was == 1)
+    }
+
+    pub fn set_fpu_save(on: bool) -> Result<bool, i32> {
+        set_fpu_save_raw(usize::from(on))
+    }
+}
+
+/// Turns the FPU-state bracket of application messages back on when dropped (also on an early
+/// error return: with it off, a message function that uses the FPU corrupts its core).
+struct FpuSaveOnGuard;
+
+impl Drop for FpuSaveOnGuard {
+    fn drop(&mut self) {
+        let _ = probe::set_fpu_save(true);
     }
 }
 
@@ -271,7 +306,7 @@ fn f2(v: f64) -> String {
 fn probes_refuse_bad_input(cpus: usize, page: usize) -> Result<(), String> {
     let one: CpuSet = [1].into_iter().collect();
     let past: CpuSet = [cpus].into_iter().collect();
-    let cases: [(&str, Result<usize, i32>); 11] = [
+    let cases: [(&str, Result<usize, i32>); 12] = [
         (
             "raw IPI to a core past the count",
             probe::raw_ipi(cpus).map(|_| 0),
@@ -303,6 +338,10 @@ fn probes_refuse_bad_input(cpus: usize, page: usize) -> Result<(), String> {
         (
             "statistics switch set to 2",
             probe::set_stats_raw(2).map(usize::from),
+        ),
+        (
+            "FPU-save switch set to 2",
+            probe::set_fpu_save_raw(2).map(usize::from),
         ),
     ];
     for (what, result) in &cases {
@@ -776,6 +815,99 @@ fn multicast(cpus: usize, rounds: usize, budget: Duration) -> Result<(), String>
     Ok(())
 }
 
+// ----- 7. application messages: FPU-state bracket on against off ---------------------------------
+
+/// `n` application messages (`hit`, integer-only) with the bracket `on`, to the calling core
+/// (`local`: each runs at once, inside its send) or streamed to core 1 and waited for; TSC ticks
+/// per message.
+fn fpu_round(on: bool, local: bool, n: u64) -> Result<f64, String> {
+    probe::set_fpu_save(on).map_err(errno("fpu save"))?;
+    let target = if local { 0 } else { 1 };
+    let start = rdtsc();
+    for i in 0..n {
+        hermit::send(target, hit, i as usize).map_err(err("send"))?;
+    }
+    if !local {
+        wait_all(&[1])?;
+    }
+    let ticks = rdtsc() - start;
+    probe::set_fpu_save(true).map_err(errno("fpu save"))?;
+    Ok(ticks as f64 / n as f64)
+}
+
+fn fpu_cost(cpus: usize, scale: &Scale) -> Result<(), String> {
+    let _guard = FpuSaveOnGuard;
+    let was = probe::set_fpu_save(true).map_err(errno("fpu save"))?;
+    if !was {
+        return Err("the FPU-state bracket was off at start".into());
+    }
+    // Relaxed: a count; the sends and waits order it.
+    let hits = HITS.load(Ordering::Relaxed);
+    // [path][setting]: ticks per message, one sample per round.
+    let mut samples: [[Vec<f64>; 2]; 2] = Default::default();
+    for round in 0..scale.fpu_rounds {
+        // Alternate which setting goes first.
+        for on in [round % 2 == 0, round % 2 == 1] {
+            for (path, local) in [(0, true), (1, false)] {
+                samples[path][usize::from(on)].push(fpu_round(on, local, scale.fpu_messages)?);
+            }
+        }
+    }
+    // Relaxed: a count (see above).
+    let ran = HITS.load(Ordering::Relaxed) - hits;
+    let expected = scale.fpu_rounds as u64 * 4 * scale.fpu_messages;
+    if ran != expected {
+        return Err(format!("fpu cost: {ran} messages ran, {expected} sent"));
+    }
+    let ns = |ticks: f64| us(1) * 1e3 * ticks;
+    let mut rows = Vec::new();
+    let mut notes = Vec::new();
+    for (path, name) in [
+        (0, "to the calling core (runs in the send)"),
+        (1, "streamed 0 -> 1, then waited for"),
+    ] {
+        let [off, on] = &mut samples[path];
+        let spread = |v: &[f64]| {
+            let (lo, hi) = v
+                .iter()
+                .fold((f64::MAX, f64::MIN), |(lo, hi), &x| (lo.min(x), hi.max(x)));
+            format!("{:.0}-{:.0}", ns(lo), ns(hi))
+        };
+        let (on_spread, off_spread) = (spread(on), spread(off));
+        let (on_med, off_med) = (ns(median(on)), ns(median(off)));
+        rows.push(vec![
+            name.into(),
+            format!("{on_med:.0}"),
+            on_spread,
+            format!("{off_med:.0}"),
+            off_spread,
+            format!("{:+.0}", on_med - off_med),
+        ]);
+        notes.push(format!(
+            "{name}: the bracket adds {:+.1}% to a message.",
+            (on_med / off_med.max(1e-9) - 1.0) * 100.0
+        ));
+    }
+    notes.push(format!(
+        "Medians over {} interleaved rounds of {} messages per setting and path (min-max across rounds); emulated time. The bracket: CR0.TS read (and cleared/set if it was set), fxsave64 or xsave64, fninit, ldmxcsr, the call, fxrstor64 or xrstor64. Kernel messages never take it.",
+        scale.fpu_rounds, scale.fpu_messages
+    ));
+    report(
+        &format!("Guest application message cost, FPU state saved against not ({cpus} vCPUs)"),
+        &[
+            "path",
+            "with save: ns/msg (median)",
+            "with save: min-max",
+            "without: ns/msg (median)",
+            "without: min-max",
+            "save costs ns/msg",
+        ],
+        &rows,
+        &notes,
+    );
+    Ok(())
+}
+
 // ----- driver -------------------------------------------------------------------------------------
 
 fn run(scale: &Scale) -> Result<(), String> {
@@ -797,7 +929,17 @@ fn run(scale: &Scale) -> Result<(), String> {
     let buffer = buffer.as_ptr() as usize;
     probes_refuse_bad_input(cpus, buffer)?;
 
+    // An argument (after `--` on the kernel command line) names the sections to run, separated
+    // by commas (streaming, passive, round-trip, shootdown, statistics, multicast, fpu); none:
+    // all of them.
+    let only: Option<Vec<String>> = std::env::args()
+        .nth(1)
+        .map(|a| a.split(',').map(str::to_owned).collect());
     let timed = |name: &str, section: &dyn Fn() -> Result<(), String>| -> Result<(), String> {
+        let key = name.split_whitespace().next().unwrap_or(name);
+        if only.as_ref().is_some_and(|o| !o.iter().any(|s| s == key)) {
+            return Ok(());
+        }
         let start = Instant::now();
         section()?;
         println!(
@@ -808,7 +950,7 @@ fn run(scale: &Scale) -> Result<(), String> {
     };
     timed("streaming", &|| streaming(cpus, scale.streaming))?;
     timed("passive", &|| passive(cpus))?;
-    timed("round trip", &|| round_trip(cpus, scale))?;
+    timed("round-trip", &|| round_trip(cpus, scale))?;
     timed("shootdown", &|| shootdowns(cpus, scale, buffer))?;
     timed("statistics on/off", &|| stats_on_off(cpus, scale))?;
     timed("multicast", &|| {
@@ -818,6 +960,10 @@ fn run(scale: &Scale) -> Result<(), String> {
             Duration::from_millis(scale.cell_budget_ms),
         )
     })?;
+    timed(
+        "fpu (application message cost, FPU state saved or not)",
+        &|| fpu_cost(cpus, scale),
+    )?;
     let total = hermit::total_stats().map_err(err("stats"))?;
     report(
         &format!("Guest ipiq totals over the run ({cpus} vCPUs)"),
