@@ -37,9 +37,9 @@ run-host:
 test: lint test-host test-flood loom check-kernel-target doc bench-smoke image-test test-dispatch guest-rayon-smoke tlb-stale-test wakeup-smoke
 	$(MAKE) --no-print-directory guest-bench-smoke
 
-## test-host: unit tests, invariant tests I1-I7, bad input, doctests (host platform)
+## test-host: unit tests, invariant tests I1-I7, bad input, defects found by review, doctests (host platform)
 test-host:
-	$(CARGO) test --release --features std --lib --test invariants --test bad_input
+	$(CARGO) test --release --features std --lib --test invariants --test bad_input --test defects
 	$(CARGO) test --release --features std --doc
 
 ## test-flood: 10^6+ messages all-to-all through 4-slot FIFOs, then with lost and late IPIs

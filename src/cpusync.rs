@@ -316,7 +316,7 @@ impl<P: Platform> CpuSync<'_, P> {
         let raw = Arc::into_raw(self.state.clone()) as usize;
         match self.ipiq.send(target, enter::<P>, raw, 0) {
             Ok(_) => {
-                self.members.insert(target);
+                let _ = self.members.insert(target); // never fails: `send` took `target`
                 Ok(())
             }
             Err(e) => {

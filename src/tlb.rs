@@ -108,7 +108,7 @@ impl<P: Platform> Ipiq<P> {
         let irq = self.platform().irq_save();
         let mut others = match targets {
             // Offline cores are skipped by the cpusync itself.
-            Some(set) => set.clone(),
+            Some(set) => *set,
             None => self.online_set(),
         };
         others.remove(me);
@@ -148,12 +148,12 @@ mod tests {
             .run_on(0, |core| {
                 let q = core.ipiq();
                 // The caller (0) is in the set: it is skipped as a target and flushes locally.
-                let set: CpuSet = [0, 2].into_iter().collect();
+                let set = CpuSet::from_cpus([0, 2]).unwrap();
                 [
                     q.shootdown_on(&set, 0x40_0000, 4, false),
                     q.shootdown_on(&set, 0x40_0000, 4, true),
                     q.shootdown_on(&CpuSet::new(), 0x40_0000, 0, false),
-                    q.shootdown_on(&[9].into_iter().collect(), 0x40_0000, 1, false),
+                    q.shootdown_on(&CpuSet::single(9).unwrap(), 0x40_0000, 1, false),
                 ]
             })
             .unwrap();

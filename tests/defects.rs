@@ -1,6 +1,7 @@
-//! Defects found by review, one test each (issue 9, item 6): `outstanding` read order,
-//! `pending` outside an interrupt-disabled section, `CpuSet` with huge core ids, and `wait`
-//! cycles between message functions on two cores.
+//! Defects found by review, each with a test that failed before its fix (issue 9, item 6):
+//! `outstanding` read order (it wrapped around), `pending` outside an interrupt-disabled
+//! section, `CpuSet` with huge core ids (a multi-exabyte allocation aborted the process), and
+//! `wait` cycles between message functions on two cores (both stalled until `TimedOut`).
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -9,7 +10,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use ipiq::host::{HostConfig, HostMachine, HostPlatform};
-use ipiq::{Config, CpuId, Ipiq, IrqState, Platform};
+use ipiq::{Config, CpuId, CpuSet, Error, Ipiq, IrqState, Platform, Seq, SyncWork};
 
 type Q = Ipiq<HostPlatform>;
 
@@ -118,7 +119,8 @@ struct Tracking {
     unprotected: AtomicUsize,
 }
 
-impl Platform for Tracking {
+// SAFETY: the test drives it from one thread, one core at a time; no interrupts exist.
+unsafe impl Platform for Tracking {
     fn current_cpu(&self) -> CpuId {
         if !TRACK_IRQ_OFF.with(Cell::get) {
             self.unprotected.fetch_add(1, Ordering::Relaxed);
@@ -301,4 +303,112 @@ fn waits_from_message_functions_on_two_cores_do_not_stall_each_other() {
     assert!(cycle_ref.answered.iter().all(|a| a.load(Ordering::Acquire)));
     assert!(machine.quiesce(Duration::from_secs(5)));
     machine.shutdown();
+}
+
+// ----- CpuSet and platforms with more cores than a set holds --------------------------------------
+
+/// Core ids a set cannot hold are errors: `CpuSet::single(usize::MAX)` used to grow its bit map
+/// to the id and abort the process ("memory allocation of 2305843009213693952 bytes failed").
+#[test]
+fn core_ids_a_set_cannot_hold_are_errors() {
+    let cap = CpuSet::CAPACITY;
+    assert_eq!(cap, 1024);
+    assert_eq!(
+        CpuSet::single(usize::MAX),
+        Err(Error::NoSuchCpu(usize::MAX))
+    );
+    assert_eq!(CpuSet::single(cap), Err(Error::NoSuchCpu(cap)));
+    let mut set = CpuSet::single(cap - 1).unwrap();
+    assert_eq!(
+        set.insert(usize::MAX / 2),
+        Err(Error::NoSuchCpu(usize::MAX / 2))
+    );
+    assert_eq!(set.iter().collect::<Vec<_>>(), [cap - 1], "unchanged");
+    assert_eq!(
+        CpuSet::from_cpus([0, 1, usize::MAX]),
+        Err(Error::NoSuchCpu(usize::MAX))
+    );
+    assert_eq!(CpuSet::all(usize::MAX), Err(Error::NoSuchCpu(cap)));
+    assert!(!set.contains(usize::MAX) && !set.remove(usize::MAX));
+    // The error reads well and maps to EINVAL for the kernel's syscalls.
+    assert_eq!(
+        Error::NoSuchCpu(usize::MAX).to_string(),
+        format!("no such cpu: {}", usize::MAX)
+    );
+    assert_eq!(Error::NoSuchCpu(cap).errno(), -22);
+}
+
+fn tracked_count(_: &Ipiq<Tracking>, counter: usize, _: usize) {
+    arg::<AtomicUsize>(counter).fetch_add(1, Ordering::Relaxed);
+}
+
+/// A platform with more cores than a `CpuSet` holds (here `usize::MAX` of them) is served up
+/// to the capacity: nothing aborts or panics, the cores beyond are `NoSuchCpu` as targets, and
+/// calls made on one of them are refused or do nothing.
+#[test]
+fn a_platform_with_more_cores_than_a_set_holds_is_served_up_to_the_capacity() {
+    let cap = CpuSet::CAPACITY;
+    let q = Ipiq::new(
+        Tracking {
+            cpus: usize::MAX,
+            unprotected: AtomicUsize::new(0),
+        },
+        Config::default(),
+    );
+    assert_eq!(q.cpu_count(), cap);
+    for cpu in [0, 1, cap - 1] {
+        q.cpu_online(cpu).unwrap();
+    }
+    assert_eq!(q.cpu_online(cap), Err(Error::NoSuchCpu(cap)));
+    assert_eq!(q.online_set(), CpuSet::from_cpus([0, 1, cap - 1]).unwrap());
+    let ran = leak(AtomicUsize::new(0));
+    // A served core reaches the last served core, not one past it.
+    TRACK_CPU.with(|c| c.set(0));
+    assert_eq!(
+        q.send(cap, tracked_count, ran, 0),
+        Err(Error::NoSuchCpu(cap))
+    );
+    let seq = q.send(cap - 1, tracked_count, ran, 0).unwrap();
+    TRACK_CPU.with(|c| c.set(cap - 1));
+    assert_eq!(q.process(), 1);
+    TRACK_CPU.with(|c| c.set(0));
+    assert_eq!(q.wait(cap - 1, seq), Ok(()));
+    // Calls on a core past the capacity: refused with its id, or nothing to do.
+    let beyond = cap + 7;
+    TRACK_CPU.with(|c| c.set(beyond));
+    assert_eq!(
+        q.send(0, tracked_count, ran, 0),
+        Err(Error::NoSuchCpu(beyond))
+    );
+    assert_eq!(
+        q.send_many(&CpuSet::from_cpus([0, 1]).unwrap(), tracked_count, ran, 0),
+        Err(Error::NoSuchCpu(beyond))
+    );
+    assert_eq!(q.seq(0), Err(Error::NoSuchCpu(beyond)));
+    assert_eq!(q.wait(0, Seq(1)), Err(Error::NoSuchCpu(beyond)));
+    assert_eq!(
+        q.cpusync_simple(&CpuSet::single(1).unwrap(), tracked_count, ran, 0),
+        Err(Error::NoSuchCpu(beyond))
+    );
+    assert_eq!(
+        q.cpusync_start(&CpuSet::single(1).unwrap(), SyncWork::default())
+            .map(|_| ()),
+        Err(Error::NoSuchCpu(beyond))
+    );
+    assert_eq!(
+        q.shootdown(0x40_0000, 1).map(|_| ()),
+        Err(Error::NoSuchCpu(beyond))
+    );
+    assert_eq!(q.process(), 0);
+    assert_eq!(q.poll(), 0);
+    assert_eq!(q.tick(), 0);
+    assert!(!q.pending());
+    assert!(q.prepare_halt());
+    q.end_halt();
+    assert_eq!(
+        arg::<AtomicUsize>(ran).load(Ordering::Relaxed),
+        1,
+        "only the served send ran"
+    );
+    assert_eq!(q.outstanding(), 0);
 }

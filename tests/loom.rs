@@ -1,9 +1,9 @@
 //! Loom models of the wake-up handshake (FIFO + npoll, 2 cores; also with a polling idle loop
-//! and with a lazy send against a halting core), of FIFO-full progress (2 cores, 2-slot FIFOs)
-//! and of cpusync (3 cores).
+//! and with a lazy send against a halting core), of FIFO-full progress (2 cores, 2-slot FIFOs),
+//! of cpusync (3 cores), and of `outstanding()` read beside a sender and a drain (also spilled).
 //!
 //! Run with `RUSTFLAGS="--cfg loom" cargo test --release --test loom` (`make loom`).
-//! `LOOM_MAX_PREEMPTIONS` overrides each model's preemption bound (2 or 3; 0 for cpusync).
+//! `LOOM_MAX_PREEMPTIONS` overrides each model's preemption bound (1 to 3; 0 for cpusync).
 #![cfg(loom)]
 
 use std::cell::Cell;
@@ -57,7 +57,8 @@ fn idle(q: &Q, cpu: CpuId, stop: &AtomicBool) {
     }
 }
 
-impl Platform for LoomPlatform {
+// SAFETY: each model thread is one core (its id thread-local) and the model has no interrupts.
+unsafe impl Platform for LoomPlatform {
     fn current_cpu(&self) -> CpuId {
         CPU.with(Cell::get)
     }
@@ -309,7 +310,7 @@ fn cpusync_three_cores() {
             finish: Some(Message::new(inc, f, 0)),
             after: Some(Message::new(inc, f, 0)),
         };
-        let sync = q.cpusync_start(&CpuSet::all(3), work).unwrap();
+        let sync = q.cpusync_start(&CpuSet::all(3).unwrap(), work).unwrap();
         // start returns once both targets ran the start work and are held.
         assert_eq!(started.load(Ordering::Relaxed), 2);
         assert_eq!(
@@ -385,8 +386,12 @@ fn send_three_to_core_0(q: &Q, counter: usize, accepted: usize) {
 /// message that was accepted before the reading began has not run.
 #[test]
 fn outstanding_counts_spilled_messages() {
-    builder(2).check(|| {
+    // One preemption (~10 s here; two take minutes): it already finds the double count of a
+    // spilled message that a per-core spill counter read beside the FIFO indices gives.
+    builder(1).check(|| {
         let q = new_ipiq(2, 2);
+        // Statistics off: their counters are atomics too, and this model is large enough.
+        q.set_stats(false);
         let ran = Arc::new(AtomicUsize::new(0));
         let accepted = Arc::new(AtomicUsize::new(0));
         let (counter, acc) = (
