@@ -40,10 +40,10 @@ test: lint test-host test-flood loom check-kernel-target doc bench-smoke image-t
 	$(MAKE) --no-print-directory guest-bench-smoke
 
 ## test-host: unit tests, invariant tests I1-I7, bad input, stalls (watchdogs, shootdown
-## policy, cpusync holds), doctests (host platform), and the invariants under arbitrary
-## preemption (tests/preempt.rs: IPIs and ticks as POSIX signals)
+## policy, cpusync holds), defects found by review, doctests (host platform), and the
+## invariants under arbitrary preemption (tests/preempt.rs: IPIs and ticks as POSIX signals)
 test-host:
-	$(CARGO) test --release --features std --lib --test invariants --test bad_input --test stalls
+	$(CARGO) test --release --features std --lib --test invariants --test bad_input --test stalls --test defects
 	$(CARGO) test --release --features std --test preempt -- --test-threads 1
 	$(CARGO) test --release --features std --doc
 

@@ -216,7 +216,7 @@ impl<P: Platform> Ipiq<P> {
     /// let machine = HostMachine::start(HostConfig::cpus(3));
     /// let held = machine
     ///     .run_on(0, |core| {
-    ///         let set: CpuSet = [1, 2].into_iter().collect();
+    ///         let set = CpuSet::from_cpus([1, 2]).unwrap();
     ///         core.ipiq()
     ///             .cpusync(&set, SyncWork::default(), |sync| sync.members().len())
     ///             .unwrap()
@@ -338,6 +338,8 @@ impl<P: Platform> Ipiq<P> {
         overlap: impl FnOnce(),
     ) -> Result<CpuSync<'_, P>, Error> {
         let master = self.current_cpu();
+        // A core `new` does not serve (past `CpuSet::CAPACITY`) cannot lead: it has no state.
+        self.per_cpu(master).ok_or(Error::NoSuchCpu(master))?;
         self.count(master, |c| &c.cpusync, 1);
         let mut sync = CpuSync {
             ipiq: self,
@@ -447,7 +449,7 @@ impl<P: Platform> CpuSync<'_, P> {
         let message = Message::new(enter::<P>, raw, 0);
         match self.ipiq.send_with(target, message, Kind::Active, patience) {
             Ok(_) => {
-                self.members.insert(target);
+                let _ = self.members.insert(target); // never fails: `send` took `target`
                 Ok(())
             }
             Err(e) => {

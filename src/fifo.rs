@@ -8,10 +8,26 @@
 //! - A slot is written by the sender only while it is outside `rindex..windex`, and read by the
 //!   target only while it is inside; the Release/Acquire pairs on `windex` and `rindex` hand the
 //!   slot from one to the other.
-//! - `xindex` counts messages whose function has *returned* (for `wait`): a message is taken
-//!   (`rindex` advances) before its function runs, so a nested drain of the same ring from inside
-//!   that function continues with the next message, but `xindex` only moves when the outermost
-//!   function from this ring returns (see [`Fifo::finish`]).
+//! - `xindex` counts messages whose function has *returned* (for `wait` from thread context): a
+//!   message is taken (`rindex` advances) before its function runs, so a nested drain of the
+//!   same ring from inside that function continues with the next message, but `xindex` only
+//!   moves when the outermost function from this ring returns (see [`Fifo::finish`]).
+//! - `xindex_nested` is the seed's `xindex`: `rindex` as it was when the last function from this
+//!   ring returned, nested or not. It is stored only when a *nested* function returns (the
+//!   outermost one stores `xindex`, which is then at least as large), so the common, unnested
+//!   drain stores nothing extra; [`Fifo::xindex_in_message`] reads the larger of the two. Once it
+//!   reaches `seq`, every message up to `seq` has started, and each has returned unless it is
+//!   still on the target's stack beneath the nested drain that ran later ones (by stack
+//!   discipline, a function that started earlier and is not beneath the one that just returned
+//!   has returned already). `wait` from inside a message function uses it: see `Ipiq::wait`.
+//! - `spill_seq` is the sequence number the sender's last *spilled* message has (a message that
+//!   found the ring full inside a message function and waits in the sender's spill list; see
+//!   `Ipiq::enqueue`). While that list holds messages for this ring, pushes come only from it, so
+//!   `windex` plus the list's length is `spill_seq`; once it is empty, `spill_seq <= windex`. Hence
+//!   `max(windex, spill_seq)` ([`Fifo::issued`]) counts every message ever accepted for this
+//!   ring, with one index that never goes down: moving a message from the list into the ring
+//!   changes neither. `outstanding` reads `xindex` first, then `issued`: both only grow and
+//!   `xindex <= issued` at any instant, so the later `issued` is at least the earlier `xindex`.
 //! - Each side keeps the last index of the other side it read (`rindex_seen`, `windex_seen`):
 //!   lower bounds, since indices only grow, so acting on them is safe (a sender may think the
 //!   ring fuller than it is, a target emptier), and each side reads the other's cache line only
@@ -27,9 +43,10 @@ use crate::Platform;
 
 /// A ring of `capacity` (a power of two) message slots between one sender and one target core.
 ///
-/// Layout: the read-only fields, the sender's line (`windex`, `rindex_seen`) and the target's
-/// line (`rindex`, `xindex`, `depth`) never share a cache line, and a push reads the target's
-/// line only when the ring may be full (the sender keeps the last `rindex` it saw).
+/// Layout: the read-only fields, the sender's line (`windex`, `rindex_seen`, `spill_seq`) and
+/// the target's line (`rindex`, `xindex`, `xindex_nested`, `depth`) never share a cache line,
+/// and a push reads the target's line only when the ring may be full (the sender keeps the last
+/// `rindex` it saw).
 pub(crate) struct Fifo<P: Platform> {
     /// `capacity - 1`. Read-only.
     mask: u64,
@@ -50,6 +67,9 @@ struct SenderSide {
     /// line only when this estimate says the ring may be too full, not on every push. Private to
     /// the sender core; atomic only so that the ring is `Sync` without unsafe.
     rindex_seen: AtomicU64,
+    /// The sequence number of the last message the sender spilled for this ring (module docs).
+    /// Written only on the spill path, never on a plain push.
+    spill_seq: AtomicU64,
 }
 
 /// The fields of a [`Fifo`] that only its target core writes.
@@ -57,8 +77,11 @@ struct TargetSide {
     /// Next slot the target takes; advanced (Release) once the slot's message has been copied out,
     /// which frees the slot for the sender.
     rindex: AtomicU64,
-    /// Messages whose function returned (for `wait`).
+    /// Messages whose function returned (for `wait`): advanced when the outermost function from
+    /// this ring returns.
     xindex: AtomicU64,
+    /// `rindex` when the last *nested* function from this ring returned (module docs).
+    xindex_nested: AtomicU64,
     /// The last `windex` the target read: a lower bound of the real one. `take` reads the
     /// sender's line only when it has taken everything up to this. Private to the target core.
     windex_seen: AtomicU64,
@@ -93,10 +116,12 @@ impl<P: Platform> Fifo<P> {
             sender: CachePadded(SenderSide {
                 windex: AtomicU64::new(0),
                 rindex_seen: AtomicU64::new(0),
+                spill_seq: AtomicU64::new(0),
             }),
             target: CachePadded(TargetSide {
                 rindex: AtomicU64::new(0),
                 xindex: AtomicU64::new(0),
+                xindex_nested: AtomicU64::new(0),
                 windex_seen: AtomicU64::new(0),
                 depth: AtomicUsize::new(0),
             }),
@@ -143,12 +168,48 @@ impl<P: Platform> Fifo<P> {
         self.sender.windex.load(Ordering::Acquire)
     }
 
-    /// Messages whose function has returned on the target.
+    /// Messages whose function has returned on the target (none of them still on its stack).
     #[inline]
     pub(crate) fn xindex(&self) -> u64 {
         // Acquire: pairs with the Release in `finish`, so a waiter that sees `xindex >= seq`
         // also sees every effect of the functions up to `seq`.
         self.target.xindex.load(Ordering::Acquire)
+    }
+
+    /// The seed's `xindex`, for a `wait` from inside a message function: `rindex` when the
+    /// last function from this ring returned, nested or not (module docs).
+    #[inline]
+    pub(crate) fn xindex_in_message(&self) -> u64 {
+        // Acquire, both: pair with the Release stores in `finish`, so a waiter that sees a value
+        // >= seq also sees the effects of the function whose return stored it and of every
+        // function from this ring that returned before it.
+        let nested = self.target.xindex_nested.load(Ordering::Acquire);
+        self.target.xindex.load(Ordering::Acquire).max(nested)
+    }
+
+    /// Every message ever accepted for this ring, queued in it or still in the sender's spill
+    /// list: `max(windex, spill_seq)` (module docs). Any core may call it; it never decreases.
+    #[inline]
+    pub(crate) fn issued(&self) -> u64 {
+        // Relaxed: the ordering outstanding() needs comes from its Acquire load of `xindex`
+        // first. The target read (Acquire) a windex >= that xindex before it stored it
+        // (Release), so that read happens before this load, which by coherence returns the same
+        // windex or a later one: `issued() >= xindex` read earlier. Nothing is read through it.
+        let w = self.sender.windex.load(Ordering::Relaxed);
+        // Relaxed: a count that publishes nothing. A caller whose call happens after a spill
+        // sees at least its value (coherence); a racing spill may be missed, as any message
+        // accepted after the read began may be.
+        w.max(self.sender.spill_seq.load(Ordering::Relaxed))
+    }
+
+    /// Sender side: a message for this ring went to the sender's spill list and will have
+    /// sequence number `seq` once pushed.
+    ///
+    /// Must be called only by the ring's sender core, with interrupts disabled.
+    #[inline]
+    pub(crate) fn note_spilled(&self, seq: u64) {
+        // Relaxed: only the sender writes it; readers only count with it (see `issued`).
+        self.sender.spill_seq.store(seq, Ordering::Relaxed);
     }
 
     /// Sender side: queues `message` if a slot is free; returns the new write index.
@@ -223,22 +284,30 @@ impl<P: Platform> Fifo<P> {
     }
 
     /// Target side: the function of `taken` returned. Advances `xindex` once no function from
-    /// this ring is still running further up the stack, so `wait` never returns while an older
-    /// message's function is still on the stack (invariant I5 under nesting).
+    /// this ring is still running further up the stack, so a `wait` from thread context never
+    /// returns while an older message's function is still on the stack (invariant I5 under
+    /// nesting). A nested function's return stores the seed's index, `xindex_nested`, instead.
+    ///
+    /// Must be called only by the ring's target core, with interrupts disabled.
     #[inline]
     pub(crate) fn finish(&self, taken: Taken<P>) {
         // Relaxed load and store: the depth is private to this core (see `take`).
         let depth = &self.target.depth;
         let now = depth.load(Ordering::Relaxed) - 1;
         depth.store(now, Ordering::Relaxed);
-        let outer = now == 0;
-        if outer {
+        // Relaxed: only this core writes rindex.
+        let done = self.target.rindex.load(Ordering::Relaxed);
+        debug_assert!(done >= taken.index);
+        if now == 0 {
             // Every function taken from this ring has returned (the outermost one just did, and
             // nested ones return before it), so all up to the current rindex are done.
-            let done = self.target.rindex.load(Ordering::Relaxed);
-            debug_assert!(done >= taken.index);
             // Release: publishes the functions' effects to waiters (pairs with `xindex()`).
             self.target.xindex.store(done, Ordering::Release);
+        } else {
+            // An outer function from this ring is still on the stack: only the seed's index
+            // moves. Release: publishes the effects of this function and of those that returned
+            // before it to message-context waiters (pairs with `xindex_in_message`).
+            self.target.xindex_nested.store(done, Ordering::Release);
         }
     }
 }

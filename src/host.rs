@@ -552,7 +552,9 @@ impl HostPlatform {
     }
 }
 
-impl Platform for HostPlatform {
+// SAFETY: each simulated core is one thread (its id thread-local), interrupts only at its
+// interrupt points, which an irq_save section never reaches; other threads' calls panic.
+unsafe impl Platform for HostPlatform {
     fn current_cpu(&self) -> CpuId {
         match CURRENT.with(Cell::get) {
             Some(cpu) => cpu,

@@ -5,13 +5,17 @@
 //! kernel uses for TLB shootdown. This is a port of DragonFly BSD's LWKT IPI queues
 //! (`sys/kern/lwkt_ipiq.c`), with the improvements DragonFly made later (per-target `npoll`,
 //! passive sends that turn active, nested-send deadlock avoidance) and a few of its own
-//! (sets of any size, recoverable watchdogs, exact `wait` under nesting).
+//! (core sets of up to 1024 cores, recoverable watchdogs, exact `wait` under nesting).
 //!
 //! ## Architecture
 //! - [`Platform`] is the only door to the hardware: current core, core count, IPI, interrupt
-//!   save/restore, relax, time, TLB flushes. The protocol is `#![no_std]` + `alloc` and generic
-//!   over it. The kernel's implementation is [`arch::x86_64`] (x2APIC with an xAPIC fallback;
-//!   [`arch::x86_64::xstate`] saves the x87/SSE/AVX state around application message functions);
+//!   save/restore, relax, time, TLB flushes. It is an `unsafe trait`: the protocol's memory
+//!   safety rests on its contract (one execution context per core id, `current_cpu` stable and
+//!   no re-entry while interrupts are disabled), and every public operation disables interrupts
+//!   itself, so safe code cannot break that contract from the caller's side. The protocol is
+//!   `#![no_std]` + `alloc` and generic over it. The kernel's implementation is
+//!   [`arch::x86_64`] (x2APIC with an xAPIC fallback; [`arch::x86_64::xstate`] saves the
+//!   x87/SSE/AVX state around application message functions);
 //!   [`host`] (feature `std`) simulates cores with threads for tests, examples and benchmarks.
 //! - [`Ipiq`] holds the queue matrix: for every (sender, target) pair that has talked, one
 //!   single-producer/single-consumer FIFO of [`Message`]s (a function and two words), allocated
@@ -21,12 +25,12 @@
 //!   each FIFO side caches the other's index, so a send touches only its own cache line until
 //!   the ring may be half full; sends from inside a message function never block (a full FIFO
 //!   spills to a per-core, per-target ordered list that the drain loop pushes as room appears,
-//!   so nesting stays one drain deep under any flood); `wait` stays exact when message
-//!   functions nest; watchdogs return [`Error::TimedOut`] instead of panicking.
+//!   so nesting stays one drain deep under any flood); `wait` from thread context stays exact
+//!   when message functions nest; watchdogs return [`Error::TimedOut`] instead of panicking.
 //! - Operations, seed name in brackets: [`Ipiq::send`] (`lwkt_send_ipiq`),
 //!   [`Ipiq::send_passive`] (`_passive`), [`Ipiq::try_send`] (`_nowait`),
 //!   [`Ipiq::try_send_lazy`] (an IPI only to a halted core), [`Ipiq::send_many`]
-//!   (`_mask`, any [`CpuSet`]), [`Ipiq::send_batch`] (many messages to one target, one fence),
+//!   (`_mask`, any [`CpuSet`]: a `Copy` bit map of up to [`CpuSet::CAPACITY`] cores), [`Ipiq::send_batch`] (many messages to one target, one fence),
 //!   [`Ipiq::seq`] / [`Ipiq::wait`] (`lwkt_seq_ipiq` / `lwkt_wait_ipiq`), [`Ipiq::process`]
 //!   (`lwkt_process_ipiq`, the interrupt, idle and reschedule hook), [`Ipiq::poll`] (an idle
 //!   loop polling before it halts, staying signalled), [`Ipiq::tick`] (the timer hook), the
@@ -47,22 +51,28 @@
 //!   FIFO fills or a core was idle.
 //! - **I3 few IPIs**: while a target has not yet started draining, further senders send no IPI.
 //! - **I4 progress**: cores that all send to each other with full FIFOs still make progress.
-//! - **I5** [`Ipiq::wait`] returns only after the target returned from every message up to the
-//!   sequence number (also when message functions nest).
+//! - **I5** [`Ipiq::wait`] from thread context returns only after the target returned from
+//!   every message up to the sequence number (also when message functions nest). From inside a
+//!   message function it has the seed's meaning: every message up to the sequence number has
+//!   started, and each has returned unless it is still on the target's stack beneath a nested
+//!   drain; so two message functions on two cores that wait for each other's messages both
+//!   complete instead of stalling until [`Error::TimedOut`].
 //! - **I6 cpusync**: start returns once every target is held; targets run their finish work
 //!   before (fastdata: with) the master's finish; a held core can serve a second master.
 //! - **I7** a message to the current core runs at once, in the caller.
 //!
 //! ## Errors and stalls
-//! Nothing panics on bad input: an unknown core is [`Error::NoSuchCpu`], a full FIFO on
-//! [`Ipiq::try_send`] is [`Error::WouldBlock`]. Every spin loop has a watchdog that counts time
-//! *without progress* (a target that keeps working is never cut short): it re-sends the IPI to
-//! the cores that still owe something, logs every core's [`CoreStatus`] past
-//! [`Config::warn_after_ns`] and again each time the stall doubles, and then follows its
-//! [`Patience`]: waits, sends and the general cpusync give up with [`Error::TimedOut`] past
-//! [`Config::timeout_ns`] (what was accepted still runs); a TLB shootdown never gives up, since
-//! returning early would let a frame be reused while a core may still map it, and panics with
-//! the diagnosis only past [`Config::stall_panic_ns`] if the kernel sets one.
+//! Nothing panics on bad input: an unknown core is [`Error::NoSuchCpu`] (so is a core id a
+//! [`CpuSet`] cannot hold, and a core past [`CpuSet::CAPACITY`] on a platform with more cores
+//! than that, see [`Ipiq::new`]), a full FIFO on [`Ipiq::try_send`] is [`Error::WouldBlock`].
+//! Every spin loop has a watchdog that counts time *without progress* (a target that keeps
+//! working is never cut short): it re-sends the IPI to the cores that still owe something, logs
+//! every core's [`CoreStatus`] past [`Config::warn_after_ns`] and again each time the stall
+//! doubles, and then follows its [`Patience`]: waits, sends and the general cpusync give up
+//! with [`Error::TimedOut`] past [`Config::timeout_ns`] (what was accepted still runs); a TLB
+//! shootdown never gives up, since returning early would let a frame be reused while a core may
+//! still map it, and panics with the diagnosis only past [`Config::stall_panic_ns`] if the
+//! kernel sets one.
 //!
 //! ## Example (host platform)
 //! ```
@@ -78,7 +88,7 @@
 //!
 //! let machine = HostMachine::start(HostConfig::cpus(4));
 //! let sent = machine
-//!     .run_on(0, |core| core.ipiq().cpusync_simple(&CpuSet::all(4), work, 0, 0))
+//!     .run_on(0, |core| core.ipiq().cpusync_simple(&CpuSet::all(4).unwrap(), work, 0, 0))
 //!     .unwrap()
 //!     .unwrap();
 //! assert_eq!(sent, 4);

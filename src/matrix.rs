@@ -172,7 +172,8 @@ pub(crate) struct PerCpu<P: Platform> {
     /// function, in send order per target; pushed into the FIFO as room appears. Touched only by
     /// this core.
     spill: CoreLocal<HashMap<CpuId, VecDeque<Message<P>>>>,
-    /// How many messages `spill` holds (Relaxed: read by other cores only for `outstanding`).
+    /// How many messages `spill` holds (Relaxed: written and read only by this core; other
+    /// cores count spilled messages through each FIFO's `spill_seq`, see `Ipiq::outstanding`).
     spilled: CachePadded<AtomicU64>,
     /// How many message functions are running on this core's stack (nesting depth). Touched
     /// only by this core; atomic only so that the type is `Sync` without unsafe.
@@ -228,8 +229,21 @@ unsafe impl<P: Platform> Send for Ipiq<P> {}
 impl<P: Platform> Ipiq<P> {
     /// Builds the queues for `platform.cpu_count()` cores, none online yet except through
     /// [`Ipiq::cpu_online`]. A `fifo_slots` that is not a power of two is rounded up (minimum 2).
+    ///
+    /// At most [`CpuSet::CAPACITY`] cores are served: a platform with more logs an error and
+    /// the queues serve cores `0..CpuSet::CAPACITY` ([`Ipiq::cpu_count`] says how many). The
+    /// others are [`Error::NoSuchCpu`] as targets, and an operation called *on* one of them
+    /// does nothing: sends, `seq`, `wait` and cpusyncs return `NoSuchCpu(that core)`, drains
+    /// run nothing, [`Ipiq::pending`] is `false`.
     pub fn new(platform: P, config: Config) -> Self {
-        let ncpu = platform.cpu_count().max(1);
+        let wanted = platform.cpu_count().max(1);
+        let ncpu = wanted.min(CpuSet::CAPACITY);
+        if ncpu < wanted {
+            log::error!(
+                "ipiq: the platform has {wanted} cores, ipiq serves {ncpu} (CpuSet::CAPACITY); \
+                 cores {ncpu}.. cannot send or be sent to"
+            );
+        }
         let config = Config {
             fifo_slots: config.fifo_slots.clamp(2, 1 << 20).next_power_of_two(),
             ..config
@@ -284,7 +298,8 @@ impl<P: Platform> Ipiq<P> {
         self.cpus.len()
     }
 
-    /// The calling core.
+    /// The calling core, as the platform numbers it (at or past [`Ipiq::cpu_count`] only on a
+    /// platform with more cores than [`CpuSet::CAPACITY`], see [`Ipiq::new`]).
     #[inline]
     pub fn current_cpu(&self) -> CpuId {
         self.platform.current_cpu()
@@ -319,9 +334,12 @@ impl<P: Platform> Ipiq<P> {
 
     /// The online cores.
     pub fn online_set(&self) -> CpuSet {
-        (0..self.cpu_count())
-            .filter(|&c| self.is_online(c))
-            .collect()
+        let mut set = CpuSet::new();
+        for cpu in (0..self.cpu_count()).filter(|&c| self.is_online(c)) {
+            // Never fails: `new` serves at most `CpuSet::CAPACITY` cores.
+            let _ = set.insert(cpu);
+        }
+        set
     }
 
     /// Turns IPI avoidance on or off (the seed's `ipiq_optimized`). With it off every send of an
@@ -419,7 +437,9 @@ impl<P: Platform> Ipiq<P> {
         self.check_cpu(target)?;
         let irq = self.platform.irq_save();
         let me = self.platform.current_cpu();
-        let result = if target == me {
+        let result = if let Err(e) = self.check_cpu(me) {
+            Err(e)
+        } else if target == me {
             self.count(me, |c| &c.local, messages.len() as u64);
             for &message in messages {
                 message.run(self, me);
@@ -502,6 +522,10 @@ impl<P: Platform> Ipiq<P> {
         let message = Message::new(func, arg0, arg1);
         let irq = self.platform.irq_save();
         let me = self.platform.current_cpu();
+        if let Err(e) = self.check_cpu(me) {
+            self.platform.irq_restore(irq);
+            return Err(e);
+        }
         let mut queued = CpuSet::new();
         let mut result = Ok(());
         let mut include_self = false;
@@ -512,7 +536,8 @@ impl<P: Platform> Ipiq<P> {
             }
             match self.enqueue(me, target, message, Kind::Active, false, Patience::Bounded) {
                 Ok(_) => {
-                    queued.insert(target);
+                    // Never fails: `target` came from a `CpuSet`.
+                    let _ = queued.insert(target);
                 }
                 Err(e) => {
                     result = Err(e);
@@ -551,7 +576,9 @@ impl<P: Platform> Ipiq<P> {
         self.check_cpu(target)?;
         let irq = self.platform.irq_save();
         let me = self.platform.current_cpu();
-        let result = if target == me {
+        let result = if let Err(e) = self.check_cpu(me) {
+            Err(e)
+        } else if target == me {
             self.count(me, |c| &c.local, 1);
             message.run(self, me);
             Ok(Seq(0))
@@ -704,7 +731,10 @@ impl<P: Platform> Ipiq<P> {
             // The FIFO is full: make sure the target is draining it.
             self.signal(me, target);
         }
-        Seq(self.fifo_to(me, target).windex() + place as u64)
+        let fifo = self.fifo_to(me, target);
+        let seq = fifo.windex() + place as u64;
+        fifo.note_spilled(seq);
+        Seq(seq)
     }
 
     /// Pushes what fits of `me`'s spill list for `target` into the FIFO; returns how many
@@ -762,17 +792,22 @@ impl<P: Platform> Ipiq<P> {
     /// Marks a message function as running on `me` (called around every message).
     #[inline]
     pub(crate) fn enter_message(&self, me: CpuId) {
-        // Relaxed load and store, no locked RMW: core-local nesting depth, interrupts disabled.
-        let running = &self.cpus[me].running;
-        running.store(running.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+        // A core `new` does not serve keeps no depth (it can run only its own local messages).
+        if let Some(cpu) = self.cpus.get(me) {
+            // Relaxed load and store, no locked RMW: core-local nesting depth, interrupts off.
+            let running = &cpu.running;
+            running.store(running.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+        }
     }
 
     /// The message function entered last on `me` returned.
     #[inline]
     pub(crate) fn exit_message(&self, me: CpuId) {
-        // Relaxed load and store: core-local nesting depth (see `enter_message`).
-        let running = &self.cpus[me].running;
-        running.store(running.load(Ordering::Relaxed) - 1, Ordering::Relaxed);
+        if let Some(cpu) = self.cpus.get(me) {
+            // Relaxed load and store: core-local nesting depth (see `enter_message`).
+            let running = &cpu.running;
+            running.store(running.load(Ordering::Relaxed) - 1, Ordering::Relaxed);
+        }
     }
 
     /// Wakes `target` after a message was published: IPI unless `npoll` says it is already
@@ -892,27 +927,49 @@ impl<P: Platform> Ipiq<P> {
         self.check_cpu(target)?;
         let irq = self.platform.irq_save();
         let me = self.platform.current_cpu();
-        let queued = self.fifo_between(me, target).map_or(0, Fifo::windex);
-        let seq = Seq(queued + self.spill_len(me, target) as u64);
+        let seq = self.check_cpu(me).map(|()| {
+            let queued = self.fifo_between(me, target).map_or(0, Fifo::windex);
+            Seq(queued + self.spill_len(me, target) as u64)
+        });
         self.platform.irq_restore(irq);
-        Ok(seq)
+        seq
     }
 
-    /// Waits until `target` has returned from every message the calling core queued for it up to
-    /// `seq` (the seed's `lwkt_wait_ipiq`, I5), draining the calling core's own queues meanwhile.
+    /// Waits until `target` has run the messages the calling core queued for it up to `seq`
+    /// (the seed's `lwkt_wait_ipiq`, I5), draining the calling core's own queues meanwhile.
+    ///
+    /// What "has run" means depends on where the wait is issued:
+    /// - **From thread context** (no message function on the calling core's stack), exactly:
+    ///   `target` has *returned* from every message up to `seq`, even when its message functions
+    ///   nest. A nested drain on the target that runs later messages while an older one is still
+    ///   on its stack does not count until that older one returns too.
+    /// - **From inside a message function**, the seed's meaning: `target` has started every
+    ///   message up to `seq`, and each has returned unless it is still on the target's stack
+    ///   beneath a nested drain (a wait, a full FIFO, a cpusync) that ran later ones. Waiting
+    ///   there for the outermost function would deadlock cycles the seed completes: two message
+    ///   functions on two cores, each waiting for a message it sent to the other, each run by the
+    ///   other's nested drain beneath the other's waiting function, which cannot return before
+    ///   its own wait does. A message function that needs an older message's function to have
+    ///   *returned* must not rely on `wait` for it.
     ///
     /// A watchdog re-sends the IPI, logs a warning, and past [`Config::timeout_ns`] returns
     /// [`Error::TimedOut`] instead of hanging. A `seq` this core never issued to `target` is
     /// [`Error::InvalidSequence`]; an old one returns at once.
+    ///
+    /// Context: any, interrupts on or off; interrupts are disabled inside. Spins (serving the
+    /// calling core's queues) until done; may be re-entered from the message functions it runs.
     pub fn wait(&self, target: CpuId, seq: Seq) -> Result<(), Error> {
         self.check_cpu(target)?;
         let irq = self.platform.irq_save();
         let me = self.platform.current_cpu();
-        let result = self.wait_inner(me, target, seq);
+        let result = self
+            .check_cpu(me)
+            .and_then(|()| self.wait_inner(me, target, seq));
         self.platform.irq_restore(irq);
         result
     }
 
+    /// [`Ipiq::wait`] on core `me` (served, interrupts disabled by the caller).
     fn wait_inner(&self, me: CpuId, target: CpuId, seq: Seq) -> Result<(), Error> {
         if target == me || seq.0 == 0 {
             return Ok(());
@@ -920,10 +977,20 @@ impl<P: Platform> Ipiq<P> {
         let Some(fifo) = self.fifo_between(me, target) else {
             return Err(Error::InvalidSequence);
         };
-        if seq.0 > fifo.windex() + self.spill_len(me, target) as u64 {
+        // Queued or still spilled: everything this core ever accepted for `target`.
+        if seq.0 > fifo.issued() {
             return Err(Error::InvalidSequence);
         }
-        if fifo.xindex() >= seq.0 {
+        // Relaxed: our own nesting depth, written only by this core (interrupts are off).
+        let in_message = self.cpus[me].running.load(Ordering::Relaxed) > 0;
+        let reached = || {
+            if in_message {
+                fifo.xindex_in_message()
+            } else {
+                fifo.xindex()
+            }
+        };
+        if reached() >= seq.0 {
             return Ok(());
         }
         let mut watchdog = self.watchdog(
@@ -931,31 +998,37 @@ impl<P: Platform> Ipiq<P> {
             Waiting::Sequence,
             Some(target),
             Patience::Bounded,
-            fifo.xindex(),
+            reached(),
         );
-        while fifo.xindex() < seq.0 {
+        while reached() < seq.0 {
             self.drain(me, Hold::PollOnce);
-            if fifo.xindex() >= seq.0 {
+            if reached() >= seq.0 {
                 break;
             }
-            watchdog.check(fifo.xindex(), || core::iter::once(target))?;
+            watchdog.check(reached(), || core::iter::once(target))?;
             self.platform.relax();
         }
         Ok(())
     }
 
-    /// Messages accepted on every FIFO whose function has not yet returned (zero once the
-    /// machine is quiet: nothing accepted was lost).
+    /// Messages accepted (queued in a FIFO or still in a sender's spill list) whose function
+    /// has not yet returned: zero once the machine is quiet, when nothing accepted was lost.
+    ///
+    /// Any thread may call it, a core or not; it only reads. Per FIFO it reads the done index
+    /// first and the accepted count after it: both only grow and done never passes accepted, so
+    /// each term is at least the FIFO's true count at either read and at most what the FIFO
+    /// ever accepted. Hence the sum never exceeds the messages ever accepted, and it is zero
+    /// only if every message accepted before the call began has returned.
     pub fn outstanding(&self) -> u64 {
         let mut total = 0;
         for target in 0..self.cpus.len() {
             for sender in self.senders_of(target) {
                 if let Some(fifo) = self.fifo_between(sender, target) {
-                    total += fifo.windex() - fifo.xindex();
+                    // xindex first (see `fifo.rs`): the later `issued` is never below it.
+                    let done = fifo.xindex();
+                    total += fifo.issued() - done;
                 }
             }
-            // Relaxed: a snapshot for observers.
-            total += self.cpus[target].spilled.load(Ordering::Relaxed);
         }
         total
     }
@@ -1018,8 +1091,12 @@ impl<P: Platform> Ipiq<P> {
         // `halted` set on a running core, whose TLB flushes shootdowns would then defer.
         let _irq = IrqOff::new(&self.platform);
         let me = self.platform.current_cpu();
-        let halted = &self.cpus[me].halted;
-        self.cpus[me].diag.halting(true);
+        let Some(cpu) = self.cpus.get(me) else {
+            // A core `new` does not serve: nothing can arrive for it.
+            return true;
+        };
+        let halted = &cpu.halted;
+        cpu.diag.halting(true);
         // Relaxed RMW, then the SeqCst fence: the target's side of the handshake in
         // `signal_if_halted` (every write to `halted` is an RMW, as for `npoll`).
         halted.swap(true, Ordering::Relaxed);
@@ -1054,9 +1131,11 @@ impl<P: Platform> Ipiq<P> {
         self.end_halt_on(self.platform.current_cpu());
     }
 
-    /// `end_halt` on core `me`, interrupts disabled.
+    /// `end_halt` on core `me`, interrupts disabled. A core `new` does not serve: nothing.
     fn end_halt_on(&self, me: CpuId) {
-        let cpu = &self.cpus[me];
+        let Some(cpu) = self.cpus.get(me) else {
+            return;
+        };
         if !cpu.diag.is_halting() {
             return;
         }
@@ -1081,15 +1160,27 @@ impl<P: Platform> Ipiq<P> {
         n
     }
 
-    /// Whether any message waits for the calling core (for the idle loop's last check before
-    /// halting; call with interrupts disabled).
+    /// Whether anything waits for the calling core: a message in one of its queues, a cpusync
+    /// it is held in, or a spilled message of its own (for the idle loop's last check before
+    /// halting).
+    ///
+    /// Context: any; interrupts are disabled inside, so the answer is about the core it was
+    /// asked on (the caller keeps them disabled if it must act on that answer before a message
+    /// can arrive: the idle loop calls it with interrupts off). Does not block; re-entrant.
     pub fn pending(&self) -> bool {
+        let irq = self.platform.irq_save();
         let me = self.platform.current_cpu();
-        self.has_incoming(me)
-            // SAFETY: on our own core, interrupts disabled by the caller, no call back into ipiq.
-            || unsafe { self.cpus[me].requeue.with(|q| !q.is_empty()) }
-            // Relaxed: core-local.
-            || self.cpus[me].spilled.load(Ordering::Relaxed) > 0
+        let pending = self.cpus.get(me).is_some_and(|cpu| {
+            self.has_incoming(me)
+                // SAFETY: our own core (interrupts are disabled above, so neither a migration nor
+                // an interrupt handler's ipiq call can come between), and the closure does not
+                // call back into ipiq.
+                || unsafe { cpu.requeue.with(|q| !q.is_empty()) }
+                // Relaxed: written only by this core.
+                || cpu.spilled.load(Ordering::Relaxed) > 0
+        });
+        self.platform.irq_restore(irq);
+        pending
     }
 
     fn senders_of(&self, me: CpuId) -> impl Iterator<Item = CpuId> + '_ {
@@ -1125,10 +1216,13 @@ impl<P: Platform> Ipiq<P> {
     /// [`Exit::StaySignalled`] it returns with `npoll` still set: the caller promises to drain
     /// again soon (see [`Ipiq::poll`]).
     ///
-    /// Context: interrupts disabled, on core `me`; re-entered from message functions (nested
-    /// sends and waits), which then continue with the next message.
+    /// Context: core `me` itself, interrupts disabled; re-entered from the message functions it
+    /// runs (they may send, wait or drain), which then continue with the next message. A core
+    /// `new` does not serve has no queues: 0.
     fn drain_as(&self, me: CpuId, hold: Hold, exit: Exit) -> usize {
-        let cpu = &self.cpus[me];
+        let Some(cpu) = self.cpus.get(me) else {
+            return 0;
+        };
         let draining = cpu.diag.draining();
         cpu.diag.polling(exit == Exit::StaySignalled);
         // Relaxed: tells senders we are draining so they may skip the IPI; the exit protocol
@@ -1287,7 +1381,10 @@ impl<P: Platform> Ipiq<P> {
     pub(crate) fn count(&self, me: CpuId, counter: impl FnOnce(&Counters) -> &AtomicU64, n: u64) {
         // Relaxed: a policy switch.
         if self.stats_enabled.load(Ordering::Relaxed) {
-            Counters::add(counter(&self.cpus[me].counters), n);
+            // A core `new` does not serve has no counters.
+            if let Some(cpu) = self.cpus.get(me) {
+                Counters::add(counter(&cpu.counters), n);
+            }
         }
     }
 }

@@ -1,7 +1,8 @@
 //! The [`Platform`] trait: the only door from the protocol to the hardware.
 //!
 //! The protocol never touches an MSR, an APIC register or the interrupt flag itself; it asks its
-//! platform. The kernel implements this trait over the local APIC ([`crate::arch::x86_64`]),
+//! platform. The trait is `unsafe` to implement: the protocol's memory safety rests on what an
+//! implementation promises about cores and interrupts (see [`Platform`]'s `# Safety`). The kernel implements this trait over the local APIC ([`crate::arch::x86_64`]),
 //! the host implementation ([`crate::host`], feature `std`) over OS threads, and the loom tests
 //! over loom's model threads.
 
@@ -14,10 +15,29 @@ pub struct IrqState(pub bool);
 
 /// What the protocol needs from the machine it runs on.
 ///
+/// # Safety
+/// ipiq's memory safety rests on this contract: each FIFO has one producer and one consumer
+/// with no lock between them, and each core's private state (spill and requeue lists, nesting
+/// depths) is used through `&mut` without a lock, both on the strength of "only this core, with
+/// interrupts disabled". An implementation that breaks a point below can cause data races, which
+/// are undefined behaviour, not merely lost or late messages.
+/// - **`current_cpu` is stable while interrupts are disabled**: between an `irq_save` and the
+///   matching `irq_restore`, every call returns the same core (no preemption, no migration).
+/// - **One context per core**: code running between `irq_save` and `irq_restore` on core `c`
+///   (as `current_cpu` reports it) never runs concurrently or interleaved with other code that
+///   `current_cpu` also reports as `c`, other than the code it calls itself. Two threads may
+///   never both be core `c` at once.
+/// - **`irq_save` excludes re-entry**: once it returns, until the matching `irq_restore`,
+///   nothing else runs on that core (no interrupt handler, no other task), so no ipiq call can
+///   interrupt another halfway on the same core. `irq_save` / `irq_restore` pairs nest: each
+///   `irq_restore` puts back the state its `irq_save` returned.
+/// - `cpu_count` is fixed for the platform's lifetime. (A `current_cpu` at or past it, or past
+///   [`crate::CpuSet::CAPACITY`], is a core ipiq does not serve: refused, not unsound.)
+/// - `flush_tlb_range` / `flush_tlb_all` really invalidate the calling core's translations
+///   before they return: the kernel reuses or remaps memory once a shootdown returns.
+///
 /// # Contract
-/// - `current_cpu` must be stable between an `irq_save` and the matching `irq_restore`: with
-///   interrupts disabled the caller cannot be preempted or migrated. Every ipiq operation that
-///   touches per-core state runs inside such a section.
+/// What the protocol's progress, not its memory safety, relies on:
 /// - `send_ipi` must eventually make the target call [`crate::Ipiq::process`] (from its interrupt
 ///   handler, or at its next safe point), unless the IPI is lost; the protocol recovers lost IPIs
 ///   through the timer tick and its watchdogs, so a platform may lose some, but each lost IPI
@@ -25,7 +45,8 @@ pub struct IrqState(pub bool);
 /// - `send_ipi` is called after the message is published; the implementation must order the
 ///   queue stores before the hardware write (on x2APIC, the ICR write is an MSR write, which is
 ///   not serializing: the implementation fences first).
-pub trait Platform: Sync + Send + 'static {
+/// - `now_ns` is monotonic (watchdogs only; a clock that stops disables them).
+pub unsafe trait Platform: Sync + Send + 'static {
     /// The core the caller runs on.
     fn current_cpu(&self) -> CpuId;
 

@@ -159,8 +159,10 @@ impl<P: Platform> Ipiq<P> {
     ) -> Result<Shootdown, Error> {
         let _irq = IrqOff::new(self.platform());
         let me = self.current_cpu();
+        // A core `new` does not serve (past `CpuSet::CAPACITY`) has no slot: it cannot lead.
+        let slot = &self.per_cpu(me).ok_or(Error::NoSuchCpu(me))?.tlb.slot;
         let mut others = match targets {
-            Some(set) => set.clone(),
+            Some(set) => *set,
             None => self.online_set(),
         };
         others.remove(me);
@@ -171,7 +173,6 @@ impl<P: Platform> Ipiq<P> {
         } else {
             self.count(me, |c| &c.shootdown_pages, pages as u64);
         }
-        let slot = &self.per_cpu(me).ok_or(Error::NoSuchCpu(me))?.tlb.slot;
         // Relaxed: our own slot.
         if slot.busy.load(Ordering::Relaxed) {
             // A shootdown from inside our own shootdown's wait (a message function we ran while
@@ -218,7 +219,8 @@ impl<P: Platform> Ipiq<P> {
                 if core.halted.load(Ordering::Relaxed) {
                     // Relaxed RMW: ordered by the fence that follows.
                     core.tlb.deferred.fetch_add(1, Ordering::Relaxed);
-                    deferrable.insert(target);
+                    // Cannot fail: `target` came out of a set of the same capacity.
+                    let _ = deferrable.insert(target);
                 }
             }
             if !deferrable.is_empty() {
@@ -241,7 +243,8 @@ impl<P: Platform> Ipiq<P> {
             }
             match self.queue_unsignalled(me, target, message, Patience::Unbounded) {
                 Ok(()) => {
-                    sent.insert(target);
+                    // Cannot fail: as above.
+                    let _ = sent.insert(target);
                 }
                 Err(e) => {
                     first_error = Some(e);
@@ -402,12 +405,12 @@ mod tests {
             .run_on(0, |core| {
                 let q = core.ipiq();
                 // The caller (0) is in the set: it is skipped as a target and flushes locally.
-                let set: CpuSet = [0, 2].into_iter().collect();
+                let set = CpuSet::from_cpus([0, 2]).unwrap();
                 [
                     q.shootdown_on(&set, 0x40_0000, 4, false),
                     q.shootdown_on(&set, 0x40_0000, 4, true),
                     q.shootdown_on(&CpuSet::new(), 0x40_0000, 0, false),
-                    q.shootdown_on(&[9].into_iter().collect(), 0x40_0000, 1, false),
+                    q.shootdown_on(&CpuSet::single(9).unwrap(), 0x40_0000, 1, false),
                 ]
             })
             .unwrap();

@@ -50,16 +50,20 @@ fn unknown_cores_are_errors() {
         // A set naming a core beyond the machine sends nothing at all.
         let before = q.stats(0).unwrap().sent;
         assert_eq!(
-            q.send_many(&[1, 64].into_iter().collect(), nothing, 0, 0),
+            q.send_many(&CpuSet::from_cpus([1, 64]).unwrap(), nothing, 0, 0),
             Err(Error::NoSuchCpu(64))
         );
         assert_eq!(q.stats(0).unwrap().sent, before);
         assert_eq!(
-            q.cpusync(&[1, 300].into_iter().collect(), SyncWork::default(), |_| ()),
+            q.cpusync(
+                &CpuSet::from_cpus([1, 300]).unwrap(),
+                SyncWork::default(),
+                |_| ()
+            ),
             Err(Error::NoSuchCpu(300))
         );
         assert_eq!(
-            q.cpusync_simple(&CpuSet::single(2), nothing, 0, 0),
+            q.cpusync_simple(&CpuSet::single(2).unwrap(), nothing, 0, 0),
             Err(Error::NoSuchCpu(2))
         );
     })
@@ -89,13 +93,13 @@ fn empty_sets_are_errors() {
         q.cpu_offline(2).unwrap();
         // Only offline cores: nothing to send to.
         assert_eq!(
-            q.send_many(&[1, 2].into_iter().collect(), nothing, 0, 0),
+            q.send_many(&CpuSet::from_cpus([1, 2]).unwrap(), nothing, 0, 0),
             Err(Error::EmptySet)
         );
         assert_eq!(q.send(1, nothing, 0, 0), Err(Error::CpuOffline(1)));
         q.cpu_online(1).unwrap();
         q.cpu_online(2).unwrap();
-        q.cpusync(&CpuSet::single(1), SyncWork::default(), |sync| {
+        q.cpusync(&CpuSet::single(1).unwrap(), SyncWork::default(), |sync| {
             assert_eq!(sync.add(0), Err(Error::AlreadyInSync(0)), "the master");
             assert_eq!(sync.add(1), Err(Error::AlreadyInSync(1)));
             assert_eq!(sync.add(3), Err(Error::NoSuchCpu(3)));
@@ -181,7 +185,7 @@ fn a_target_that_never_drains_times_out_and_loses_nothing() {
             };
             let wait_err = q.wait(1, last).unwrap_err();
             let sync_err = q
-                .cpusync_simple(&CpuSet::all(2), nothing, 0, 0)
+                .cpusync_simple(&CpuSet::all(2).unwrap(), nothing, 0, 0)
                 .unwrap_err();
             (
                 accepted,

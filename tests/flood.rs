@@ -64,7 +64,7 @@ fn flood(drop_per_mille: u32, delay_per_mille: u32) {
     machine.run_on_all(move |core| {
         let q = core.ipiq();
         let me = core.cpu();
-        let all = CpuSet::all(CPUS);
+        let all = CpuSet::all(CPUS).unwrap();
         for i in 0..PER_CORE {
             let id = me * PER_CORE + i;
             let target = (me + 1 + i % (CPUS - 1)) % CPUS;

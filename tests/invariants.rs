@@ -417,7 +417,7 @@ fn i6_cpusync_gathers_all_and_finish_waits_for_their_finish_work() {
                 after: Some(ipiq::Message::new(sync_after, book, 0)),
             };
             let entered_at_start = q
-                .cpusync(&[1, 2].into_iter().collect(), work, |sync| {
+                .cpusync(&CpuSet::from_cpus([1, 2]).unwrap(), work, |sync| {
                     let entered_at_start = b.started.load(Ordering::Acquire);
                     // While held, the targets have not run their finish work.
                     assert_eq!(b.finished.load(Ordering::Acquire), 0);
@@ -461,7 +461,7 @@ fn i6_a_core_held_in_a_cpusync_serves_a_second_master() {
     let first = machine
         .spawn_on(0, move |core| {
             core.ipiq()
-                .cpusync(&CpuSet::single(1), SyncWork::default(), |_| {
+                .cpusync(&CpuSet::single(1).unwrap(), SyncWork::default(), |_| {
                     held2.store(true, Ordering::Release);
                     while !release2.load(Ordering::Acquire) {
                         core.interrupt_point();
@@ -478,7 +478,7 @@ fn i6_a_core_held_in_a_cpusync_serves_a_second_master() {
     let ran = machine
         .run_on(2, move |core| {
             core.ipiq()
-                .cpusync_simple(&[1, 2].into_iter().collect(), count_one, counter, 0)
+                .cpusync_simple(&CpuSet::from_cpus([1, 2]).unwrap(), count_one, counter, 0)
         })
         .unwrap()
         .unwrap();
@@ -488,7 +488,7 @@ fn i6_a_core_held_in_a_cpusync_serves_a_second_master() {
     first.join();
     // Two masters syncing each other at once both finish.
     let results = machine.run_on_all(move |core| {
-        let others: CpuSet = (0..CPUS).filter(|&c| c != core.cpu()).collect();
+        let others = CpuSet::from_cpus((0..CPUS).filter(|&c| c != core.cpu())).unwrap();
         for _ in 0..200 {
             core.ipiq()
                 .cpusync_simple(&others, count_one, counter, 0)
@@ -664,9 +664,12 @@ fn one_core_machine_runs_everything_locally() {
             let q = core.ipiq();
             q.send(0, count_one, counter, 0).unwrap();
             q.send_passive(0, count_one, counter, 0).unwrap();
-            assert_eq!(q.send_many(&CpuSet::all(1), count_one, counter, 0), Ok(1));
             assert_eq!(
-                q.cpusync_simple(&CpuSet::all(1), count_one, counter, 0),
+                q.send_many(&CpuSet::all(1).unwrap(), count_one, counter, 0),
+                Ok(1)
+            );
+            assert_eq!(
+                q.cpusync_simple(&CpuSet::all(1).unwrap(), count_one, counter, 0),
                 Ok(1)
             );
             q.shootdown(0, 1).unwrap();
@@ -686,7 +689,7 @@ fn multicast_reaches_every_online_core_with_one_fence() {
     let n = machine
         .run_on(0, move |core| {
             core.ipiq()
-                .send_many(&CpuSet::all(CPUS), count_one, counter, 0)
+                .send_many(&CpuSet::all(CPUS).unwrap(), count_one, counter, 0)
         })
         .unwrap()
         .unwrap();

@@ -1,10 +1,11 @@
 //! Loom models of the wake-up handshake (FIFO + npoll, 2 cores; also with a polling idle loop
 //! and with a lazy send against a halting core), of FIFO-full progress (2 cores, 2-slot FIFOs),
-//! of cpusync (3 cores) and of the kernel's idle loop against a lazy and an active sender
-//! (3 cores).
+//! of cpusync (3 cores), of the kernel's idle loop against a lazy and an active sender
+//! (3 cores), of a TLB shootdown against a halting core, and of `outstanding()` read beside a
+//! sender and a drain (also spilled).
 //!
 //! Run with `RUSTFLAGS="--cfg loom" cargo test --release --test loom` (`make loom`).
-//! `LOOM_MAX_PREEMPTIONS` overrides each model's preemption bound (2 or 3; 0 for cpusync).
+//! `LOOM_MAX_PREEMPTIONS` overrides each model's preemption bound (1 to 3; 0 for cpusync).
 #![cfg(loom)]
 
 use std::cell::Cell;
@@ -61,7 +62,8 @@ fn idle(q: &Q, cpu: CpuId, stop: &AtomicBool) {
     }
 }
 
-impl Platform for LoomPlatform {
+// SAFETY: each model thread is one core (its id thread-local) and the model has no interrupts.
+unsafe impl Platform for LoomPlatform {
     fn current_cpu(&self) -> CpuId {
         CPU.with(Cell::get)
     }
@@ -320,7 +322,7 @@ fn cpusync_three_cores() {
             after: Some(Message::new(inc, f, 0)),
         };
         // Release without waiting (the master must not spin beside the held targets in loom).
-        q.cpusync_release(&CpuSet::all(3), work, |_| {
+        q.cpusync_release(&CpuSet::all(3).unwrap(), work, |_| {
             // The closure runs once both targets ran the start work and are held.
             assert_eq!(started.load(Ordering::Relaxed), 2);
             assert_eq!(
@@ -622,5 +624,108 @@ fn idle_loop_against_a_lazy_and_an_active_sender() {
         q.process();
         assert_eq!(ran.load(Ordering::Relaxed), 2, "each message exactly once");
         drop(ran);
+    });
+}
+
+/// `outstanding()` read from a third thread while core 1 sends to core 0 and core 0 drains:
+/// every reading is at most what was sent, and zero once everything ran. (Reading a FIFO's
+/// write index before its done index lets the target take and finish messages in between, and
+/// the difference wraps around.)
+#[test]
+fn outstanding_never_exceeds_what_was_sent() {
+    builder(2).check(|| {
+        let q = new_ipiq(2, 8);
+        let ran = Arc::new(AtomicUsize::new(0));
+        let counter = &*ran as *const AtomicUsize as usize;
+        let sender = {
+            let q = q.clone();
+            thread::spawn(move || {
+                CPU.with(|c| c.set(1));
+                q.send(0, inc, counter, 0).unwrap();
+                q.send(0, inc, counter, 0).unwrap();
+            })
+        };
+        // The observer is no core: `outstanding` reads shared counters only.
+        let observer = {
+            let q = q.clone();
+            thread::spawn(move || q.outstanding())
+        };
+        CPU.with(|c| c.set(0));
+        q.process();
+        let seen = observer.join().unwrap();
+        sender.join().unwrap();
+        assert!(seen <= 2, "outstanding() read {seen} with 2 messages sent");
+        q.process();
+        assert_eq!(ran.load(Ordering::Relaxed), 2);
+        assert_eq!(q.outstanding(), 0);
+        drop(ran);
+    });
+}
+
+/// Counts sends that returned, for `outstanding_counts_spilled_messages`.
+fn send_three_to_core_0(q: &Q, counter: usize, accepted: usize) {
+    // SAFETY: kept alive by the model's Arc for the whole model run.
+    let accepted = unsafe { &*(accepted as *const AtomicUsize) };
+    for _ in 0..3 {
+        q.send(0, inc, counter, 0).unwrap();
+        accepted.fetch_add(1, Ordering::Release);
+    }
+}
+
+/// Spilled messages are counted too, exactly: core 1 runs a message function (a local send)
+/// that sends three messages to core 0 through a 2-slot FIFO, so the third goes to core 1's
+/// spill list; core 1 then drains, pushing it into the FIFO as core 0 (idle, woken by IPIs)
+/// makes room. A third thread reads `outstanding()` meanwhile: at most 3, and never 0 while a
+/// message that was accepted before the reading began has not run.
+#[test]
+fn outstanding_counts_spilled_messages() {
+    // One preemption (~10 s here; two take minutes): it already finds the double count of a
+    // spilled message that a per-core spill counter read beside the FIFO indices gives.
+    builder(1).check(|| {
+        let q = new_ipiq(2, 2);
+        // Statistics off: their counters are atomics too, and this model is large enough.
+        q.set_stats(false);
+        let ran = Arc::new(AtomicUsize::new(0));
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let (counter, acc) = (
+            &*ran as *const AtomicUsize as usize,
+            &*accepted as *const AtomicUsize as usize,
+        );
+        let stop = Arc::new(AtomicBool::new(false));
+        let target = {
+            let (q, stop) = (q.clone(), stop.clone());
+            thread::spawn(move || {
+                q.platform().become_cpu(0);
+                idle(&q, 0, &stop);
+            })
+        };
+        let observer = {
+            let (q, ran, accepted) = (q.clone(), ran.clone(), accepted.clone());
+            thread::spawn(move || {
+                // Acquire: pairs with the Release count after each accepted send.
+                let before = accepted.load(Ordering::Acquire);
+                let seen = q.outstanding();
+                let done = ran.load(Ordering::Relaxed);
+                (before, seen, done)
+            })
+        };
+        q.platform().become_cpu(1);
+        q.send(1, send_three_to_core_0, counter, acc).unwrap();
+        // Push the spilled message as room appears (process holds until the spill is in).
+        q.process();
+        let (before, seen, done) = observer.join().unwrap();
+        assert!(seen <= 3, "outstanding() read {seen} with 3 messages sent");
+        assert!(
+            seen > 0 || done >= before,
+            "outstanding() read 0 while {before} were accepted and only {done} had run"
+        );
+        while ran.load(Ordering::Relaxed) < 3 {
+            thread::yield_now();
+        }
+        stop.store(true, Ordering::Release);
+        q.platform().send_ipi(0);
+        target.join().unwrap();
+        assert_eq!(ran.load(Ordering::Relaxed), 3);
+        assert_eq!(q.outstanding(), 0);
     });
 }

@@ -567,7 +567,7 @@ fn cpusync_and_shootdown_hold_with_targets_preempted_mid_work() {
         machine
             .spawn_on(1, move |core| {
                 let q = core.ipiq();
-                let others: CpuSet = [0, 2, 3].into_iter().collect();
+                let others = CpuSet::from_cpus([0, 2, 3]).unwrap();
                 let mut syncs = 0;
                 // Acquire: pairs with the test's Release when it is done.
                 while !stop.load(Ordering::Acquire) {
@@ -593,7 +593,7 @@ fn cpusync_and_shootdown_hold_with_targets_preempted_mid_work() {
             let q = core.ipiq();
             let platform = q.platform();
             let book = sync_book();
-            let targets: CpuSet = [1, 2, 3].into_iter().collect();
+            let targets = CpuSet::from_cpus([1, 2, 3]).unwrap();
             let (mut early_flush, mut early_finish, mut missing_start) = (0, 0, 0);
             let mut finish_waits = Vec::new();
             for round in 0..SYNC_ROUNDS {
@@ -828,7 +828,7 @@ fn two_masters_leading_rendezvous_over_each_other_both_finish() {
             machine
                 .spawn_on(me, move |core| {
                     let q = core.ipiq();
-                    let others: CpuSet = (0..4).filter(|&c| c != me).collect();
+                    let others = CpuSet::from_cpus((0..4).filter(|&c| c != me)).unwrap();
                     for i in 0..SYNCS {
                         q.cpusync(&others, SyncWork::default(), |_| busy(20_000, i as u64))
                             .unwrap();

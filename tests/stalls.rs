@@ -115,7 +115,7 @@ fn re_sent_ipis_go_only_to_the_targets_that_have_not_entered() {
     let before = [platform.ipis_delivered(1), platform.ipis_delivered(2)];
     let held = m
         .run_on(0, |core| {
-            let set: CpuSet = [1, 2].into_iter().collect();
+            let set = CpuSet::from_cpus([1, 2]).unwrap();
             core.ipiq()
                 .cpusync(&set, SyncWork::default(), |sync| sync.members().len())
         })
@@ -215,15 +215,15 @@ fn a_cpusync_master_keeps_interrupts_off_from_start_to_finish() {
             let p = q.platform();
             let mut enables = Vec::new();
             let before = p.irq_enables(0);
-            q.cpusync_simple(&CpuSet::all(3), count_one, counter, 0)
+            q.cpusync_simple(&CpuSet::all(3).unwrap(), count_one, counter, 0)
                 .unwrap();
             enables.push(p.irq_enables(0) - before);
             let before = p.irq_enables(0);
-            q.cpusync_fastdata(&CpuSet::all(3), count_one, counter, 0)
+            q.cpusync_fastdata(&CpuSet::all(3).unwrap(), count_one, counter, 0)
                 .unwrap();
             enables.push(p.irq_enables(0) - before);
             let before = p.irq_enables(0);
-            q.cpusync(&CpuSet::single(1), SyncWork::default(), |sync| {
+            q.cpusync(&CpuSet::single(1).unwrap(), SyncWork::default(), |sync| {
                 sync.add(2).unwrap();
             })
             .unwrap();
@@ -251,7 +251,7 @@ fn a_master_whose_closure_panics_still_releases_its_targets() {
                 finish: Some(Message::new(count_one, finished, 0)),
                 ..SyncWork::default()
             };
-            let set: CpuSet = [1, 2].into_iter().collect();
+            let set = CpuSet::from_cpus([1, 2]).unwrap();
             catch_unwind(AssertUnwindSafe(|| {
                 core.ipiq()
                     .cpusync(&set, work, |_| panic!("the master's work failed"))
@@ -287,7 +287,7 @@ fn core_status_names_who_holds_whom_and_what_each_waits_for() {
     let master = m
         .spawn_on(0, move |core| {
             core.ipiq()
-                .cpusync(&CpuSet::single(1), SyncWork::default(), |_| {
+                .cpusync(&CpuSet::single(1).unwrap(), SyncWork::default(), |_| {
                     i.store(true, Ordering::Release);
                     while !g.load(Ordering::Acquire) {
                         std::hint::spin_loop();
@@ -348,7 +348,7 @@ fn a_bounded_cpusync_still_times_out_on_a_target_that_never_enters() {
     let result = m
         .run_on(0, |core| {
             core.ipiq()
-                .cpusync(&CpuSet::single(1), SyncWork::default(), |_| ())
+                .cpusync(&CpuSet::single(1).unwrap(), SyncWork::default(), |_| ())
         })
         .unwrap();
     busy.store(false, Ordering::Release);

@@ -102,7 +102,14 @@ impl X86Platform {
     /// A platform for `cpu_count` cores sending `vector`, reaching the APIC through `access`,
     /// with a TSC running at `tsc_mhz` MHz. `current_cpu` is the kernel's cheap "current core"
     /// (recommended: the fallback reads the APIC id and looks it up under a lock).
-    pub fn new(
+    ///
+    /// # Safety
+    /// The APIC is in the mode `access` names, and an `XApic` base is the kernel's uncached,
+    /// writable mapping of the local APIC page. `current_cpu` returns the calling core's own
+    /// index, unique among the cores and unchanged while interrupts are disabled; without it,
+    /// every core calls [`X86Platform::register_current`] before it calls into ipiq (an
+    /// unregistered core reads as core 0). This is what the [`Platform`] contract needs here.
+    pub unsafe fn new(
         cpu_count: usize,
         access: ApicAccess,
         vector: u8,
@@ -228,7 +235,8 @@ impl X86Platform {
     }
 }
 
-impl Platform for X86Platform {
+// SAFETY: `new`'s contract gives unique, stable core ids; `irq_save` is `cli` on this core.
+unsafe impl Platform for X86Platform {
     #[inline]
     fn current_cpu(&self) -> CpuId {
         if let Some(current) = self.current_cpu {
@@ -553,7 +561,8 @@ mod tests {
 
     #[test]
     fn send_vector_refuses_what_it_cannot_send_without_touching_the_apic() {
-        let platform = X86Platform::new(2, ApicAccess::X2Apic, 122, 1000, Some(|| 0));
+        // SAFETY: nothing here reaches the APIC (the test is about that) or runs ipiq.
+        let platform = unsafe { X86Platform::new(2, ApicAccess::X2Apic, 122, 1000, Some(|| 0)) };
         // No core registered yet, a core past the count, an exception vector: nothing is sent
         // (reaching the ICR here, on the host, would fault).
         assert!(!platform.send_vector(1, 125));

@@ -304,8 +304,8 @@ fn f2(v: f64) -> String {
 // ----- 0. the probes refuse bad input ------------------------------------------------------------
 
 fn probes_refuse_bad_input(cpus: usize, page: usize) -> Result<(), String> {
-    let one: CpuSet = [1].into_iter().collect();
-    let past: CpuSet = [cpus].into_iter().collect();
+    let one = CpuSet::single(1).map_err(err("set"))?;
+    let past = CpuSet::single(cpus).map_err(err("set"))?;
     let cases: [(&str, Result<usize, i32>); 12] = [
         (
             "raw IPI to a core past the count",
@@ -595,7 +595,7 @@ fn shootdowns(cpus: usize, scale: &Scale, buffer: usize) -> Result<(), String> {
     let (mut rows, mut lowest, mut taken) = (Vec::new(), None::<f64>, 0);
     for &pages in &SHOOTDOWN_PAGES {
         for others in 1..cpus {
-            let set: CpuSet = (1..=others).collect();
+            let set = CpuSet::from_cpus(1..=others).map_err(err("set"))?;
             let (ranged, full, samples) = ranged_and_full(
                 &set,
                 others,
@@ -634,7 +634,7 @@ fn shootdowns(cpus: usize, scale: &Scale, buffer: usize) -> Result<(), String> {
 
     // With the other cores re-touching their working set after each shootdown.
     let others = cpus - 1;
-    let set: CpuSet = (1..cpus).collect();
+    let set = CpuSet::from_cpus(1..cpus).map_err(err("set"))?;
     let mut rows = Vec::new();
     for &pages in &SHOOTDOWN_PAGES {
         let (ranged, full, samples) =
@@ -772,7 +772,7 @@ fn multicast(cpus: usize, rounds: usize, budget: Duration) -> Result<(), String>
     let mut at_max = None;
     for k in 1..cpus {
         let targets: Vec<usize> = (1..=k).collect();
-        let set: CpuSet = targets.iter().copied().collect();
+        let set = CpuSet::from_cpus(targets.iter().copied()).map_err(err("set"))?;
         let (mut many, mut uni) = (Vec::with_capacity(rounds), Vec::with_capacity(rounds));
         let start = Instant::now();
         for i in 0..rounds {

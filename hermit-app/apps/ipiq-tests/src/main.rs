@@ -176,8 +176,8 @@ fn test_errors(cpus: usize) -> Result<String, String> {
     ensure(hermit::try_send(bad, count_on, 0).is_err(), || "try_send to unknown core".into())?;
     ensure(hermit::seq(bad).is_err() && hermit::wait(bad, ipiq::Seq(1)).is_err(), || "seq/wait on unknown core".into())?;
     ensure(hermit::stats(bad).is_err(), || "stats of unknown core".into())?;
-    let mut set = CpuSet::all(cpus);
-    set.insert(bad);
+    let mut set = CpuSet::all(cpus).map_err(|e| e.to_string())?;
+    set.insert(bad).map_err(|e| e.to_string())?;
     ensure(hermit::send_many(&set, count_on, 0).is_err(), || "send_many beyond the machine".into())?;
     ensure(hermit::send_many(&CpuSet::new(), count_on, 0).is_err(), || "send_many to the empty set".into())?;
     // Raw syscalls with null or oversized arguments: errors, never a kernel panic.
@@ -186,6 +186,10 @@ fn test_errors(cpus: usize) -> Result<String, String> {
         ensure(hermit::sys::sys_ipiq_send(0, 0, 0, std::ptr::null_mut()) < 0, || "null function".into())?;
         ensure(hermit::sys::sys_ipiq_send_many(std::ptr::null(), 3, count_on as usize, 0) < 0, || "null set".into())?;
         ensure(hermit::sys::sys_ipiq_send_many([1u64; 1].as_ptr(), 100_000, count_on as usize, 0) < 0, || "huge set".into())?;
+        // 64 words (the most a set argument may have): a bit past the set capacity is EINVAL.
+        let mut past_capacity = [0u64; 64];
+        past_capacity[63] = 1 << 63;
+        ensure(hermit::sys::sys_ipiq_send_many(past_capacity.as_ptr(), 64, count_on as usize, 0) == -22, || "core 4095 in a set".into())?;
         ensure(hermit::sys::sys_ipiq_stats(0, std::ptr::null_mut(), 4) < 0, || "null stats buffer".into())?;
         ensure(hermit::sys::sys_ipiq_seq(0, std::ptr::null_mut()) < 0, || "null seq".into())?;
         ensure(hermit::sys::sys_ipiq_swap_pages(1, 4096) < 0, || "unaligned swap".into())?;
@@ -195,7 +199,7 @@ fn test_errors(cpus: usize) -> Result<String, String> {
 
 fn test_send_many(me: usize, cpus: usize) -> Result<String, String> {
     let before: Vec<u64> = (0..cpus).map(ran).collect();
-    let all = CpuSet::all(cpus);
+    let all = CpuSet::all(cpus).map_err(|e| e.to_string())?;
     // The function checks where it ran against its argument, so send each core its own index
     // through one multicast per core of a single-core set, plus one multicast to all (arg = MAX
     // skips the check by mapping to no core).
@@ -238,7 +242,8 @@ extern "C" fn count_in_cpusync(_: usize) {
 fn test_cpusync(cpus: usize) -> Result<String, String> {
     let before: Vec<u64> = (0..cpus).map(ran).collect();
     let irq_on = CPUSYNC_IRQ_ON.load(Ordering::Relaxed);
-    let n = hermit::cpusync(&CpuSet::all(cpus), count_in_cpusync, 0).map_err(|e| e.to_string())?;
+    let all = CpuSet::all(cpus).map_err(|e| e.to_string())?;
+    let n = hermit::cpusync(&all, count_in_cpusync, 0).map_err(|e| e.to_string())?;
     ensure(n == cpus, || format!("cpusync gathered {n} of {cpus}"))?;
     for (core, &b) in before.iter().enumerate() {
         ensure(ran(core) == b + 1, || format!("core {core} had not run the function when cpusync returned"))?;
