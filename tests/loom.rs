@@ -453,7 +453,8 @@ struct IdleLoopPlatform {
     lazy_ipis_to_running: AtomicUsize,
 }
 
-impl Platform for IdleLoopPlatform {
+// SAFETY: as for `LoomPlatform`: one model thread per core, its id thread-local, no interrupts.
+unsafe impl Platform for IdleLoopPlatform {
     fn current_cpu(&self) -> CpuId {
         CPU.with(Cell::get)
     }
