@@ -9,7 +9,10 @@
 # The image is a static PIE: the loader prints "loading at 0x..." on the serial console, and that
 # base is gdb's symbol offset (`symbol-file -o BASE IMAGE`).
 # Environment: QEMU_DEBUG_OUT (folder for serial.log, registers.txt and backtrace.txt;
-# default: a new folder under /tmp), QEMU_DEBUG_BT_DEPTH (frames per vCPU, 40).
+# default: a new folder under /tmp), QEMU_DEBUG_BT_DEPTH (frames per vCPU, 40),
+# QEMU_DEBUG_SYMBOLS (the image's symbols as `nm -n -C --defined-only IMAGE` prints them, for a
+# machine without nm; default IMAGE.nm where that file exists). Without gdb (a machine that cannot install it) step 2 is skipped, with a
+# warning; the monitor's view needs only bash.
 # Exit status: 0 the guest exited successfully, 1 it failed or QEMU could not run, 2 it hung (the
 # state above was printed).
 set -euo pipefail
@@ -23,8 +26,10 @@ for f in "$loader" "$image"; do
 done
 [[ "$limit" =~ ^[0-9]+$ ]] || { echo "error: the timeout must be a number of seconds, not '$limit'" >&2; exit 1; }
 command -v qemu-system-x86_64 >/dev/null || { echo "error: qemu-system-x86_64 not found (make qemu-install)" >&2; exit 1; }
-command -v gdb >/dev/null || { echo "error: gdb not found (make gdb-install)" >&2; exit 1; }
-command -v nm >/dev/null || { echo "error: nm (binutils) not found" >&2; exit 1; }
+[ -n "${QEMU_DEBUG_SYMBOLS:-}" ] || [ ! -f "$image.nm" ] || QEMU_DEBUG_SYMBOLS="$image.nm"
+have_gdb=1
+command -v gdb >/dev/null || { have_gdb=0; echo "warning: gdb not found (make gdb-install): a hang gets the monitor's RIPs only" >&2; }
+[ -z "${QEMU_DEBUG_SYMBOLS:-}" ] || [ -f "$QEMU_DEBUG_SYMBOLS" ] || { echo "error: QEMU_DEBUG_SYMBOLS=$QEMU_DEBUG_SYMBOLS does not exist" >&2; exit 1; }
 depth="${QEMU_DEBUG_BT_DEPTH:-40}"
 out="${QEMU_DEBUG_OUT:-$(mktemp -d /tmp/qemu-debug.XXXXXX)}"
 mkdir -p "$out"
@@ -106,7 +111,14 @@ regs="$out/registers.txt"
     exec 4>&-
 } >"$regs" 2>/dev/null || true
 syms="$out/symbols.txt"
-nm -n -C --defined-only "$image" 2>/dev/null | awk '$2 ~ /^[tTwW]$/' >"$syms" || true
+if [ -n "${QEMU_DEBUG_SYMBOLS:-}" ]; then
+    awk '$2 ~ /^[tTwW]$/' "$QEMU_DEBUG_SYMBOLS" >"$syms"
+elif command -v nm >/dev/null; then
+    nm -n -C --defined-only "$image" 2>/dev/null | awk '$2 ~ /^[tTwW]$/' >"$syms" || true
+else
+    echo "warning: no nm and no QEMU_DEBUG_SYMBOLS: RIPs stay unsymbolized" >&2
+    : >"$syms"
+fi
 echo
 echo "--- RIP per vCPU (QEMU monitor, symbols from nm) ---"
 tr -d '\r' <"$regs" | awk -v base="$base" -v symfile="$syms" '
@@ -127,6 +139,11 @@ tr -d '\r' <"$regs" | awk -v base="$base" -v symfile="$syms" '
     END { if (!seen) print "(no answer from the monitor)" }'
 
 # 2. gdb's view: threads (one per vCPU) and their backtraces.
+if [ "$have_gdb" = 0 ]; then
+    echo
+    echo "==> qemu-debug: guest hung (no exit within $limit s); no gdb here, so no backtraces; files in $out"
+    exit 2
+fi
 cmds="$out/gdb-commands"
 cat >"$cmds" <<EOF
 set pagination off

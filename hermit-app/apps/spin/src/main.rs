@@ -5,6 +5,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 #[path = "../../pinned.rs"]
+#[allow(dead_code)] // only spawn_on is used here
 mod pinned;
 
 /// Laps per core, so the loops have an effect the compiler must keep.
