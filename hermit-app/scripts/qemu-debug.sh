@@ -11,7 +11,9 @@
 # Environment: QEMU_DEBUG_OUT (folder for serial.log, registers.txt and backtrace.txt;
 # default: a new folder under /tmp), QEMU_DEBUG_BT_DEPTH (frames per vCPU, 40),
 # QEMU_DEBUG_SYMBOLS (the image's symbols as `nm -n -C --defined-only IMAGE` prints them, for a
-# machine without nm; default IMAGE.nm where that file exists). Without gdb (a machine that cannot install it) step 2 is skipped, with a
+# machine without nm; default IMAGE.nm where that file exists), QEMU_DEBUG_GDB_HOOK (a gdb
+# command file run against the guest once the loader has placed the image, for fault injection:
+# symbols and the connection are set up before it; it should end by detaching). Without gdb (a machine that cannot install it) step 2 is skipped, with a
 # warning; the monitor's view needs only bash.
 # Exit status: 0 the guest exited successfully, 1 it failed or QEMU could not run, 2 it hung (the
 # state above was printed).
@@ -71,10 +73,36 @@ cleanup() {
 trap cleanup EXIT
 echo "==> qemu-debug: $smp vCPUs, timeout $limit s; gdb stub 127.0.0.1:$gdb_port, monitor 127.0.0.1:$mon_port; files in $out"
 
+# The load base the loader prints on the serial console ("loading at 0x...").
+load_base() { tr -d '\r' <"$log" | sed -n 's/.*loading at \(0x[0-9a-fA-F]*\).*/\1/p' | head -n 1; }
+gdb_prelude() {
+    cat <<EOF
+set pagination off
+set confirm off
+set width 0
+set architecture i386:x86-64
+symbol-file -o $1 $image
+target remote 127.0.0.1:$gdb_port
+EOF
+}
+
 deadline=$((SECONDS + limit))
+hook=""
 while kill -0 "$qemu" 2>/dev/null && [ "$SECONDS" -lt "$deadline" ]; do
+    if [ -n "${QEMU_DEBUG_GDB_HOOK:-}" ] && [ -z "$hook" ] && [ -n "$(load_base)" ]; then
+        { gdb_prelude "$(load_base)"; cat "$QEMU_DEBUG_GDB_HOOK"; } >"$out/gdb-hook-commands"
+        gdb -batch -nx -x "$out/gdb-hook-commands" >"$out/gdb-hook.log" 2>&1 &
+        hook=$!
+        echo "==> qemu-debug: gdb hook $QEMU_DEBUG_GDB_HOOK attached (log: $out/gdb-hook.log)"
+    fi
     sleep 0.2
 done
+if [ -n "$hook" ]; then
+    # A hook still attached (its breakpoint never hit) would hold the stub: end it.
+    kill "$hook" 2>/dev/null || true
+    wait "$hook" 2>/dev/null || true
+    grep -v -e '^warning: No executable' -e '^determining executable' "$out/gdb-hook.log" | sed 's/^/    hook: /' || true
+fi
 if ! kill -0 "$qemu" 2>/dev/null; then
     status=0
     wait "$qemu" || status=$?
@@ -93,7 +121,7 @@ echo "==> qemu-debug: the guest has not exited after $limit s; every vCPU's stat
 
 # The load base the loader printed; without it (a hang before the loader placed the image) the
 # symbols stay unrelocated and only the loader's own addresses would match.
-base=$(tr -d '\r' <"$log" | sed -n 's/.*loading at \(0x[0-9a-fA-F]*\).*/\1/p' | head -n 1)
+base=$(load_base)
 if [ -z "$base" ]; then
     echo "warning: no 'loading at' line from the loader in the serial log: symbols not relocated" >&2
     base=0x0
@@ -145,13 +173,7 @@ if [ "$have_gdb" = 0 ]; then
     exit 2
 fi
 cmds="$out/gdb-commands"
-cat >"$cmds" <<EOF
-set pagination off
-set confirm off
-set width 0
-set architecture i386:x86-64
-symbol-file -o $base $image
-target remote 127.0.0.1:$gdb_port
+{ gdb_prelude "$base"; cat <<EOF; } >"$cmds"
 echo \n--- info threads (gdb: thread N is vCPU N-1) ---\n
 info threads
 echo \n--- thread apply all bt $depth ---\n
