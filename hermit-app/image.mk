@@ -5,8 +5,8 @@
 # location, so both work from any directory. Long steps live in hermit-app/scripts/.
 # See hermit-app/README-image.md for what each step does and how long it takes.
 #
-# Targets:  image loader qemu qemu-debug qemu-debug-test uhyve image-test kernel-tests
-#           tlb-stale-test image-run image-clean
+# Targets:  image loader qemu qemu-debug qemu-debug-test lock-inject-test uhyve image-test
+#           kernel-tests tlb-stale-test image-run image-clean
 # Variables (make VAR=value):
 #   KERNEL=patched|stock|stock-probe   kernel source with hermit-app/kernel/patches/*.patch,
 #                          unpatched, or with only the test probes of kernel/stock-probe-patches/
@@ -80,7 +80,7 @@ LOADER           ?= $(IPIQ_LOADER)
 # Build the project's loader only when it is the one in use.
 IMAGE_LOADER_DEP := $(if $(filter $(IPIQ_LOADER),$(LOADER)),loader)
 
-.PHONY: image loader qemu qemu-debug qemu-debug-test uhyve image-test kernel-tests tlb-stale-test image-run image-clean
+.PHONY: image loader qemu qemu-debug qemu-debug-test lock-inject-test uhyve image-test kernel-tests tlb-stale-test image-run image-clean
 .PHONY: hermit-toolchain hermit-kernel qemu-install gdb-install image-force
 
 ## image: kernel archive (patched or stock) + application image
@@ -135,6 +135,14 @@ qemu-debug: image $(IMAGE_LOADER_DEP) qemu-install gdb-install
 	@echo "==> booting $(APP) under QEMU with the gdb stub: $(SMP) cores, cpu $(CPU), $(MEM), hang after $(QEMU_DEBUG_TIMEOUT) s"
 	@QEMU_DEBUG_OUT=$(QEMU_DEBUG_OUT) $(IMAGE_SCRIPTS)/qemu-debug.sh $(LOADER) $(IMAGE) $(SMP) $(CPU) $(MEM) $(QEMU_DEBUG_TIMEOUT) \
 		-- $(QEMU_EXTRA) $(if $(APP_ARGS),-append "-- $(APP_ARGS)")
+
+## lock-inject-test: ipiq-tests' sched_locks stress with a timer interrupt armed (through the gdb
+## stub) for any moment vCPU 1 holds SCHEDULER_INPUTS with interrupts on; passes if that never
+## happens and the stress passes (patched kernel; part of make test; before patch 0009 it hung)
+lock-inject-test: $(IMAGE_LOADER_DEP) qemu-install gdb-install
+	@$(MAKE) --no-print-directory -f $(IMAGE_MK) KERNEL=patched APP=ipiq-tests image
+	@$(IMAGE_SCRIPTS)/lock-inject-test.sh $(LOADER) $(IMAGE_BUILD)/kernel-patched/apps/x86_64-unknown-hermit/release/ipiq-tests \
+		$(IMAGE_BUILD)/qemu-debug/lock-inject-test
 
 ## qemu-debug-test: qemu-debug on the spin app (loops forever on 2 cores on purpose): the target
 ## must report a hang and both vCPUs' backtraces must name spin_on_purpose (part of make test)

@@ -13,7 +13,8 @@
 # QEMU_DEBUG_SYMBOLS (the image's symbols as `nm -n -C --defined-only IMAGE` prints them, for a
 # machine without nm; default IMAGE.nm where that file exists), QEMU_DEBUG_GDB_HOOK (a gdb
 # command file run against the guest once the loader has placed the image, for fault injection:
-# symbols and the connection are set up before it; it should end by detaching). Without gdb (a machine that cannot install it) step 2 is skipped, with a
+# symbols, `$base` and the connection are set up before it; it should end by detaching; see
+# preempt-inject.sh). Without gdb (a machine that cannot install it) step 2 is skipped, with a
 # warning; the monitor's view needs only bash.
 # Exit status: 0 the guest exited successfully, 1 it failed or QEMU could not run, 2 it hung (the
 # state above was printed).
@@ -82,6 +83,7 @@ set confirm off
 set width 0
 set architecture i386:x86-64
 symbol-file -o $1 $image
+set \$base = $1
 target remote 127.0.0.1:$gdb_port
 EOF
 }
