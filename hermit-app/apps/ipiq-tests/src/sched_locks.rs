@@ -120,7 +120,7 @@ fn error_if(bad: bool) {
 /// Runs the stress for `budget` with the hub on core 1 and waiters on every other core.
 pub fn run(cpus: usize, budget: Duration) -> Result<String, String> {
     if cpus < 2 {
-        return Ok("SKIPPED on 1 core: there is no cross-core scheduler path to exercise".into());
+        return Ok("SKIPPED (not applicable on 1 core: there is no cross-core scheduler path)".into());
     }
     let hub = 1;
     let others: Vec<usize> = (0..cpus).filter(|&c| c != hub).collect();
@@ -279,7 +279,9 @@ pub fn run(cpus: usize, budget: Duration) -> Result<String, String> {
     crate::ensure(woken > 0 && returns >= woken, || format!("{woken} futex wake-ups, {returns} waits returned"))?;
     crate::ensure(ticks > 0, || "the ticker never timed out".into())?;
     Ok(format!(
-        "hub core {hub}, waiters on {n} cores, {:.1} s: {posts} semaphore posts, {woken} futex wake-ups, {spawned} threads spawned and joined, {ticks} timer wake-ups on the hub",
-        budget.as_secs_f64()
+        "hub core {hub}, waiters on {n} other core{}, {:.1} s: {posts} semaphore posts, {woken} futex wake-ups, {spawned} thread{} spawned and joined, {ticks} timer wake-ups on the hub",
+        if n == 1 { "" } else { "s" },
+        budget.as_secs_f64(),
+        if spawned == 1 { "" } else { "s" }
     ))
 }
