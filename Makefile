@@ -6,8 +6,9 @@
 #               lints, docs, a smoke run of every benchmark, then the Hermit images under QEMU
 #               (1/2/4/8 vCPUs, x2APIC and xAPIC), the FPU test (fpu-test: application
 #               messages computing with f64/x87/AVX, 2 and 4 vCPUs, x2APIC, xAPIC and an AVX
-#               model), and smoke runs of the comparisons with the stock kernel (tlb-stale-test,
-#               wakeup-smoke)
+#               model), the hang debugger's self-test (qemu-debug-test), the lock-order fault
+#               injection (lock-inject-test), and smoke runs of the comparisons with the stock
+#               kernel (tlb-stale-test, wakeup-smoke)
 #   make bench  every benchmark (host against peers, then the guest ones); one report in
 #               results/report.md (make bench-host: the host part alone)
 #   make guest-bench SMP=8   in-guest measurements under QEMU (guest-bench-all: 2, 4, 8 vCPUs)
@@ -36,7 +37,7 @@ run-host:
 	$(CARGO) run --release --features std --example dispatch
 
 ## test: the whole suite (what .ci/run runs)
-test: lint test-host test-flood loom check-kernel-target doc bench-smoke image-test fpu-test test-dispatch guest-rayon-smoke tlb-stale-test wakeup-smoke
+test: lint test-host test-flood loom check-kernel-target doc bench-smoke image-test fpu-test qemu-debug-test lock-inject-test test-dispatch guest-rayon-smoke tlb-stale-test wakeup-smoke
 	$(MAKE) --no-print-directory guest-bench-smoke
 
 ## test-host: unit tests, invariant tests I1-I7, bad input, stalls (watchdogs, shootdown

@@ -5,7 +5,8 @@
 # location, so both work from any directory. Long steps live in hermit-app/scripts/.
 # See hermit-app/README-image.md for what each step does and how long it takes.
 #
-# Targets:  image loader qemu uhyve image-test kernel-tests tlb-stale-test fpu-test image-run image-clean
+# Targets:  image loader qemu qemu-debug qemu-debug-test lock-inject-test uhyve image-test
+#           kernel-tests tlb-stale-test fpu-test image-run image-clean
 # Variables (make VAR=value):
 #   KERNEL=patched|stock|stock-probe   kernel source with hermit-app/kernel/patches/*.patch,
 #                          unpatched, or with only the test probes of kernel/stock-probe-patches/
@@ -20,6 +21,9 @@
 #                          Hermit's official hermit-loader-x86_64 works too)
 #   KERNEL_FEATURES=...    hermit-kernel cargo features
 #   QEMU_TIMEOUT=120 UHYVE_TIMEOUT=120   seconds before a run is killed
+#   QEMU_DEBUG_TIMEOUT=60  qemu-debug: seconds before a guest that has not exited counts as hung
+#                          and every vCPU's backtrace is printed
+#   QEMU_EXTRA=...         extra QEMU arguments for qemu and qemu-debug (e.g. -accel tcg,thread=multi)
 #   KERNEL_TESTS_KERNELS="patched stock" KERNEL_TESTS_SMP="1 4"   kernel-tests' sources and vCPUs
 #   TLB_STALE_KERNELS=stock-probe TLB_STALE_SMP="2 4" TLB_STALE_MODES=x2APIC TLB_STALE_LOGS=...
 #                          tlb-stale-test's kernels, vCPU counts, APIC models and log folder
@@ -42,6 +46,8 @@ SMP             ?= 4
 CPU             ?= qemu64,+x2apic,+fsgsbase
 MEM             ?= 512M
 QEMU_TIMEOUT    ?= 120
+QEMU_DEBUG_TIMEOUT ?= 60
+QEMU_EXTRA      ?=
 UHYVE_TIMEOUT   ?= 120
 # vCPU counts the ipiq-tests application boots with in image-test.
 IPIQ_TESTS_SMP  ?= 1 2 4 8
@@ -83,8 +89,8 @@ LOADER           ?= $(IPIQ_LOADER)
 # Build the project's loader only when it is the one in use.
 IMAGE_LOADER_DEP := $(if $(filter $(IPIQ_LOADER),$(LOADER)),loader)
 
-.PHONY: image loader qemu uhyve image-test kernel-tests tlb-stale-test fpu-test image-run image-clean
-.PHONY: hermit-toolchain hermit-kernel qemu-install image-force
+.PHONY: image loader qemu qemu-debug qemu-debug-test lock-inject-test uhyve image-test kernel-tests tlb-stale-test fpu-test image-run image-clean
+.PHONY: hermit-toolchain hermit-kernel qemu-install gdb-install image-force
 
 ## image: kernel archive (patched or stock) + application image
 image: hermit-kernel
@@ -122,10 +128,37 @@ loader:
 qemu-install:
 	@$(IMAGE_SCRIPTS)/install-qemu.sh
 
+gdb-install:
+	@$(IMAGE_SCRIPTS)/install-gdb.sh
+
 ## qemu: boot APP under QEMU with SMP cores on CPU; succeeds only if the application exits 0
 qemu: image $(IMAGE_LOADER_DEP) qemu-install
 	@echo "==> booting $(APP) under QEMU: $(SMP) cores, cpu $(CPU), $(MEM)"
-	@$(IMAGE_SCRIPTS)/qemu.sh $(LOADER) $(IMAGE) $(SMP) $(CPU) $(MEM) $(QEMU_TIMEOUT) $(if $(APP_ARGS),-- -append "-- $(APP_ARGS)")
+	@$(IMAGE_SCRIPTS)/qemu.sh $(LOADER) $(IMAGE) $(SMP) $(CPU) $(MEM) $(QEMU_TIMEOUT) -- $(QEMU_EXTRA) $(if $(APP_ARGS),-append "-- $(APP_ARGS)")
+
+## qemu-debug: boot APP like qemu, with QEMU's gdb stub and monitor on loopback; if the guest has
+## not exited after QEMU_DEBUG_TIMEOUT s, print every vCPU's RIP (monitor) and symbolized
+## backtrace (gdb), then kill it (exit status 2). Files in QEMU_DEBUG_OUT (default under build/).
+QEMU_DEBUG_OUT ?= $(IMAGE_BUILD)/qemu-debug/$(APP)-smp$(SMP)
+qemu-debug: image $(IMAGE_LOADER_DEP) qemu-install gdb-install
+	@echo "==> booting $(APP) under QEMU with the gdb stub: $(SMP) cores, cpu $(CPU), $(MEM), hang after $(QEMU_DEBUG_TIMEOUT) s"
+	@QEMU_DEBUG_OUT=$(QEMU_DEBUG_OUT) $(IMAGE_SCRIPTS)/qemu-debug.sh $(LOADER) $(IMAGE) $(SMP) $(CPU) $(MEM) $(QEMU_DEBUG_TIMEOUT) \
+		-- $(QEMU_EXTRA) $(if $(APP_ARGS),-append "-- $(APP_ARGS)")
+
+## lock-inject-test: ipiq-tests' sched_locks stress with a timer interrupt armed (through the gdb
+## stub) for any moment vCPU 1 holds SCHEDULER_INPUTS with interrupts on; passes if that never
+## happens and the stress passes (patched kernel; part of make test; before patch 0009 it hung)
+lock-inject-test: $(IMAGE_LOADER_DEP) qemu-install gdb-install
+	@$(MAKE) --no-print-directory -f $(IMAGE_MK) KERNEL=patched APP=ipiq-tests image
+	@$(IMAGE_SCRIPTS)/lock-inject-test.sh $(LOADER) $(IMAGE_BUILD)/kernel-patched/apps/x86_64-unknown-hermit/release/ipiq-tests \
+		$(IMAGE_BUILD)/qemu-debug/lock-inject-test
+
+## qemu-debug-test: qemu-debug on the spin app (loops forever on 2 cores on purpose): the target
+## must report a hang and both vCPUs' backtraces must name spin_on_purpose (part of make test)
+qemu-debug-test: $(IMAGE_LOADER_DEP) qemu-install gdb-install
+	@$(MAKE) --no-print-directory -f $(IMAGE_MK) APP=spin image
+	@$(IMAGE_SCRIPTS)/qemu-debug-test.sh $(LOADER) $(IMAGE_KERNEL_DIR)/apps/x86_64-unknown-hermit/release/spin \
+		$(IMAGE_BUILD)/qemu-debug/spin-test
 
 ## uhyve: run APP under uhyve with SMP cores (needs KVM with VMX/SVM)
 uhyve: image

@@ -18,9 +18,12 @@ out="$(cd "$out" && pwd)"
 builtins_target="$(mkdir -p "$builtins_target" && cd "$builtins_target" && pwd)"
 bin="$(llvm_bin_dir "$toolchain")"
 
+# Unwind tables (.eh_frame) only describe frames for debuggers, the code is the same: they let
+# gdb unwind the kernel's frames (make qemu-debug). Flags are separated by 0x1f in this variable.
+us=$'\x1f'
 start=$(now)
 echo "==> building kernel $(basename "$out") [features $features] (~40 s clean, ~1 s when up to date)"
-(cd "$src" && CARGO_ENCODED_RUSTFLAGS=-Zmutable-noalias=no cargo "+$toolchain" build --release --locked \
+(cd "$src" && CARGO_ENCODED_RUSTFLAGS="-Zmutable-noalias=no${us}-Cforce-unwind-tables=yes" cargo "+$toolchain" build --release --locked \
     --target x86_64-unknown-none -Zbuild-std=core,alloc -Zbuild-std-features=compiler-builtins-mem \
     --no-default-features --features "$features" --target-dir "$out/target")
 echo "    kernel: $(elapsed "$start") s"

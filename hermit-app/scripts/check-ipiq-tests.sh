@@ -9,10 +9,10 @@ log="$1" smp="$2" mode="$3" qemu_ok="$4"
 check_boot "$log" "$mode" "$qemu_ok"
 grep -q 'ipiq patch applied' <<<"$out" || fail "no 'ipiq patch applied' in the boot log"
 grep -q "^ipiq-tests: $smp cores (ipiq serves $smp)" <<<"$out" || fail "application did not see $smp cores"
-for t in core_id send seq_wait send_passive errors send_many cpusync try_send passive_tick stress stale_tlb; do
+for t in core_id send seq_wait send_passive errors send_many cpusync try_send passive_tick stress stale_tlb sched_locks; do
     grep -q "^PASS $t: " <<<"$out" || fail "test $t did not pass: $(grep "^FAIL $t: " <<<"$out" | head -n 1)"
 done
 grep -q '^FAIL ' <<<"$out" && fail "failed: $(grep '^FAIL ' <<<"$out" | tr '\n' ';')"
-grep -qE '^ipiq-tests: 11 passed, 0 failed$' <<<"$out" || fail "no 'ipiq-tests: 11 passed, 0 failed' line"
+grep -qE '^ipiq-tests: 12 passed, 0 failed$' <<<"$out" || fail "no 'ipiq-tests: 12 passed, 0 failed' line"
 grep -q 'ipiq: cpu .* gave up' <<<"$out" && fail "an ipiq watchdog gave up: $(grep 'gave up' <<<"$out" | head -n 1)"
 [ "$failures" = 0 ]

@@ -42,6 +42,9 @@ has_line() {
 
 # RAYON_DEADLINE (seconds since the epoch, optional): start no boot after it, and cut each boot's
 # time limit to what is left, so a caller with a fixed time budget still gets whole logs.
+# RAYON_QEMU_DEBUG=1: boot through qemu-debug.sh instead of qemu.sh, so a boot that hangs ends
+# with every vCPU's symbolized RIP (and, where gdb exists, its backtrace) in its log, the files
+# in LOG_DIR/PREFIX-KERNEL-SMP.debug/ (QEMU_DEBUG_SYMBOLS, if set, is passed on).
 deadline="${RAYON_DEADLINE:-}"
 [ -z "$deadline" ] || [[ "$deadline" =~ ^[0-9]+$ ]] || { echo "error: RAYON_DEADLINE must be seconds since the epoch" >&2; exit 2; }
 
@@ -67,7 +70,12 @@ for n in $smps; do
         [ -n "$guest_args" ] && extra+=(-append "-- $guest_args")
         start=$(date +%s%N)
         status=0
-        "$here/qemu.sh" "$loader" "$image" "$n" "$cpu" "$mem" "$boot_limit" -- "${extra[@]}" >"$log" 2>&1 || status=$?
+        if [ "${RAYON_QEMU_DEBUG:-0}" = 1 ]; then
+            QEMU_DEBUG_OUT="$log_dir/$prefix-$kernel-$n.debug" "$here/qemu-debug.sh" "$loader" "$image" "$n" "$cpu" "$mem" \
+                "$boot_limit" -- "${extra[@]}" >"$log" 2>&1 || status=$?
+        else
+            "$here/qemu.sh" "$loader" "$image" "$n" "$cpu" "$mem" "$boot_limit" -- "${extra[@]}" >"$log" 2>&1 || status=$?
+        fi
         took=$((($(date +%s%N) - start) / 1000000))
         while IFS= read -r line; do
             line="${line%$'\r'}"

@@ -15,6 +15,7 @@ use ipiq::{CpuSet, Error};
 
 #[path = "../../pinned.rs"]
 mod pinned;
+mod sched_locks;
 #[path = "../../tlb-stale/src/stale.rs"]
 mod stale;
 
@@ -27,6 +28,8 @@ const PASSIVE_BOUND: Duration = Duration::from_millis(100);
 /// The stress test's target message count and wall-time budget.
 const STRESS_TARGET: u64 = 1_000_000;
 const STRESS_BUDGET: Duration = Duration::from_secs(10);
+/// How long the scheduler-lock stress (`sched_locks.rs`) runs.
+const SCHED_LOCKS_BUDGET: Duration = Duration::from_secs(2);
 
 // ----- pinned threads --------------------------------------------------------------------------
 
@@ -515,6 +518,21 @@ fn main() {
         std::process::exit(1);
     }
     let mut report = Report { passed: 0, failed: 0 };
+    // `sched_locks [SECONDS]` as the arguments (APP_ARGS=sched_locks): that test alone, for
+    // reruns and longer runs.
+    if std::env::args().nth(1).as_deref() == Some("sched_locks") {
+        let budget = match std::env::args().nth(2).map(|s| s.parse::<f64>()) {
+            None => SCHED_LOCKS_BUDGET,
+            Some(Ok(secs)) if secs > 0.0 && secs < 1e6 => Duration::from_secs_f64(secs),
+            Some(_) => {
+                println!("FAIL setup: sched_locks takes a number of seconds (0 < s < 10^6)");
+                std::process::exit(1);
+            }
+        };
+        report.check("sched_locks", sched_locks::run(cpus, budget));
+        println!("ipiq-tests: {} passed, {} failed", report.passed, report.failed);
+        std::process::exit(if report.failed == 0 { 0 } else { 1 });
+    }
     report.check("core_id", test_core_id(cpus));
     report.check("send", test_send(me, cpus));
     report.check("seq_wait", test_seq_wait(me, cpus));
@@ -526,6 +544,7 @@ fn main() {
     report.check("passive_tick", test_passive_tick(me, cpus));
     report.check("stress", test_stress(cpus));
     report.check("stale_tlb", test_stale_tlb(me, cpus));
+    report.check("sched_locks", sched_locks::run(cpus, SCHED_LOCKS_BUDGET));
     print_stats(cpus);
     println!("ipiq-tests: {} passed, {} failed", report.passed, report.failed);
     std::process::exit(if report.failed == 0 { 0 } else { 1 });
