@@ -132,11 +132,18 @@ fn start_workers(
     stop: &Arc<AtomicBool>,
     cli: &'static CliBook,
 ) -> Vec<Pending<u64>> {
-    cpus.into_iter()
+    // Returns only once every worker runs: before that its core idles (and halts), which a
+    // test of running targets must not see.
+    let running = Arc::new(AtomicUsize::new(0));
+    let workers: Vec<_> = cpus
+        .into_iter()
         .map(|cpu| {
             let stop = stop.clone();
+            let running = running.clone();
             machine
                 .spawn_on(cpu, move |core| {
+                    // Release: pairs with the Acquire wait below.
+                    running.fetch_add(1, Ordering::Release);
                     let mut x = 0;
                     let mut slice = 0u64;
                     // Acquire: pairs with the test's Release when it is done.
@@ -155,13 +162,29 @@ fn start_workers(
                 })
                 .expect("a core of a running machine takes tasks")
         })
-        .collect()
+        .collect();
+    // Acquire: pairs with the workers' Release increments.
+    while running.load(Ordering::Acquire) < workers.len() {
+        std::thread::yield_now();
+    }
+    workers
 }
 
 /// Yields the host CPU (interrupts on: a signal may land in the system call too, as on any
 /// other instruction of the task).
 fn yield_host_cpu() {
     std::thread::yield_now();
+}
+
+/// Sets the workers' stop flag when dropped: a test that fails (unwinds) before `stop_workers`
+/// still lets its workers end, so the machine's drop can join its cores instead of hanging.
+struct StopOnDrop(Arc<AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        // Release: pairs with the workers' Acquire load.
+        self.0.store(true, Ordering::Release);
+    }
 }
 
 fn stop_workers(stop: &AtomicBool, workers: Vec<Pending<u64>>) {
@@ -482,6 +505,7 @@ fn wait_is_exact_when_targets_run_messages_from_the_interrupt_handler() {
     };
     let book = slow_book();
     let stop = Arc::new(AtomicBool::new(false));
+    let _stop_on_unwind = StopOnDrop(stop.clone());
     let workers = start_workers(&machine, 1..4, &stop, &book.cli);
     let failures = machine
         .run_on(0, |core| {
@@ -558,6 +582,7 @@ fn cpusync_and_shootdown_hold_with_targets_preempted_mid_work() {
     };
     let book = sync_book();
     let stop = Arc::new(AtomicBool::new(false));
+    let _stop_on_unwind = StopOnDrop(stop.clone());
     // Cores 2 and 3 work; core 1 is a second master (cpusyncs over 0, 2, 3) between slices of
     // its own work; core 0 shoots down and runs full rendezvous over 1, 2, 3, working with
     // interrupts on while it holds them (so core 1's rendezvous catch it held, and hold it).
@@ -598,8 +623,10 @@ fn cpusync_and_shootdown_hold_with_targets_preempted_mid_work() {
             let mut finish_waits = Vec::new();
             for round in 0..SYNC_ROUNDS {
                 // A shootdown returns only once every other core flushed.
+                // `shootdown_on` interrupts every target: a plain `shootdown` would defer the
+                // flush of a core that is halted at that moment (core 1 before its task runs).
                 let done = q
-                    .shootdown(0x40_0000 + round * 4096, 1 + round % 4)
+                    .shootdown_on(&targets, 0x40_0000 + round * 4096, 1 + round % 4, false)
                     .unwrap();
                 assert_eq!(done.targets, 3);
                 for cpu in 1..4 {
@@ -731,6 +758,7 @@ fn passive_and_lazy_messages_reach_busy_targets_through_the_preempting_tick() {
     };
     let book = tick_book();
     let stop = Arc::new(AtomicBool::new(false));
+    let _stop_on_unwind = StopOnDrop(stop.clone());
     let workers = start_workers(&machine, 1..4, &stop, &book.cli);
     let (sent, stuck) = machine
         .run_on(0, |core| {
@@ -822,6 +850,7 @@ fn two_masters_leading_rendezvous_over_each_other_both_finish() {
     };
     let cli: &'static CliBook = Box::leak(Box::new(CliBook::new(4)));
     let stop = Arc::new(AtomicBool::new(false));
+    let _stop_on_unwind = StopOnDrop(stop.clone());
     let workers = start_workers(&machine, 2..4, &stop, cli);
     let masters: Vec<_> = (0..2)
         .map(|me| {
@@ -898,6 +927,7 @@ fn message_functions_allocate_while_the_interrupted_tasks_allocate() {
         return;
     };
     let stop = Arc::new(AtomicBool::new(false));
+    let _stop_on_unwind = StopOnDrop(stop.clone());
     let workers: Vec<_> = (1..3)
         .map(|cpu| {
             let stop = stop.clone();
