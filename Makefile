@@ -88,8 +88,8 @@ guest-bench-run:
 ## loom: model checks of the npoll handshake, FIFO-full progress, cpusync and the kernel's idle
 ## loop against lazy and active senders
 loom:
-	RUSTFLAGS="--cfg loom" $(if $(LOOM_MAX_PREEMPTIONS),LOOM_MAX_PREEMPTIONS=$(LOOM_MAX_PREEMPTIONS)) \
-		CARGO_TARGET_DIR=target/loom $(CARGO) test --release --test loom
+	RUSTFLAGS="--cfg ipiq_loom" $(if $(LOOM_MAX_PREEMPTIONS),LOOM_MAX_PREEMPTIONS=$(LOOM_MAX_PREEMPTIONS)) \
+		CARGO_TARGET_DIR=target/loom $(CARGO) test --release --features loom --test loom
 
 ## check-kernel-target: the crate without std, built as the kernel builds it
 check-kernel-target: hermit-toolchain

@@ -120,7 +120,7 @@ mod watchdog;
 
 #[cfg(target_os = "hermit")]
 pub mod hermit;
-#[cfg(all(feature = "std", not(loom)))]
+#[cfg(all(feature = "std", not(ipiq_loom)))]
 pub mod host;
 
 pub use cpuset::CpuSet;

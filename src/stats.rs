@@ -126,7 +126,7 @@ impl Counters {
     }
 }
 
-#[cfg(all(test, feature = "std", not(loom)))]
+#[cfg(all(test, feature = "std", not(ipiq_loom)))]
 mod tests {
     use crate::host::{HostConfig, HostMachine, HostPlatform};
     use crate::Ipiq;

@@ -392,7 +392,7 @@ fn flush_and_ack<P: Platform>(ipiq: &Ipiq<P>, master: usize, _: usize) {
     slot.acked.fetch_add(1, Ordering::Release);
 }
 
-#[cfg(all(test, feature = "std", not(loom)))]
+#[cfg(all(test, feature = "std", not(ipiq_loom)))]
 mod tests {
     use super::Shootdown;
     use crate::host::{HostConfig, HostMachine};

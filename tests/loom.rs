@@ -4,9 +4,9 @@
 //! (3 cores), of a TLB shootdown against a halting core, and of `outstanding()` read beside a
 //! sender and a drain (also spilled).
 //!
-//! Run with `RUSTFLAGS="--cfg loom" cargo test --release --test loom` (`make loom`).
+//! Run with `RUSTFLAGS="--cfg ipiq_loom" cargo test --release --features loom --test loom` (`make loom`).
 //! `LOOM_MAX_PREEMPTIONS` overrides each model's preemption bound (1 to 3; 0 for cpusync).
-#![cfg(loom)]
+#![cfg(ipiq_loom)]
 
 use std::cell::Cell;
 
