@@ -13,15 +13,16 @@
 use alloc::boxed::Box;
 
 use crate::drain::Hold;
-use crate::error::Error;
 use crate::irq::IrqOff;
-use crate::matrix::{Ipiq, Seq};
+use crate::matrix::Ipiq;
 use crate::message::{IpiFn, Message};
 use crate::platform::{CpuId, Platform};
 use crate::status::Waiting;
 use crate::sync::{fence, Ordering};
 use crate::watchdog::Patience;
 use crate::CpuSet;
+use crate::Error;
+use crate::Seq;
 
 /// How a message is queued.
 #[derive(Clone, Copy, PartialEq, Eq)]
