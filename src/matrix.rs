@@ -871,17 +871,56 @@ impl<P: Platform> Ipiq<P> {
     }
 
     /// Wakes every core of `targets` after messages were published to them: one store-load
-    /// barrier for all (see `signal`), then an IPI to each that is not already signalled or
-    /// draining. Interrupts are disabled by the caller.
+    /// barrier for all (see `signal`), then the `npoll` handshake for each target (as
+    /// `signal_fenced`), and one [`Platform::send_ipi_many`] for the targets that need an IPI,
+    /// so the platform can reach them in as few hardware writes as it can (on x86_64, one ICR
+    /// write for every other core, one per x2APIC cluster otherwise). `ipis` counts those
+    /// targets, `icr_writes` the writes the platform reports.
+    ///
+    /// Context: interrupts disabled by the caller (`send_many`, cpusync, shootdowns); thread or
+    /// interrupt context, including from inside a message function; never blocks.
     pub(crate) fn signal_all(&self, me: CpuId, targets: &CpuSet) {
         if targets.is_empty() {
             return;
         }
         // SeqCst fence: as in `signal`, once for all targets.
         fence(Ordering::SeqCst);
-        for target in targets.iter() {
-            self.signal_fenced(me, target, false);
+        let mut interrupt = CpuSet::new();
+        for target in targets.iter().filter(|&t| self.claim_ipi(me, t)) {
+            // Never fails: `target` came from a `CpuSet`.
+            let _ = interrupt.insert(target);
         }
+        if interrupt.is_empty() {
+            return;
+        }
+        self.count(me, |c| &c.ipis, interrupt.len() as u64);
+        // Every `npoll` claimed above is set before the IPIs go out, as in `signal_fenced`:
+        // a target that wakes early finds the flag set and clears it only after its last scan.
+        let writes = self.platform.send_ipi_many(&interrupt);
+        self.count(me, |c| &c.icr_writes, writes as u64);
+    }
+
+    /// The `npoll` handshake of [`Ipiq::signal_fenced`] (unforced) for one target of
+    /// [`Ipiq::signal_all`], without sending: `true` if `target` needs an IPI (its `npoll` was
+    /// clear, or avoidance is off), in which case `npoll` is now set and the caller sends it;
+    /// `false` (counted as avoided) if it is already signalled or draining.
+    ///
+    /// Context: interrupts disabled, after the caller's SeqCst fence.
+    fn claim_ipi(&self, me: CpuId, target: CpuId) -> bool {
+        let npoll = &self.cpus[target].npoll;
+        // Relaxed load, then swap only if clear: ordering comes from the caller's SeqCst fence,
+        // exactly as in `signal_fenced`. Reading `true` is safe to act on: whoever set it either
+        // sends an IPI after setting it or is the target itself, which scans again after
+        // clearing it.
+        let avoid = self.ipi_avoidance.load(Ordering::Relaxed)
+            && (npoll.load(Ordering::Relaxed) || npoll.swap(true, Ordering::Relaxed));
+        if avoid {
+            self.count(me, |c| &c.avoided, 1);
+            return false;
+        }
+        // Relaxed: as above; set (by RMW, see `drain`) so later senders skip their IPI.
+        npoll.swap(true, Ordering::Relaxed);
+        true
     }
 
     /// A watchdog's re-sent IPI: the previous one may have been lost, so it goes out whatever
