@@ -161,3 +161,32 @@ fn only_the_targets_that_need_an_ipi_reach_the_platform() {
     assert_eq!(ALL_RAN.load(Ordering::Acquire), 3);
     machine.shutdown();
 }
+
+#[test]
+fn a_cpusync_gathers_every_other_core_through_one_platform_call() {
+    static SYNC_RAN: AtomicUsize = AtomicUsize::new(0);
+    fn count(_: &Q, _: usize, _: usize) {
+        SYNC_RAN.fetch_add(1, Ordering::Relaxed);
+    }
+    let machine = quiet_machine(CPUS);
+    let q = machine.ipiq().clone();
+    assert!(machine.quiesce(Duration::from_secs(5)));
+    let before = q.stats(0).unwrap();
+    let calls = machine.platform().multicast_calls(0);
+    let n = machine
+        .run_on(0, |core| {
+            core.ipiq()
+                .cpusync_simple(&CpuSet::all(CPUS).unwrap(), count, 0, 0)
+        })
+        .unwrap()
+        .unwrap();
+    assert_eq!(n, CPUS);
+    assert_eq!(SYNC_RAN.load(Ordering::Acquire), CPUS);
+    let after = q.stats(0).unwrap();
+    // The enter messages went out in one platform call, as one (modelled shorthand) write; a
+    // watchdog's re-sent IPI (a slow host) would be a unicast, counted in `ipis` only.
+    assert_eq!(machine.platform().multicast_calls(0) - calls, 1);
+    assert_eq!(after.icr_writes - before.icr_writes, 1);
+    assert!(after.ipis - before.ipis >= (CPUS - 1) as u64, "{after:?}");
+    machine.shutdown();
+}
