@@ -41,10 +41,11 @@ test: lint test-host test-flood loom check-kernel-target doc bench-smoke image-t
 	$(MAKE) --no-print-directory guest-bench-smoke
 
 ## test-host: unit tests, invariant tests I1-I7, bad input, stalls (watchdogs, shootdown
-## policy, cpusync holds), defects found by review, doctests (host platform), and the
+## policy, cpusync holds), defects found by review, multicast wake-ups (one platform call,
+## exact IPI and ICR-write counts), doctests (host platform), and the
 ## invariants under arbitrary preemption (tests/preempt.rs: IPIs and ticks as POSIX signals)
 test-host:
-	$(CARGO) test --release --features std --lib --test invariants --test bad_input --test stalls --test defects
+	$(CARGO) test --release --features std --lib --test invariants --test bad_input --test stalls --test defects --test multicast
 	$(CARGO) test --release --features std --test preempt -- --test-threads 1
 	$(CARGO) test --release --features std --doc
 	$(CARGO) test --release -p ipiq-abi

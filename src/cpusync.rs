@@ -370,11 +370,14 @@ impl<P: Platform> Ipiq<P> {
         };
         let mut first_error = None;
         for target in set.iter().filter(|&t| t != master && self.is_online(t)) {
-            if let Err(e) = sync.send_enter(target, patience) {
+            if let Err(e) = sync.queue_enter(target, patience) {
                 first_error = Some(e);
                 break;
             }
         }
+        // One fence and one platform call for every target queued (as `send_many`): the enter
+        // messages reach them in as few IPI writes as the platform allows.
+        self.signal_all(master, &sync.members);
         overlap();
         if let Some(e) = first_error {
             return Err(e);
@@ -465,6 +468,29 @@ impl<P: Platform> CpuSync<'_, P> {
             }
             Err(e) => {
                 // SAFETY: the send failed, so no message owns this reference: take it back.
+                drop(unsafe { Arc::from_raw(raw as *const SyncState<P>) });
+                Err(e)
+            }
+        }
+    }
+
+    /// Queues the enter message for `target` without waking it (the caller wakes every
+    /// target at once with `Ipiq::signal_all`); `target` is online and not the master.
+    ///
+    /// Context: interrupts disabled by the caller (the master's, for the whole rendezvous).
+    fn queue_enter(&mut self, target: CpuId, patience: Patience) -> Result<(), Error> {
+        let raw = Arc::into_raw(self.state.clone()) as usize;
+        let message = Message::new(enter::<P>, raw, 0);
+        match self
+            .ipiq
+            .queue_unsignalled(self.master, target, message, patience)
+        {
+            Ok(()) => {
+                let _ = self.members.insert(target); // never fails: `target` came from a set
+                Ok(())
+            }
+            Err(e) => {
+                // SAFETY: the queueing failed, so no message owns this reference: take it back.
                 drop(unsafe { Arc::from_raw(raw as *const SyncState<P>) });
                 Err(e)
             }

@@ -31,6 +31,11 @@
 //!   interrupts landed (in task code, at safe points, deferred, taken at `irq_restore`), and at
 //!   how many distinct instruction addresses task code was interrupted.
 //!
+//! Multicasts ([`Platform::send_ipi_many`]): each target is delivered as by
+//! [`Platform::send_ipi`]; the reported write count models the x86 platform's all-excluding-self
+//! shorthand (a set of every core but the caller is one write) and otherwise one write per
+//! target (no cluster destinations). [`HostPlatform::multicast_calls`] counts the calls.
+//!
 //! Fault injection: [`HostConfig::drop_ipi_per_mille`] of the IPIs vanish and
 //! [`HostConfig::delay_ipi_per_mille`] arrive only after [`HostConfig::ipi_delay`]. Lost IPIs are
 //! recovered by the tick and the watchdogs, as on hardware that misbehaves.
@@ -183,6 +188,8 @@ struct CoreState {
     full_flushes: AtomicU64,
     /// IPIs that reached this core.
     ipis_delivered: AtomicU64,
+    /// `send_ipi_many` calls this core made (one per multicast that needed an IPI).
+    multicast_calls: AtomicU64,
     /// Times this core's interrupts went from disabled to enabled (`irq_restore`).
     irq_enables: AtomicU64,
 }
@@ -531,6 +538,14 @@ impl HostPlatform {
             .map_or(0, |c| c.ipis_delivered.load(Ordering::Relaxed))
     }
 
+    /// How many [`Platform::send_ipi_many`] calls core `cpu` made (0 for a core past the count).
+    pub fn multicast_calls(&self, cpu: CpuId) -> u64 {
+        // Relaxed: a statistic.
+        self.cores
+            .get(cpu)
+            .map_or(0, |c| c.multicast_calls.load(Ordering::Relaxed))
+    }
+
     /// How many times core `cpu`'s interrupts were re-enabled (an `irq_restore` that turned
     /// them from off to on): a test can check that an operation kept them off throughout.
     pub fn irq_enables(&self, cpu: CpuId) -> u64 {
@@ -591,6 +606,34 @@ unsafe impl Platform for HostPlatform {
             }
         }
         self.deliver(target);
+    }
+
+    /// Models the x86 platform's write count for the all-excluding-self shorthand only: a set
+    /// of every core but the caller is one write, any other set one write per target (no
+    /// cluster destinations). Each target is delivered as by [`Platform::send_ipi`], fault
+    /// injection rolled per target. Counts the call for [`HostPlatform::multicast_calls`].
+    ///
+    /// Context: as [`Platform::send_ipi`].
+    fn send_ipi_many(&self, targets: &crate::CpuSet) -> usize {
+        let caller = CURRENT.with(Cell::get);
+        if let Some(core) = caller.and_then(|cpu| self.cores.get(cpu)) {
+            // Relaxed: a statistic.
+            core.multicast_calls.fetch_add(1, Ordering::Relaxed);
+        }
+        for target in targets.iter() {
+            self.send_ipi(target);
+        }
+        let every_other_core = caller.is_some_and(|me| {
+            me < self.cores.len()
+                && !targets.contains(me)
+                && targets.len() + 1 == self.cores.len()
+                && targets.max().is_some_and(|max| max < self.cores.len())
+        });
+        if every_other_core {
+            1
+        } else {
+            targets.len()
+        }
     }
 
     /// Context: any, the core's own interrupt handler included; never blocks. Clears the calling

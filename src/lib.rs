@@ -8,8 +8,9 @@
 //! (core sets of up to 1024 cores, recoverable watchdogs, exact `wait` under nesting).
 //!
 //! ## Architecture
-//! - [`Platform`] is the only door to the hardware: current core, core count, IPI, interrupt
-//!   save/restore, relax, time, TLB flushes. It is an `unsafe trait`: the protocol's memory
+//! - [`Platform`] is the only door to the hardware: current core, core count, IPI (to one core,
+//!   or to a set in as few hardware writes as the platform can), interrupt save/restore, relax,
+//!   time, TLB flushes. It is an `unsafe trait`: the protocol's memory
 //!   safety rests on its contract (one execution context per core id, `current_cpu` stable and
 //!   no re-entry while interrupts are disabled), and every public operation disables interrupts
 //!   itself, so safe code cannot break that contract from the caller's side. The protocol is

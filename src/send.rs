@@ -19,6 +19,7 @@ use crate::message::{IpiFn, Message};
 use crate::platform::{CpuId, Platform};
 use crate::status::Waiting;
 use crate::sync::{fence, Ordering};
+use crate::wakeup::Ipi;
 use crate::watchdog::Patience;
 use crate::CpuSet;
 use crate::Error;
@@ -323,7 +324,7 @@ impl<P: Platform> Ipiq<P> {
             // it has taken the FIFO below a quarter (the seed's fifo-full path). Draining here
             // is what lets two cores flooding each other both progress.
             fence(Ordering::SeqCst);
-            self.signal_fenced(me, target, false);
+            self.signal_fenced(me, target, Ipi::UnlessSignalled);
             let mut watchdog =
                 self.watchdog(me, Waiting::FifoRoom, Some(target), patience, fifo.xindex());
             while fifo.used() * 4 >= capacity {

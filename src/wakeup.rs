@@ -33,6 +33,15 @@ use crate::platform::{CpuId, Platform};
 use crate::sync::{fence, AtomicBool, CachePadded, Ordering};
 use crate::CpuSet;
 
+/// Whether a wake-up may be avoided.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Ipi {
+    /// Skip the IPI when `npoll` says the target is already signalled or draining.
+    UnlessSignalled,
+    /// Send it whatever `npoll` says (a watchdog's re-send: the last one may have been lost).
+    Always,
+}
+
 /// A wake-up flag (`npoll` or `halted`) on a cache line pair of its own. Reads are Relaxed loads;
 /// writes are Relaxed swaps only (see the module docs): the ordering the handshakes need comes
 /// from the SeqCst fences each side runs between its publishing store and its look at the other
@@ -73,7 +82,7 @@ impl<P: Platform> Ipiq<P> {
         // SeqCst fence: the store-load barrier between our `windex` store and our `npoll` load
         // (see the module docs; the target runs the mirror image).
         fence(Ordering::SeqCst);
-        self.signal_fenced(me, target, false);
+        self.signal_fenced(me, target, Ipi::UnlessSignalled);
     }
 
     /// Wakes `target` after a lazy or passive message was published, only if it is halted:
@@ -93,42 +102,73 @@ impl<P: Platform> Ipiq<P> {
         // sender the one that wakes this halt (the seed's and Hermit's "take the halt state").
         let wake = halted.is_set() && halted.clear();
         if wake {
-            self.signal_fenced(me, target, false);
+            self.signal_fenced(me, target, Ipi::UnlessSignalled);
         }
         wake
     }
 
-    /// [`Ipiq::signal`] after the caller's fence. `force` sends the IPI whatever `npoll` says
-    /// (watchdogs: the previous IPI may have been lost).
-    pub(crate) fn signal_fenced(&self, me: CpuId, target: CpuId, force: bool) {
-        let npoll = &self.cpus[target].npoll;
-        // Relaxed load, then swap only if clear: ordering comes from the caller's SeqCst fence.
-        // Reading `true` is safe to act on: whoever set it either sends an IPI after setting it or
-        // is the target itself, which scans again after clearing it.
-        let avoid =
-            self.ipi_avoidance.load(Ordering::Relaxed) && !force && (npoll.is_set() || npoll.set());
-        if avoid {
-            self.count(me, |c| &c.avoided, 1);
-        } else {
-            // Relaxed: as above; set (by RMW, see `drain`) so later senders skip their IPI.
-            npoll.set();
+    /// [`Ipiq::signal`] after the caller's fence: an IPI unless `when` allows avoiding it and
+    /// `npoll` says the target is already signalled or draining.
+    pub(crate) fn signal_fenced(&self, me: CpuId, target: CpuId, when: Ipi) {
+        if self.claim_ipi(me, target, when) {
             self.count(me, |c| &c.ipis, 1);
             self.platform.send_ipi(target);
         }
     }
 
-    /// Wakes every core of `targets` after messages were published to them: one store-load
-    /// barrier for all (see `signal`), then an IPI to each that is not already signalled or
-    /// draining. Interrupts are disabled by the caller.
+    /// The sender's side of the `npoll` handshake for one target, after the caller's SeqCst
+    /// fence, without sending: `true` if `target` needs an IPI (its `npoll` was clear, avoidance
+    /// is off, or `when` is [`Ipi::Always`]), in which case `npoll` is now set and the caller
+    /// sends it; `false` (counted as avoided) if it is already signalled or draining.
+    ///
+    /// Context: interrupts disabled, after the caller's SeqCst fence.
+    fn claim_ipi(&self, me: CpuId, target: CpuId, when: Ipi) -> bool {
+        let npoll = &self.cpus[target].npoll;
+        // Relaxed load, then swap only if clear: ordering comes from the caller's SeqCst fence.
+        // Reading `true` is safe to act on: whoever set it either sends an IPI after setting it or
+        // is the target itself, which scans again after clearing it.
+        let avoid = self.ipi_avoidance.load(Ordering::Relaxed)
+            && when == Ipi::UnlessSignalled
+            && (npoll.is_set() || npoll.set());
+        if avoid {
+            self.count(me, |c| &c.avoided, 1);
+            return false;
+        }
+        // Relaxed RMW: as above; set so later senders skip their IPI. Every `npoll` claimed is
+        // set before the IPI goes out: a target that wakes early finds the flag set and clears
+        // it only after its last scan.
+        npoll.set();
+        true
+    }
+
+    /// Wakes every core of `targets` after messages were published to them: one store-load barrier for all (see `signal`), then the `npoll` handshake for each
+    /// target, and one [`Platform::send_ipi_many`] for the targets that need an IPI, so the
+    /// platform can reach them in as few hardware writes as it can (on x86_64, one ICR write for
+    /// every other core, one per x2APIC cluster otherwise). `ipis` counts those targets,
+    /// `icr_writes` the writes the platform reports.
+    ///
+    /// Context: interrupts disabled by the caller (`send_many`, cpusync, shootdowns); thread or
+    /// interrupt context, including from inside a message function; never blocks.
     pub(crate) fn signal_all(&self, me: CpuId, targets: &CpuSet) {
         if targets.is_empty() {
             return;
         }
         // SeqCst fence: as in `signal`, once for all targets.
         fence(Ordering::SeqCst);
-        for target in targets.iter() {
-            self.signal_fenced(me, target, false);
+        let mut interrupt = CpuSet::new();
+        for target in targets
+            .iter()
+            .filter(|&t| self.claim_ipi(me, t, Ipi::UnlessSignalled))
+        {
+            // Never fails: `target` came from a `CpuSet`.
+            let _ = interrupt.insert(target);
         }
+        if interrupt.is_empty() {
+            return;
+        }
+        self.count(me, |c| &c.ipis, interrupt.len() as u64);
+        let writes = self.platform.send_ipi_many(&interrupt);
+        self.count(me, |c| &c.icr_writes, writes as u64);
     }
 
     /// A watchdog's re-sent IPI: the previous one may have been lost, so it goes out whatever
@@ -136,6 +176,6 @@ impl<P: Platform> Ipiq<P> {
     pub(crate) fn resignal(&self, me: CpuId, target: CpuId) {
         // SeqCst fence: as in `signal`, between what we published and the IPI.
         fence(Ordering::SeqCst);
-        self.signal_fenced(me, target, true);
+        self.signal_fenced(me, target, Ipi::Always);
     }
 }

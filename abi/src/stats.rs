@@ -52,6 +52,13 @@ macro_rules! for_each_counter {
             shootdown_deferred,
             /// Full flushes this core did on waking because a shootdown deferred one while it halted.
             deferred_flushes,
+            /// Hardware writes (ICR writes on x86) this core's multicast wake-ups took, as the
+            /// kernel's platform reported them (`ipiq::Platform::send_ipi_many`): `send_many`,
+            /// cpusync enter messages and TLB shootdowns. `ipis` counts the targets those
+            /// writes interrupted; a unicast wake-up is one write per IPI and is counted in
+            /// `ipis` only. Appended last, so [`Stats::NAMES`] and the kernel's
+            /// `sys_ipiq_stats` words keep their order.
+            icr_writes,
 
         }
     };

@@ -200,19 +200,159 @@ fn test_errors(cpus: usize) -> Result<String, String> {
 fn test_send_many(me: usize, cpus: usize) -> Result<String, String> {
     let before: Vec<u64> = (0..cpus).map(ran).collect();
     let all = CpuSet::all(cpus).map_err(|e| e.to_string())?;
-    // The function checks where it ran against its argument, so send each core its own index
-    // through one multicast per core of a single-core set, plus one multicast to all (arg = MAX
-    // skips the check by mapping to no core).
+    let stats_before = my_stats(me)?;
+    // Every core, the caller included: each runs the function once.
     let n = hermit::send_many(&all, count_on_any, 0).map_err(|e| e.to_string())?;
     ensure(n == cpus, || format!("send_many reached {n} of {cpus}"))?;
-    for t in others(me, cpus) {
-        let seq = hermit::seq(t).map_err(|e| e.to_string())?;
-        hermit::wait(t, seq).map_err(|e| e.to_string())?;
-    }
+    wait_all(me, &others(me, cpus))?;
     for (core, &b) in before.iter().enumerate() {
         ensure(ran(core) == b + 1, || format!("core {core} ran {} times", ran(core) - b))?;
     }
-    Ok(format!("{n} cores"))
+    let first = check_icr_writes(me, cpus, &others(me, cpus), stats_before, my_stats(me)?)?;
+    if cpus == 1 {
+        return Ok(format!("{n} cores"));
+    }
+    // ICR writes per multicast, by shape: every other core (the all-excluding-self shorthand:
+    // exactly one write whenever every target needed an IPI), one other core, and on 4+ cores
+    // every other core but the last, and the odd cores (one logical write per x2APIC cluster;
+    // one write per target on xAPIC).
+    let mut shapes = vec![("every other core", others(me, cpus))];
+    shapes.push(("one other core", others(me, cpus)[..1].to_vec()));
+    if cpus >= 4 {
+        let mut most = others(me, cpus);
+        most.pop();
+        shapes.push(("all but one other core", most));
+        shapes.push(("the odd cores", others(me, cpus).into_iter().filter(|c| c % 2 == 1).collect()));
+    }
+    let mut lines = vec![format!("{n} cores; {}", first.describe())];
+    for (name, targets) in shapes {
+        lines.push(format!("{name}: {}", measure_multicasts(me, cpus, &targets)?));
+    }
+    Ok(lines.join("; "))
+}
+
+/// Whether the kernel drives the local APIC in x2APIC mode: it does whenever the CPU has one
+/// (CPUID.1:ECX bit 21), as its `supports_x2apic` decides.
+fn x2apic_mode() -> bool {
+    // SAFETY: CPUID exists on every x86_64 CPU.
+    #[allow(unused_unsafe)]
+    let leaf1 = unsafe { std::arch::x86_64::__cpuid(1) };
+    leaf1.ecx & (1 << 21) != 0
+}
+
+fn my_stats(me: usize) -> Result<ipiq_abi::Stats, String> {
+    hermit::stats(me).map_err(|e| format!("stats of core {me}: {e}"))
+}
+
+/// Waits until every core of `targets` ran everything this core sent it.
+fn wait_all(me: usize, targets: &[usize]) -> Result<(), String> {
+    for &t in targets.iter().filter(|&&t| t != me) {
+        let seq = hermit::seq(t).map_err(|e| e.to_string())?;
+        hermit::wait(t, seq).map_err(|e| format!("wait on {t}: {e}"))?;
+    }
+    Ok(())
+}
+
+/// x2APIC clusters (APIC id >> 4; the APIC id is the core index here, `core_id` checks it)
+/// among `targets`.
+fn clusters(targets: &[usize]) -> u64 {
+    let mut clusters: Vec<usize> = targets.iter().map(|t| t >> 4).collect();
+    clusters.sort_unstable();
+    clusters.dedup();
+    clusters.len() as u64
+}
+
+/// What one multicast from this core to other cores cost, from this core's statistics.
+struct MulticastCost {
+    /// Targets that needed an IPI (the rest were avoided: already signalled or draining).
+    interrupted: u64,
+    targets: u64,
+    /// ICR writes the platform reported.
+    writes: u64,
+}
+
+impl MulticastCost {
+    fn describe(&self) -> String {
+        format!("{} of {} targets interrupted in {} ICR writes", self.interrupted, self.targets, self.writes)
+    }
+}
+
+/// Checks the ICR writes of one multicast from `me` to `targets` (other cores only) between two
+/// readings of `me`'s statistics: to every other core, with every one of them needing an IPI,
+/// exactly one write (the shorthand); otherwise at most one per x2APIC cluster of the targets,
+/// or (xAPIC) one per target interrupted. Nothing else on this core multicasts meanwhile, and
+/// only this multicast's sends avoid IPIs, so the deltas are this multicast's.
+fn check_icr_writes(me: usize, cpus: usize, targets: &[usize], before: ipiq_abi::Stats, after: ipiq_abi::Stats) -> Result<MulticastCost, String> {
+    let targets: Vec<usize> = targets.iter().copied().filter(|&t| t != me).collect();
+    let avoided = after.avoided - before.avoided;
+    let cost = MulticastCost {
+        interrupted: (targets.len() as u64).saturating_sub(avoided),
+        targets: targets.len() as u64,
+        writes: after.icr_writes - before.icr_writes,
+    };
+    let every_other_core = targets.len() == cpus - 1 && cost.interrupted == cost.targets;
+    let (ok, expected) = if cost.interrupted == 0 {
+        (cost.writes == 0, "none".to_string())
+    } else if every_other_core {
+        (cost.writes == 1, "exactly 1 (all-excluding-self shorthand)".to_string())
+    } else if x2apic_mode() {
+        let bound = clusters(&targets).min(cost.interrupted);
+        (cost.writes >= 1 && cost.writes <= bound, format!("1..={bound} (one per cluster)"))
+    } else {
+        (cost.writes == cost.interrupted, format!("{} (one per target)", cost.interrupted))
+    };
+    ensure(ok, || format!("multicast to {targets:?}: {}; expected {expected}", cost.describe()))?;
+    Ok(cost)
+}
+
+/// Sends multicasts to `targets` until three of them found every target needing an IPI (idle
+/// targets halt after a short poll, so each round first sleeps) and every target has, in one of
+/// those, run the message without its tick draining anything and with no IPI re-sent: reached
+/// by the multicast's own ICR write (the shorthand, a cluster write or a physical one), which
+/// is what shows QEMU delivers them. (A target's 10 ms tick may still drain a message before a
+/// slow emulated IPI lands, so no single round has to show every target.) Checks each one's ICR
+/// writes and that every target ran it once; returns a summary.
+fn measure_multicasts(me: usize, cpus: usize, targets: &[usize]) -> Result<String, String> {
+    const WANTED: usize = 3;
+    const ROUNDS: usize = 40;
+    let set = CpuSet::from_cpus(targets.iter().copied()).map_err(|e| e.to_string())?;
+    let (mut full, mut rounds) = (0, 0);
+    let mut by_write = vec![false; targets.len()];
+    let mut writes_full = Vec::new();
+    let tick_drained = |t: usize| hermit::stats(t).map_or(0, |s| s.tick_drained);
+    while (full < WANTED || by_write.contains(&false)) && rounds < ROUNDS {
+        rounds += 1;
+        std::thread::sleep(Duration::from_millis(5));
+        let ran_before: Vec<u64> = targets.iter().map(|&t| ran(t)).collect();
+        let ticks_before: Vec<u64> = targets.iter().map(|&t| tick_drained(t)).collect();
+        let before = my_stats(me)?;
+        let n = hermit::send_many(&set, count_on_any, 0).map_err(|e| e.to_string())?;
+        ensure(n == targets.len(), || format!("send_many reached {n} of {}", targets.len()))?;
+        wait_all(me, targets)?;
+        let after = my_stats(me)?;
+        for (i, &t) in targets.iter().enumerate() {
+            ensure(ran(t) == ran_before[i] + 1, || format!("core {t} ran {} times", ran(t) - ran_before[i]))?;
+        }
+        let cost = check_icr_writes(me, cpus, targets, before, after)?;
+        if cost.interrupted == cost.targets {
+            full += 1;
+            writes_full.push(cost.writes);
+            if after.ipi_resent == before.ipi_resent {
+                for (i, &t) in targets.iter().enumerate() {
+                    by_write[i] |= tick_drained(t) == ticks_before[i];
+                }
+            }
+        }
+    }
+    ensure(full > 0, || format!("no multicast in {rounds} found all {} targets needing an IPI", targets.len()))?;
+    let missed: Vec<usize> = targets.iter().zip(&by_write).filter(|(_, &w)| !w).map(|(&t, _)| t).collect();
+    ensure(missed.is_empty(), || {
+        format!("cores {missed:?} never ran a multicast without their tick or a re-sent IPI in {full} rounds (ICR writes {writes_full:?})")
+    })?;
+    Ok(format!(
+        "{} targets, ICR writes {writes_full:?} in the {full} of {rounds} multicasts that interrupted all, each target reached by the write alone",
+        targets.len()
+    ))
 }
 
 extern "C" fn count_on_any(_: usize) {
@@ -239,19 +379,23 @@ extern "C" fn count_in_cpusync(_: usize) {
     count_on(apic_id());
 }
 
-fn test_cpusync(cpus: usize) -> Result<String, String> {
+fn test_cpusync(me: usize, cpus: usize) -> Result<String, String> {
     let before: Vec<u64> = (0..cpus).map(ran).collect();
     let irq_on = CPUSYNC_IRQ_ON.load(Ordering::Relaxed);
     let all = CpuSet::all(cpus).map_err(|e| e.to_string())?;
+    std::thread::sleep(Duration::from_millis(5));
+    let stats_before = my_stats(me)?;
     let n = hermit::cpusync(&all, count_in_cpusync, 0).map_err(|e| e.to_string())?;
     ensure(n == cpus, || format!("cpusync gathered {n} of {cpus}"))?;
+    // The enter messages: one multicast to every other core.
+    let cost = check_icr_writes(me, cpus, &others(me, cpus), stats_before, my_stats(me)?)?;
     for (core, &b) in before.iter().enumerate() {
         ensure(ran(core) == b + 1, || format!("core {core} had not run the function when cpusync returned"))?;
     }
     let on = CPUSYNC_IRQ_ON.load(Ordering::Relaxed) - irq_on;
     ensure(on == 0, || format!("{on} cores ran the cpusync function with interrupts enabled"))?;
     ensure(interrupts_enabled(), || "interrupts stayed off after cpusync returned".into())?;
-    Ok(format!("{n} cores in lockstep, interrupts off in all"))
+    Ok(format!("{n} cores in lockstep, interrupts off in all; enter messages: {}", cost.describe()))
 }
 
 /// try_send to a core that cannot drain (interrupts off) fills its FIFO until WouldBlock; every
@@ -573,8 +717,8 @@ fn print_stats(cpus: usize) {
     }
     if let Ok(s) = hermit::total_stats() {
         println!(
-            "  total: messages {} (+{} local), IPIs sent {}, avoided {}, passive {}, drained by tick {}, cpusyncs {}, shootdowns {}, pages {}, full flushes {}, IPIs re-sent {}, timeouts {}",
-            s.sent, s.local, s.ipis, s.avoided, s.passive, s.tick_drained, s.cpusync, s.shootdowns, s.shootdown_pages, s.full_flushes, s.ipi_resent, s.timeouts
+            "  total: messages {} (+{} local), IPIs sent {}, avoided {}, passive {}, drained by tick {}, cpusyncs {}, shootdowns {}, pages {}, full flushes {}, IPIs re-sent {}, timeouts {}, multicast ICR writes {}",
+            s.sent, s.local, s.ipis, s.avoided, s.passive, s.tick_drained, s.cpusync, s.shootdowns, s.shootdown_pages, s.full_flushes, s.ipi_resent, s.timeouts, s.icr_writes
         );
     }
 }
@@ -610,7 +754,7 @@ fn main() {
     report.check("send_passive", test_passive_wait(me, cpus));
     report.check("errors", test_errors(cpus));
     report.check("send_many", test_send_many(me, cpus));
-    report.check("cpusync", test_cpusync(cpus));
+    report.check("cpusync", test_cpusync(me, cpus));
     report.check("try_send", test_try_send(me, cpus));
     report.check("passive_tick", test_passive_tick(me, cpus));
     report.check("idle_tick", test_idle_tick(me, cpus));
