@@ -1,5 +1,5 @@
 //! Application side of ipiq on Hermit: safe wrappers over the `sys_ipiq_*` syscalls that the
-//! ipiq kernel patch exports (`hermit-app/kernel/patches/`).
+//! ipiq kernel series exports (`hermit-app/kernel/patches/`).
 //!
 //! A message is an [`AppFn`] (`extern "C" fn(usize)`) and one word: the kernel queues its own
 //! trampoline with the function pointer in the first argument word and `arg` in the second, and
@@ -8,8 +8,8 @@
 //! hold, or print. Communicate through atomics.
 //!
 //! **Floating point.** The function may use everything the application target may (`f64` in
-//! SSE registers, x87, and AVX where the CPU has it): the kernel's trampoline (patch 0008)
-//! saves the interrupted context's x87/SSE/AVX state before it and restores it exactly after
+//! SSE registers, x87, and AVX where the CPU has it): the kernel's trampoline (the series' FPU
+//! patch) saves the interrupted context's x87/SSE/AVX state before it and restores it exactly after
 //! it, and starts it in the ABI's state (empty x87 stack, x87 control word 0x37F, MXCSR 0x1F80),
 //! whatever the interrupted thread had set. Whatever state the function leaves behind (another
 //! rounding mode, values on the x87 stack, dirty registers) is discarded. The kernel is
@@ -18,7 +18,7 @@
 //! the mechanism and why it was chosen).
 //!
 //! **Nesting.** The function may call these wrappers (a send to its own core runs at once,
-//! nested inside it; `wait` serves the queues). With patch 0008 a syscall made with interrupts
+//! nested inside it; `wait` serves the queues). With the FPU patch a syscall made with interrupts
 //! off stays on the stack it was made on, with interrupts off; Hermit 0.11 by itself moves every
 //! syscall to the top of the task's kernel stack and enables interrupts, which overwrites a
 //! syscall in progress there and lets the next interrupt reuse the interrupt stack, so a
