@@ -106,16 +106,24 @@ extern crate alloc;
 pub mod arch;
 mod cpuset;
 mod cpusync;
+mod drain;
 mod error;
 mod fifo;
+mod hold;
+mod hooks;
 mod irq;
 mod matrix;
 mod message;
+mod percpu;
 mod platform;
+mod send;
+mod spill;
 mod stats;
 mod status;
 mod sync;
 mod tlb;
+mod wait;
+mod wakeup;
 mod watchdog;
 
 #[cfg(target_os = "hermit")]

@@ -17,7 +17,7 @@ pub struct IrqState(pub bool);
 ///
 /// # Safety
 /// ipiq's memory safety rests on this contract: each FIFO has one producer and one consumer
-/// with no lock between them, and each core's private state (spill and requeue lists, nesting
+/// with no lock between them, and each core's private state (spill and hold lists, nesting
 /// depths) is used through `&mut` without a lock, both on the strength of "only this core, with
 /// interrupts disabled". An implementation that breaks a point below can cause data races, which
 /// are undefined behaviour, not merely lost or late messages.

@@ -49,9 +49,10 @@
 
 use crate::cpusync::CoreBits;
 use crate::cpusync::SyncWork;
+use crate::drain::Hold;
 use crate::error::Error;
 use crate::irq::IrqOff;
-use crate::matrix::{Hold, Ipiq};
+use crate::matrix::Ipiq;
 use crate::message::Message;
 use crate::platform::CpuId;
 use crate::platform::Platform;
@@ -216,7 +217,7 @@ impl<P: Platform> Ipiq<P> {
             for target in others.iter().filter(online) {
                 let core = self.per_cpu(target).ok_or(Error::NoSuchCpu(target))?;
                 // Relaxed: a hint; the decision is taken after the fence below.
-                if core.halted.load(Ordering::Relaxed) {
+                if core.halted.is_set() {
                     // Relaxed RMW: ordered by the fence that follows.
                     core.tlb.deferred.fetch_add(1, Ordering::Relaxed);
                     // Cannot fail: `target` came out of a set of the same capacity.
@@ -234,9 +235,7 @@ impl<P: Platform> Ipiq<P> {
         for target in others.iter().filter(online) {
             // Relaxed: ordered by the fence above (see there).
             if deferrable.contains(target)
-                && self
-                    .per_cpu(target)
-                    .is_some_and(|c| c.halted.load(Ordering::Relaxed))
+                && self.per_cpu(target).is_some_and(|c| c.halted.is_set())
             {
                 deferred += 1;
                 continue;
