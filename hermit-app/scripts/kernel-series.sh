@@ -102,8 +102,16 @@ case "$cmd" in
         ;;
     repo)
         [ $# -ge 3 ] || die "usage: kernel-series.sh repo PRISTINE DEST DIR..."
+        have_identity=$(git config user.email || true)
         am_into "$@"
-        echo "    repository: $2 (tags: pristine $(for d in "${@:3}"; do printf '%s ' "$(basename "$d")"; done))"
+        # Commits made there need an identity: the machine's if it has one, else a placeholder.
+        if [ -z "$have_identity" ]; then
+            git -C "$2" config user.name "kernel series"
+            git -C "$2" config user.email "kernel-series@invalid"
+        fi
+        tags="pristine"
+        for d in "${@:3}"; do tags="$tags $(basename "$d")"; done
+        echo "    repository: $2 (tags: $tags)"
         ;;
     export)
         [ $# -eq 4 ] || die "usage: kernel-series.sh export REPO FROM TO DIR"
