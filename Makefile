@@ -48,6 +48,7 @@ test-host:
 	$(CARGO) test --release --features std --lib --test invariants --test bad_input --test stalls --test defects
 	$(CARGO) test --release --features std --test preempt -- --test-threads 1
 	$(CARGO) test --release --features std --doc
+	$(CARGO) test --release -p ipiq-abi
 
 ## test-flood: 10^6+ messages all-to-all through 4-slot FIFOs, then with lost and late IPIs
 test-flood:
@@ -102,12 +103,12 @@ check-kernel-target: hermit-toolchain
 
 ## lint: rustfmt and clippy, warnings are errors
 lint: ci-tools
-	$(CARGO) fmt --check
-	$(CARGO) clippy --features std --all-targets -- -D warnings
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --workspace --features std --all-targets -- -D warnings
 
 ## doc: rustdoc without warnings
 doc:
-	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --features std --no-deps
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --workspace --features std --no-deps
 
 ci-tools:
 	@rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy

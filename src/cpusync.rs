@@ -30,7 +30,6 @@
 use alloc::boxed::Box;
 
 use crate::drain::Hold;
-use crate::error::Error;
 use crate::hold::Holder;
 use crate::irq::IrqOff;
 use crate::matrix::Ipiq;
@@ -41,6 +40,7 @@ use crate::status::{FlagSet, Waiting};
 use crate::sync::{Arc, AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use crate::watchdog::Patience;
 use crate::CpuSet;
+use crate::Error;
 
 /// What the targets of a cpusync run, and when.
 pub struct SyncWork<P: Platform> {

@@ -104,10 +104,8 @@
 extern crate alloc;
 
 pub mod arch;
-mod cpuset;
 mod cpusync;
 mod drain;
-mod error;
 mod fifo;
 mod hold;
 mod hooks;
@@ -126,18 +124,14 @@ mod wait;
 mod wakeup;
 mod watchdog;
 
-#[cfg(target_os = "hermit")]
-pub mod hermit;
 #[cfg(all(feature = "std", not(ipiq_loom)))]
 pub mod host;
 
-pub use cpuset::CpuSet;
 pub use cpusync::{CpuSync, SyncWork};
-pub use error::Error;
-pub use matrix::{Config, Ipiq, Seq};
+pub use ipiq_abi::{CpuSet, Error, Seq, Stats};
+pub use matrix::{Config, Ipiq};
 pub use message::{IpiFn, Message};
 pub use platform::{CpuId, IrqState, Platform};
-pub use stats::Stats;
 pub use status::{CoreStatus, Waiting};
 pub use sync::CachePadded;
 pub use tlb::Shootdown;

@@ -17,20 +17,14 @@
 
 use alloc::boxed::Box;
 
-use crate::error::Error;
 use crate::fifo::Fifo;
 use crate::percpu::PerCpu;
 use crate::platform::{CpuId, Platform};
-use crate::stats::{Counters, Stats};
+use crate::stats::Counters;
 use crate::status::CoreDiag;
 use crate::sync::{AtomicBool, AtomicU64, Ordering};
-use crate::CpuSet;
-
-/// A sequence number on one sender/target FIFO, returned by a send; [`Ipiq::wait`] waits until
-/// the target has returned from every message up to it. `Seq(0)` is "nothing to wait for" (the
-/// sequence number of a message that already ran, such as one sent to the current core).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Seq(pub u64);
+use crate::Error;
+use crate::{CpuSet, Stats};
 
 /// Settings fixed when the [`Ipiq`] is built (two of them can be switched later).
 #[derive(Clone, Copy, Debug)]

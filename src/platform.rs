@@ -6,8 +6,7 @@
 //! the host implementation ([`crate::host`], feature `std`) over OS threads, and the loom tests
 //! over loom's model threads.
 
-/// A core's index: `0..Platform::cpu_count()`. The boot core is 0.
-pub type CpuId = usize;
+pub use ipiq_abi::CpuId;
 
 /// The saved interrupt state returned by [`Platform::irq_save`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -13,22 +13,24 @@
 use alloc::boxed::Box;
 
 use crate::drain::Hold;
-use crate::error::Error;
 use crate::irq::IrqOff;
-use crate::matrix::{Ipiq, Seq};
+use crate::matrix::Ipiq;
 use crate::message::{IpiFn, Message};
 use crate::platform::{CpuId, Platform};
 use crate::status::Waiting;
 use crate::sync::{fence, Ordering};
 use crate::watchdog::Patience;
 use crate::CpuSet;
+use crate::Error;
+use crate::Seq;
 
 /// How a message is queued.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Kind {
     /// `send`: IPI unless avoided; drains own queues while the FIFO is over half full.
     Active,
-    /// `send_passive`: no IPI until the FIFO is a quarter full; drained by the target's tick.
+    /// `send_passive`: no IPI to a running target until the FIFO is a quarter full (its tick
+    /// drains it); one to a halted target, whose tick may be stopped.
     Passive,
     /// `try_send`: like active, but refuses instead of draining when the FIFO is 2/3 full.
     Nowait,
@@ -55,9 +57,15 @@ impl<P: Platform> Ipiq<P> {
         self.send_kind(target, Message::new(func, arg0, arg1), Kind::Active)
     }
 
-    /// Queues a message without sending an IPI (the seed's `lwkt_send_ipiq_passive`): the target
-    /// runs it at its next tick, IPI or drain. Once the FIFO is a quarter full the send becomes
-    /// active, so a stream of passive messages cannot pile up unboundedly behind a sleeping core.
+    /// Queues a message without interrupting a running target (the seed's
+    /// `lwkt_send_ipiq_passive`): the target runs it at its next tick, IPI or drain. Once the
+    /// FIFO is a quarter full the send becomes active, so a stream of passive messages cannot
+    /// pile up unboundedly behind a sleeping core.
+    ///
+    /// A target halted in its idle loop ([`Ipiq::prepare_halt`]) gets one IPI instead, decided
+    /// by the same store-fence-load handshake as [`Ipiq::try_send_lazy`]'s: an idle core may
+    /// stop its tick, and a passive message must not wait for a tick that never comes. So the
+    /// bound is one tick period for a running target and an IPI's latency for a halted one.
     pub fn send_passive(
         &self,
         target: CpuId,
@@ -337,9 +345,15 @@ impl<P: Platform> Ipiq<P> {
         };
         self.count(me, |c| &c.sent, 1);
         if kind == Kind::Passive && (used + 1) * 4 < capacity {
-            self.count(me, |c| &c.passive, 1);
+            // No IPI to a running core (its tick or next drain takes the message); one to a
+            // halted core, whose tick may be stopped.
+            if !(signal && self.signal_if_halted(me, target)) {
+                self.count(me, |c| &c.passive, 1);
+            }
         } else if kind == Kind::Lazy && signal {
-            self.signal_if_halted(me, target);
+            if !self.signal_if_halted(me, target) {
+                self.count(me, |c| &c.lazy, 1);
+            }
         } else if signal {
             self.signal(me, target);
         }

@@ -11,10 +11,11 @@
 use alloc::collections::VecDeque;
 use alloc::vec::Vec;
 
-use crate::matrix::{Ipiq, Seq};
+use crate::matrix::Ipiq;
 use crate::message::Message;
 use crate::platform::{CpuId, Platform};
 use crate::sync::Ordering;
+use crate::Seq;
 
 impl<P: Platform> Ipiq<P> {
     /// Messages `me` holds in its spill list for `target`.

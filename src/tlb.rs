@@ -50,7 +50,6 @@
 use crate::cpusync::CoreBits;
 use crate::cpusync::SyncWork;
 use crate::drain::Hold;
-use crate::error::Error;
 use crate::irq::IrqOff;
 use crate::matrix::Ipiq;
 use crate::message::Message;
@@ -60,6 +59,7 @@ use crate::status::Waiting;
 use crate::sync::{fence, AtomicBool, AtomicU64, AtomicUsize, CachePadded, Ordering};
 use crate::watchdog::Patience;
 use crate::CpuSet;
+use crate::Error;
 
 /// `pages` value meaning "flush everything".
 const FULL: usize = usize::MAX;

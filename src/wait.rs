@@ -3,14 +3,15 @@
 //! and [`Ipiq::is_done`].
 
 use crate::drain::Hold;
-use crate::error::Error;
 use crate::fifo::Fifo;
 use crate::irq::IrqOff;
-use crate::matrix::{Ipiq, Seq};
+use crate::matrix::Ipiq;
 use crate::platform::{CpuId, Platform};
 use crate::status::Waiting;
 use crate::sync::Ordering;
 use crate::watchdog::Patience;
+use crate::Error;
+use crate::Seq;
 
 impl<P: Platform> Ipiq<P> {
     /// The sequence number of the last message the calling core queued for `target` (the seed's

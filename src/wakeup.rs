@@ -76,21 +76,26 @@ impl<P: Platform> Ipiq<P> {
         self.signal_fenced(me, target, false);
     }
 
-    /// Wakes `target` after a lazy message was published, only if it is halted: the same
-    /// store; SeqCst fence; load handshake as `npoll`'s, against the target's `prepare_halt`
-    /// (which sets `halted`, fences, then looks at its queues), so either the target sees the
-    /// message and does not halt, or we see `halted` and wake it.
-    pub(crate) fn signal_if_halted(&self, me: CpuId, target: CpuId) {
+    /// Wakes `target` after a lazy or passive message was published, only if it is halted:
+    /// the same store; SeqCst fence; load handshake as `npoll`'s, against the target's
+    /// `prepare_halt` (which sets `halted`, fences, then looks at its queues), so either the
+    /// target sees the message and does not halt, or we see `halted` and wake it. Returns
+    /// whether it sent the IPI. A halted core may have stopped its tick (the kernel's idle
+    /// loop does), so this is also what keeps a passive message from waiting for a tick that
+    /// never comes.
+    ///
+    /// Context: a send, interrupts disabled by the caller.
+    pub(crate) fn signal_if_halted(&self, me: CpuId, target: CpuId) -> bool {
         // SeqCst fence: the store-load barrier between our `windex` store and our `halted` load.
         fence(Ordering::SeqCst);
         let halted = &self.cpus[target].halted;
         // Relaxed load, then swap: ordering comes from the fence above; the swap makes one
         // sender the one that wakes this halt (the seed's and Hermit's "take the halt state").
-        if halted.is_set() && halted.clear() {
+        let wake = halted.is_set() && halted.clear();
+        if wake {
             self.signal_fenced(me, target, false);
-        } else {
-            self.count(me, |c| &c.lazy, 1);
         }
+        wake
     }
 
     /// [`Ipiq::signal`] after the caller's fence. `force` sends the IPI whatever `npoll` says

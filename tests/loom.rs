@@ -220,6 +220,41 @@ fn lazy_send_never_strands_a_message_behind_a_halt() {
     });
 }
 
+/// A passive send against a core about to halt without its tick (an idle core's tick is
+/// stopped, so nothing would drain a passive message left behind the halt): core 0 drains, then
+/// marks itself halted and looks once more (`prepare_halt`), while core 1 sends passively.
+/// Either core 0 sees the message and does not halt, or core 1 sees the mark and sends the one
+/// IPI a passive send may cost.
+#[test]
+fn passive_send_never_strands_a_message_behind_a_tickless_halt() {
+    builder(3).check(|| {
+        let q = new_ipiq(2, 8);
+        let ran = Arc::new(AtomicUsize::new(0));
+        let counter = &*ran as *const AtomicUsize as usize;
+        let sender = {
+            let q = q.clone();
+            thread::spawn(move || {
+                CPU.with(|c| c.set(1));
+                q.send_passive(0, inc, counter, 0).unwrap();
+            })
+        };
+        CPU.with(|c| c.set(0));
+        q.process();
+        let halts = q.prepare_halt();
+        sender.join().unwrap();
+        let done = ran.load(Ordering::Relaxed);
+        let pending = q.platform().pending[0].load(Ordering::Acquire);
+        assert!(
+            done == 1 || pending || !halts,
+            "passive message stranded behind a tickless halt: ran {done}, no IPI, core halted"
+        );
+        q.end_halt();
+        q.process();
+        assert_eq!(ran.load(Ordering::Relaxed), 1);
+        drop(ran);
+    });
+}
+
 /// A target that never drains receives one IPI for any number of messages (I3).
 #[test]
 fn busy_target_gets_one_ipi() {
@@ -568,7 +603,20 @@ fn kernel_idle_loop(q: &IdleQ, ran: &AtomicUsize, want: usize) {
 /// the active sender's message too. The handshake models above check them.)
 #[test]
 fn idle_loop_against_a_lazy_and_an_active_sender() {
-    builder(2).check(|| {
+    idle_loop_model(false);
+}
+
+/// The same idle loop against a passive sender (`send_passive`, core 1) and an active one: the
+/// kernel stops an idle core's tick while it halts, so a passive message left behind the halt
+/// would wait for ever. Passive sends wake only a halted core, through the lazy handshake.
+#[test]
+fn idle_loop_against_a_passive_and_an_active_sender() {
+    idle_loop_model(true);
+}
+
+/// `kernel_idle_loop` on core 0 against core 1 sending lazily (or passively) and core 2 actively.
+fn idle_loop_model(passive: bool) {
+    builder(2).check(move || {
         let q = Arc::new(Ipiq::new(
             IdleLoopPlatform {
                 pending: (0..3).map(|_| AtomicBool::new(false)).collect(),
@@ -605,7 +653,11 @@ fn idle_loop_against_a_lazy_and_an_active_sender() {
                 let platform = q.platform();
                 let start = platform.halt_window.fetch_add(0, Ordering::SeqCst);
                 platform.lazy_start.swap(start, Ordering::SeqCst);
-                q.try_send_lazy(IDLE_CPU, idle_inc, counter, 0).unwrap();
+                if passive {
+                    q.send_passive(IDLE_CPU, idle_inc, counter, 0).unwrap();
+                } else {
+                    q.try_send_lazy(IDLE_CPU, idle_inc, counter, 0).unwrap();
+                }
             })
         };
         CPU.with(|c| c.set(ACTIVE_CPU));

@@ -23,8 +23,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use ipiq::hermit;
-use ipiq::{CpuSet, Stats};
+use ipiq_abi::hermit;
+use ipiq_abi::{CpuSet, Stats};
 
 /// How much each measurement does.
 pub struct Scale {
@@ -99,7 +99,7 @@ const EINVAL: i32 = -22;
 // ----- the benchmark probes (hermit-app/kernel/probe-patches/) ------------------------------
 
 mod probe {
-    use ipiq::CpuSet;
+    use ipiq_abi::CpuSet;
 
     mod sys {
         unsafe extern "C" {

@@ -10,14 +10,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use ipiq::hermit;
-use ipiq::{CpuSet, Error};
+use ipiq_abi::hermit;
+use ipiq_abi::{CpuSet, Error};
 
-#[path = "../../pinned.rs"]
-mod pinned;
+use hermit_apps::{pinned, stale};
 mod sched_locks;
-#[path = "../../tlb-stale/src/stale.rs"]
-mod stale;
 
 use pinned::{apic_id, join};
 
@@ -149,7 +146,7 @@ fn test_send(me: usize, cpus: usize) -> Result<String, String> {
 
 fn test_seq_wait(me: usize, cpus: usize) -> Result<String, String> {
     let t = if cpus > 1 { (me + 1) % cpus } else { me };
-    let mut last = ipiq::Seq(0);
+    let mut last = ipiq_abi::Seq(0);
     for _ in 0..10 {
         last = hermit::send(t, count_on, t).map_err(|e| e.to_string())?;
     }
@@ -157,7 +154,7 @@ fn test_seq_wait(me: usize, cpus: usize) -> Result<String, String> {
     ensure(t == me || seq == last, || format!("seq {seq:?} != last send {last:?}"))?;
     hermit::wait(t, seq).map_err(|e| e.to_string())?;
     if t != me {
-        let bogus = ipiq::Seq(seq.0 + 1000);
+        let bogus = ipiq_abi::Seq(seq.0 + 1000);
         ensure(hermit::wait(t, bogus) == Err(Error::InvalidSequence), || "wait on a never-issued seq did not fail".into())?;
     }
     Ok(format!("seq {} to core {t}", seq.0))
@@ -177,7 +174,7 @@ fn test_errors(cpus: usize) -> Result<String, String> {
     ensure(hermit::send(bad, count_on, 0) == Err(Error::NoSuchCpu(bad)), || "send to unknown core".into())?;
     ensure(hermit::send_passive(bad, count_on, 0).is_err(), || "passive to unknown core".into())?;
     ensure(hermit::try_send(bad, count_on, 0).is_err(), || "try_send to unknown core".into())?;
-    ensure(hermit::seq(bad).is_err() && hermit::wait(bad, ipiq::Seq(1)).is_err(), || "seq/wait on unknown core".into())?;
+    ensure(hermit::seq(bad).is_err() && hermit::wait(bad, ipiq_abi::Seq(1)).is_err(), || "seq/wait on unknown core".into())?;
     ensure(hermit::stats(bad).is_err(), || "stats of unknown core".into())?;
     let mut set = CpuSet::all(cpus).map_err(|e| e.to_string())?;
     set.insert(bad).map_err(|e| e.to_string())?;
@@ -463,7 +460,7 @@ fn test_stress(cpus: usize) -> Result<String, String> {
 /// Readers on the other cores keep reading a page while this core swaps the frames behind it
 /// (map over a present entry, with shootdown): after each swap returns, no reader may see the
 /// old frame. Then an unmap of a page other cores touched must shoot down too. The experiment
-/// is `stale.rs`, shared with the `tlb-stale` app (which also runs it on the stock kernel).
+/// is `hermit_apps::stale`, shared with the `tlb-stale` app (which also runs it on the stock kernel).
 fn test_stale_tlb(me: usize, cpus: usize) -> Result<String, String> {
     // Every swap is two shootdowns that need every vCPU; under TCG with more vCPUs than host
     // cores each costs host scheduling slices, so fewer rounds on big guests.
@@ -494,7 +491,7 @@ fn test_stale_tlb(me: usize, cpus: usize) -> Result<String, String> {
 }
 
 fn print_stats(cpus: usize) {
-    println!("ipiq statistics ({}):", ipiq::Stats::NAMES.join(" "));
+    println!("ipiq statistics ({}):", ipiq_abi::Stats::NAMES.join(" "));
     for core in 0..cpus {
         if let Ok(s) = hermit::stats(core) {
             println!("  core {core}: {}", s.values().map(|v| v.to_string()).collect::<Vec<_>>().join(" "));

@@ -1,5 +1,5 @@
 //! tlb-stale: readers on the other cores keep reading a page while core 0 exchanges the frames
-//! behind it (`stale.rs`, the same code ipiq-tests runs). On the ipiq kernel (feature
+//! behind it (`hermit_apps::stale`, the same code ipiq-tests runs). On the ipiq kernel (feature
 //! `ipiq-stats`) the swap returns only after every core flushed: any stale read fails the
 //! run. On the stock-probe kernel (`probe-stats`) the swap uses stock's own map and its
 //! fire-and-forget `ipi_tlb_flush`; the stale reads readers see are the finding, reported, not
@@ -12,9 +12,7 @@
 #[cfg(not(any(feature = "ipiq-stats", feature = "probe-stats")))]
 compile_error!("tlb-stale needs the ipiq kernel (ipiq-stats) or the stock-probe kernel (probe-stats)");
 
-#[path = "../../pinned.rs"]
-mod pinned;
-mod stale;
+use hermit_apps::{pinned, stale};
 
 use pinned::{apic_id, join};
 
@@ -29,7 +27,7 @@ mod kernel {
     pub const NAME: &str = "ipiq";
     /// ipiq shootdowns so far (all cores).
     pub fn counter() -> Result<u64, String> {
-        ipiq::hermit::total_stats().map(|s| s.shootdowns).map_err(|e| e.to_string())
+        ipiq_abi::hermit::total_stats().map(|s| s.shootdowns).map_err(|e| e.to_string())
     }
     pub const COUNTER: &str = "shootdowns";
 }

@@ -1,6 +1,5 @@
-//! Threads pinned to a core, shared by the Hermit apps (each includes this file with
-//! `#[path = "../../pinned.rs"] mod pinned;`). Hermit's std has no affinity call: the kernel's
-//! `sys_spawn2` takes a core selector, and a thread it starts stays on that core.
+//! Threads pinned to a core. Hermit's std has no affinity call: the kernel's `sys_spawn2` takes a
+//! core selector, and a thread it starts stays on that core.
 
 /// Stack of each pinned thread.
 const THREAD_STACK_SIZE: usize = 0x4_0000;

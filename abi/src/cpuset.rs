@@ -12,8 +12,7 @@
 
 use core::fmt;
 
-use crate::error::Error;
-use crate::platform::CpuId;
+use crate::{CpuId, Error};
 
 const BITS: usize = u64::BITS as usize;
 /// Words of the bit map.
@@ -22,7 +21,7 @@ const WORDS: usize = 16;
 /// A set of core indices below [`CpuSet::CAPACITY`], stored inline as a bit map.
 ///
 /// ```
-/// use ipiq::{CpuSet, Error};
+/// use ipiq_abi::{CpuSet, Error};
 /// let mut set = CpuSet::new();
 /// assert_eq!(set.insert(1), Ok(true));
 /// assert_eq!(set.insert(130), Ok(true));
@@ -40,8 +39,8 @@ pub struct CpuSet {
 }
 
 impl CpuSet {
-    /// How many cores a set can name: ids `0..CAPACITY`. [`crate::Ipiq::new`] serves at most
-    /// this many cores.
+    /// How many cores a set can name: ids `0..CAPACITY`. The kernel's queues (`ipiq::Ipiq::new`) serve
+    /// at most this many cores.
     pub const CAPACITY: usize = WORDS * BITS;
 
     /// The empty set.
@@ -127,6 +126,23 @@ impl CpuSet {
         self.words.iter().all(|&w| w == 0)
     }
 
+    /// The set as bit-map words (bit `i % 64` of word `i / 64` is core `i`), up to the last word
+    /// that names a core: the form the `sys_ipiq_*` syscalls take. Empty for the empty set.
+    ///
+    /// ```
+    /// use ipiq_abi::CpuSet;
+    /// assert_eq!(CpuSet::from_cpus([1, 65]).unwrap().words(), [2, 2]);
+    /// assert!(CpuSet::new().words().is_empty());
+    /// ```
+    pub fn words(&self) -> &[u64] {
+        let used = self
+            .words
+            .iter()
+            .rposition(|&w| w != 0)
+            .map_or(0, |i| i + 1);
+        &self.words[..used]
+    }
+
     /// The highest core in the set.
     pub fn max(&self) -> Option<CpuId> {
         self.words
@@ -162,8 +178,8 @@ impl fmt::Debug for CpuSet {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use alloc::collections::BTreeSet;
-    use alloc::vec::Vec;
+    use std::collections::BTreeSet;
+    use std::vec::Vec;
 
     #[test]
     fn insert_remove_across_words() {

@@ -1,5 +1,5 @@
 //! The stale-TLB experiment, shared by `tlb-stale` (ipiq and stock-probe kernels) and
-//! `ipiq-tests` (ipiq kernel; included with `#[path]`), so both run the same logic.
+//! `ipiq-tests` (ipiq kernel), so both run the same logic.
 //!
 //! Two pages `a` and `b` hold 0xA and 0xB. Readers on every other core spin reading `a`. The
 //! writer (the caller's core) exchanges the frames behind `a` and `b` with

@@ -1,5 +1,6 @@
 //! Application side of ipiq on Hermit: safe wrappers over the `sys_ipiq_*` syscalls that the
-//! ipiq kernel series exports (`hermit-app/kernel/patches/`).
+//! patched kernel exports (the kernel side is `hermit-app/kernel/patches/`; this module and
+//! [`crate::errno`] are the whole contract).
 //!
 //! A message is an [`AppFn`] (`extern "C" fn(usize)`) and one word: the kernel queues its own
 //! trampoline with the function pointer in the first argument word and `arg` in the second, and
@@ -14,8 +15,8 @@
 //! whatever the interrupted thread had set. Whatever state the function leaves behind (another
 //! rounding mode, values on the x87 stack, dirty registers) is discarded. The kernel is
 //! soft-float and saves none of this in its interrupt path, so without the trampoline's save an
-//! `f64` message function corrupts the thread it interrupts (see `arch::x86_64::xstate` for
-//! the mechanism and why it was chosen).
+//! `f64` message function corrupts the thread it interrupts (see the `ipiq` crate's
+//! `arch::x86_64::xstate` for the mechanism and why it was chosen).
 //!
 //! **Nesting.** The function may call these wrappers (a send to its own core runs at once,
 //! nested inside it; `wait` serves the queues). With the FPU patch a syscall made with interrupts
@@ -33,13 +34,11 @@
 //! extern "C" fn hit(n: usize) {
 //!     HITS.fetch_add(n, Ordering::Relaxed);
 //! }
-//! let seq = ipiq::hermit::send(1, hit, 5)?;
-//! ipiq::hermit::wait(1, seq)?;
+//! let seq = ipiq_abi::hermit::send(1, hit, 5)?;
+//! ipiq_abi::hermit::wait(1, seq)?;
 //! assert_eq!(HITS.load(Ordering::Relaxed), 5);
-//! # Ok::<(), ipiq::Error>(())
+//! # Ok::<(), ipiq_abi::Error>(())
 //! ```
-
-use alloc::vec::Vec;
 
 use crate::{CpuId, CpuSet, Error, Seq, Stats};
 
@@ -74,35 +73,8 @@ pub mod sys {
     }
 }
 
-/// Maps a negative errno back to an [`Error`]; `einval` is what EINVAL means for this call.
-fn from_errno(code: i32, einval: Error) -> Error {
-    match code {
-        -11 => Error::WouldBlock,
-        -110 => Error::TimedOut,
-        -19 => match einval {
-            Error::NoSuchCpu(cpu) => Error::CpuOffline(cpu),
-            other => other,
-        },
-        -17 => Error::AlreadyInSync(0),
-        _ => einval,
-    }
-}
-
 fn check(code: i32, einval: Error) -> Result<usize, Error> {
-    usize::try_from(code).map_err(|_| from_errno(code, einval))
-}
-
-/// Bit-map words of a set, as the syscalls take them.
-fn words(set: &CpuSet) -> Vec<u64> {
-    let mut words = Vec::new();
-    for cpu in set.iter() {
-        let (word, bit) = (cpu / 64, cpu % 64);
-        if word >= words.len() {
-            words.resize(word + 1, 0);
-        }
-        words[word] |= 1 << bit;
-    }
-    words
+    usize::try_from(code).map_err(|_| Error::from_errno(code, einval))
 }
 
 /// The core the calling thread runs on (Hermit does not migrate tasks).
@@ -145,7 +117,7 @@ pub fn try_send(core: CpuId, func: AppFn, arg: usize) -> Result<Seq, Error> {
 
 /// Runs `func(arg)` on every online core of `set`; returns how many got it.
 pub fn send_many(set: &CpuSet, func: AppFn, arg: usize) -> Result<usize, Error> {
-    let words = words(set);
+    let words = set.words();
     // SAFETY: `words` holds `words.len()` readable u64s; `func` is a valid function pointer.
     let code = unsafe { sys::sys_ipiq_send_many(words.as_ptr(), words.len(), func as usize, arg) };
     check(code, set.max().map_or(Error::EmptySet, Error::NoSuchCpu))
@@ -154,7 +126,7 @@ pub fn send_many(set: &CpuSet, func: AppFn, arg: usize) -> Result<usize, Error> 
 /// Gathers the cores of `set` in a rendezvous where each runs `func(arg)`; returns once all
 /// have, with how many did.
 pub fn cpusync(set: &CpuSet, func: AppFn, arg: usize) -> Result<usize, Error> {
-    let words = words(set);
+    let words = set.words();
     // SAFETY: as in `send_many`.
     let code = unsafe { sys::sys_ipiq_cpusync(words.as_ptr(), words.len(), func as usize, arg) };
     check(code, set.max().map_or(Error::EmptySet, Error::NoSuchCpu))
