@@ -119,6 +119,7 @@ mod spill;
 mod stats;
 mod status;
 mod sync;
+pub mod tick;
 mod tlb;
 mod wait;
 mod wakeup;
