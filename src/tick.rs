@@ -49,6 +49,9 @@ pub struct TickTimer {
     /// Per core: the deadline of the last setting handed out (`u64::MAX`: none), which the
     /// kernel programs; `wake` leaves the timer alone when it already fires first. Same rule.
     programmed: Box<[AtomicU64]>,
+    /// Per core: 1 while `idle` has stopped the tick and no `wake` has resumed it (a core never
+    /// started is not idle: `wake` does not start it). Same rule.
+    idle: Box<[AtomicU64]>,
 }
 
 /// Which timer vector fired ([`TickTimer::fired`]).
@@ -84,6 +87,10 @@ impl TickTimer {
             scheduler_deadline: per_core(),
             next_tick: per_core(),
             programmed: per_core(),
+            idle: (0..cpu_count.max(1))
+                .map(|_| AtomicU64::new(0))
+                .collect::<Vec<_>>()
+                .into(),
         }
     }
 
@@ -145,29 +152,38 @@ impl TickTimer {
     ///
     /// Context: the idle loop, interrupts disabled, on core `cpu`.
     pub fn idle(&self, cpu: CpuId) -> TimerSetting {
-        if let Some(next) = self.next_tick.get(cpu) {
+        if let (Some(next), Some(idle)) = (self.next_tick.get(cpu), self.idle.get(cpu)) {
             // Relaxed: core-local.
-            next.store(u64::MAX, Ordering::Relaxed);
+            if self.period_us > 0 && next.load(Ordering::Relaxed) != u64::MAX {
+                next.store(u64::MAX, Ordering::Relaxed);
+                idle.store(1, Ordering::Relaxed);
+            }
         }
         self.setting(cpu)
     }
 
-    /// Core `cpu` stopped halting at `now` (woken, or turning to a task): the tick resumes, its
-    /// next one a period from `now`. Returns a setting to program only when the timer must
+    /// Core `cpu` stopped halting at `now` (woken, or turning to a task; the kernel calls this
+    /// from the idle loop and at the start of every interrupt handler that can end a halt, since
+    /// a handler may switch straight to a task): the tick resumes, its next one a period from
+    /// `now`. Returns a setting to program only when the timer must
     /// change: not when the tick was running anyway, nor when the programmed deadline (the
     /// scheduler's) already comes first (its interrupt then programs the tick through
     /// [`TickTimer::fired`]).
     ///
-    /// Context: the idle loop, interrupts disabled, on core `cpu`.
+    /// Context: the idle loop or an interrupt handler, interrupts disabled, on core `cpu`.
     pub fn wake(&self, cpu: CpuId, now: u64) -> Option<TimerSetting> {
-        let (Some(next), Some(programmed)) = (self.next_tick.get(cpu), self.programmed.get(cpu))
-        else {
+        let (Some(next), Some(programmed), Some(idle)) = (
+            self.next_tick.get(cpu),
+            self.programmed.get(cpu),
+            self.idle.get(cpu),
+        ) else {
             return None;
         };
         // Relaxed: core-local.
-        if self.period_us == 0 || next.load(Ordering::Relaxed) != u64::MAX {
+        if idle.load(Ordering::Relaxed) == 0 {
             return None;
         }
+        idle.store(0, Ordering::Relaxed);
         let tick = now.saturating_add(self.period_us);
         next.store(tick, Ordering::Relaxed);
         if programmed.load(Ordering::Relaxed) <= tick {
@@ -397,9 +413,14 @@ mod tests {
                 tick_only: true
             }
         );
-        // A disabled tick never stops or resumes.
+        // A disabled tick never stops or resumes, and waking never starts a tick that was never
+        // started (an interrupt on a core before its bring-up finished).
         let off = TickTimer::new(1, 0);
         off.idle(0);
         assert_eq!(off.wake(0, 5), None);
+        let unstarted = TickTimer::new(1, 10_000);
+        unstarted.idle(0);
+        assert_eq!(unstarted.wake(0, 5), None);
+        assert!(unstarted.is_stopped(0));
     }
 }

@@ -371,6 +371,78 @@ fn test_passive_tick(me: usize, cpus: usize) -> Result<String, String> {
     ))
 }
 
+/// An idle core takes no tick: over a second in which nothing is sent, the other cores (halted in
+/// their idle loops, their ticks stopped) take at most one tick each, while a busy core (a
+/// spinning thread) ticks every period. Then passive messages to an idle core run within the
+/// bound: each either wakes the halted core with one IPI or, if it found the core awake, waits
+/// for its drain with none.
+fn test_idle_tick(me: usize, cpus: usize) -> Result<String, String> {
+    let idle: Vec<usize> = others(me, cpus);
+    let Some(&busy) = idle.first() else {
+        return Ok("1 core: no idle core to watch".into());
+    };
+    let ticks = |core: usize| hermit::stats(core).map(|s| s.ticks).map_err(|e| e.to_string());
+    // Let every core settle into its idle loop, then watch them all for a second.
+    std::thread::sleep(Duration::from_millis(50));
+    let before: Vec<u64> = idle.iter().map(|&c| ticks(c)).collect::<Result<_, _>>()?;
+    let start = Instant::now();
+    std::thread::sleep(Duration::from_secs(1));
+    let secs = start.elapsed().as_secs_f64();
+    let after: Vec<u64> = idle.iter().map(|&c| ticks(c)).collect::<Result<_, _>>()?;
+    let worst_idle = before.iter().zip(&after).map(|(b, a)| a - b).max().unwrap_or(0);
+    // The same core, busy: its tick runs.
+    static SPIN: AtomicBool = AtomicBool::new(false);
+    static SPINNING: AtomicBool = AtomicBool::new(false);
+    SPIN.store(true, Ordering::Release);
+    SPINNING.store(false, Ordering::Release);
+    let tid = spawn_on(busy, || {
+        SPINNING.store(true, Ordering::Release);
+        while SPIN.load(Ordering::Acquire) {
+            std::hint::spin_loop();
+        }
+    });
+    while !SPINNING.load(Ordering::Acquire) {
+        std::hint::spin_loop();
+    }
+    let busy_before = ticks(busy)?;
+    let busy_start = Instant::now();
+    std::thread::sleep(Duration::from_millis(500));
+    let busy_secs = busy_start.elapsed().as_secs_f64();
+    let busy_ticks = ticks(busy)? - busy_before;
+    SPIN.store(false, Ordering::Release);
+    join(tid);
+    ensure(worst_idle <= 1, || format!("an idle core took {worst_idle} ticks in {secs:.2} s"))?;
+    let busy_rate = busy_ticks as f64 / busy_secs;
+    ensure(busy_rate >= 20.0, || format!("a busy core took only {busy_rate:.0} ticks/s"))?;
+    // Passive messages to the idle core.
+    let t = busy;
+    let (mut woken, mut worst) = (0u64, Duration::ZERO);
+    let count = 10u64;
+    for i in 0..count {
+        std::thread::sleep(Duration::from_millis(20));
+        let sender_before = hermit::stats(me).map_err(|e| e.to_string())?;
+        let done = PASSIVE_DONE.load(Ordering::Acquire);
+        let sent = Instant::now();
+        hermit::send_passive(t, passive_hit, 0).map_err(|e| format!("send_passive: {e}"))?;
+        while PASSIVE_DONE.load(Ordering::Acquire) == done && sent.elapsed() < Duration::from_secs(2) {
+            std::hint::spin_loop();
+        }
+        worst = worst.max(sent.elapsed());
+        ensure(PASSIVE_DONE.load(Ordering::Acquire) != done, || format!("passive message {i} to idle core {t} never ran"))?;
+        let sender_after = hermit::stats(me).map_err(|e| e.to_string())?;
+        let (ipis, passive) = (sender_after.ipis - sender_before.ipis, sender_after.passive - sender_before.passive);
+        ensure(ipis + passive == 1, || format!("passive message {i}: {ipis} IPIs, {passive} counted passive"))?;
+        woken += ipis;
+    }
+    ensure(woken > 0, || format!("none of {count} passive messages found core {t} halted"))?;
+    ensure(worst <= PASSIVE_BOUND, || format!("worst latency {worst:?} over the bound {PASSIVE_BOUND:?}"))?;
+    Ok(format!(
+        "idle cores: at most {worst_idle} ticks in {secs:.2} s; busy core {busy}: {busy_rate:.0} ticks/s; \
+         {count} passive to idle core {t}: {woken} woke it with an IPI, worst {:.1} ms",
+        worst.as_secs_f64() * 1e3
+    ))
+}
+
 /// Every core sends to every core (itself included) until the target count or the time budget;
 /// zero lost, per-pair order kept; std threads, a channel and sleeps run alongside.
 fn test_stress(cpus: usize) -> Result<String, String> {
@@ -539,6 +611,7 @@ fn main() {
     report.check("cpusync", test_cpusync(cpus));
     report.check("try_send", test_try_send(me, cpus));
     report.check("passive_tick", test_passive_tick(me, cpus));
+    report.check("idle_tick", test_idle_tick(me, cpus));
     report.check("stress", test_stress(cpus));
     report.check("stale_tlb", test_stale_tlb(me, cpus));
     report.check("sched_locks", sched_locks::run(cpus, SCHED_LOCKS_BUDGET));
