@@ -9,9 +9,13 @@
 //! before and after it; such a read that returns the old frame's value is stale: the reader's
 //! core still translated `a` through a TLB entry the swap should have shot down before
 //! returning. The writer leaves `GAP` between swaps, so readers keep reading each mapping.
+//!
+//! [`run_plan`] runs the same loop with other arrangements ([`Plan`]): one reader on the last
+//! core while the cores in between idle or spin, and swaps back to back, for the cost of a
+//! shootdown (swaps per second) rather than its correctness alone.
 
 use std::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 const PAGE: usize = 4096;
 const READ_WRITE: u32 = 3;
@@ -28,11 +32,29 @@ unsafe extern "C" {
     fn sys_ipiq_swap_pages(a: usize, b: usize) -> i32;
 }
 
+/// Who does what on the cores other than the writer's, and how fast the writer swaps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Plan {
+    /// A reader on every other core (`true`), or on the last core only.
+    pub all_read: bool,
+    /// The cores that do not read spin in a pinned thread (`true`) or idle (`false`).
+    pub busy: bool,
+    /// Time between two swaps (`None`: back to back).
+    pub gap: Option<Duration>,
+}
+
+/// The stale-TLB check: readers everywhere, a gap between swaps.
+pub const CHECK: Plan = Plan { all_read: true, busy: false, gap: Some(GAP) };
+
 /// What the readers saw.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Outcome {
     pub rounds: u64,
     pub readers: usize,
+    /// Cores that spun (busy) while the swaps ran.
+    pub spinners: usize,
+    /// Time from the first swap to the last swap's return (gaps included).
+    pub elapsed: Duration,
     /// Reads inside a stable epoch (after a swap returned, before the next began).
     pub checks: u64,
     /// Of those, reads that returned the old frame's value.
@@ -103,6 +125,11 @@ pub type Spawn<'a> = &'a dyn Fn(usize, Box<dyn FnOnce() + Send>) -> i32;
 /// Runs `rounds` swaps on the calling core `me` under one reader on each other core of `cpus`.
 /// Errors are setup failures (mmap, a swap refused, too many rounds), not stale reads.
 pub fn run(me: usize, cpus: usize, rounds: u64, spawn: Spawn, join: &dyn Fn(i32)) -> Result<(Outcome, Pages), String> {
+    run_plan(me, cpus, rounds, CHECK, spawn, join)
+}
+
+/// [`run`] with another arrangement of readers, spinners and gaps ([`Plan`]).
+pub fn run_plan(me: usize, cpus: usize, rounds: u64, plan: Plan, spawn: Spawn, join: &dyn Fn(i32)) -> Result<(Outcome, Pages), String> {
     static EPOCH: AtomicU64 = AtomicU64::new(0);
     static EXPECT: AtomicU64 = AtomicU64::new(0);
     static STOP: AtomicBool = AtomicBool::new(false);
@@ -137,9 +164,29 @@ pub fn run(me: usize, cpus: usize, rounds: u64, spawn: Spawn, join: &dyn Fn(i32)
     // Release: a reader that loads ADDR with Acquire also sees the page contents written above.
     ADDR.store(a as usize, Ordering::Release);
 
-    let readers: Vec<i32> = (0..cpus)
-        .filter(|&core| core != me)
-        .map(|core| {
+    let others: Vec<usize> = (0..cpus).filter(|&core| core != me).collect();
+    let last = others.last().copied();
+    let (reading, rest): (Vec<usize>, Vec<usize>) = others.iter().partition(|&&core| plan.all_read || Some(core) == last);
+    let spinning: Vec<usize> = if plan.busy { rest } else { Vec::new() };
+    let spinners: Vec<i32> = spinning
+        .iter()
+        .map(|&core| {
+            spawn(
+                core,
+                Box::new(|| {
+                    // Release: pairs with the writer's Acquire wait, as the readers'.
+                    READY.fetch_add(1, Ordering::Release);
+                    // Acquire: as the readers' loop.
+                    while !STOP.load(Ordering::Acquire) {
+                        std::hint::spin_loop();
+                    }
+                }),
+            )
+        })
+        .collect();
+    let readers: Vec<i32> = reading
+        .iter()
+        .map(|&core| {
             spawn(
                 core,
                 Box::new(|| {
@@ -170,16 +217,17 @@ pub fn run(me: usize, cpus: usize, rounds: u64, spawn: Spawn, join: &dyn Fn(i32)
             )
         })
         .collect();
-    if readers.iter().any(|&tid| tid < 0) {
-        // Let any reader that did start finish at once.
+    if readers.iter().chain(&spinners).any(|&tid| tid < 0) {
+        // Let any thread that did start finish at once.
         STOP.store(true, Ordering::Release);
-        return Err("could not start a reader on every other core".into());
+        return Err("could not start a reader or spinner on every core it needs".into());
     }
-    // Acquire: pairs with each reader's Release increment.
-    while READY.load(Ordering::Acquire) < readers.len() {
+    // Acquire: pairs with each reader's and spinner's Release increment.
+    while READY.load(Ordering::Acquire) < readers.len() + spinners.len() {
         std::hint::spin_loop();
     }
     let mut error = None;
+    let start = Instant::now();
     for _ in 0..rounds {
         // AcqRel: the odd epoch is visible before the swap touches the page tables.
         EPOCH.fetch_add(1, Ordering::AcqRel);
@@ -195,11 +243,15 @@ pub fn run(me: usize, cpus: usize, rounds: u64, spawn: Spawn, join: &dyn Fn(i32)
         EXPECT.store(next, Ordering::Release);
         // AcqRel: the even epoch is published only after the swap call returned.
         EPOCH.fetch_add(1, Ordering::AcqRel);
-        std::thread::sleep(GAP);
+        if let Some(gap) = plan.gap {
+            std::thread::sleep(gap);
+        }
     }
+    let elapsed = start.elapsed();
     // Release: the readers' final reads happen before the unmap the caller does next.
     STOP.store(true, Ordering::Release);
-    for tid in readers {
+    let (reader_count, spinner_count) = (readers.len(), spinners.len());
+    for tid in readers.into_iter().chain(spinners) {
         join(tid);
     }
     let pages = Pages { a, b };
@@ -210,7 +262,9 @@ pub fn run(me: usize, cpus: usize, rounds: u64, spawn: Spawn, join: &dyn Fn(i32)
     let by_round: Vec<u64> = STALE_BY_ROUND.iter().map(|c| c.load(Ordering::Relaxed)).collect();
     let outcome = Outcome {
         rounds,
-        readers: cpus.saturating_sub(1),
+        readers: reader_count,
+        spinners: spinner_count,
+        elapsed,
         checks: CHECKS.load(Ordering::Relaxed),
         stale: by_round.iter().sum(),
         stale_rounds: by_round.iter().filter(|&&n| n > 0).count() as u64,
