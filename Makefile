@@ -3,7 +3,8 @@
 #   make run    the dispatch demo: on simulated cores (host), then in the Hermit image booted
 #               under QEMU with 4 cores (ipiq messages against std threads and channels)
 #   make test   everything CI runs: host tests, loom models, the no_std kernel-target build,
-#               lints, docs, a smoke run of every benchmark, then the Hermit images under QEMU
+#               lints, docs, a smoke run of every benchmark, `git am` of the kernel patch
+#               series (kernel-series-check), then the Hermit images under QEMU
 #               (1/2/4/8 vCPUs, x2APIC and xAPIC), the FPU test (fpu-test: application
 #               messages computing with f64/x87/AVX, 2 and 4 vCPUs, x2APIC, xAPIC and an AVX
 #               model), the hang debugger's self-test (qemu-debug-test), the lock-order fault
@@ -37,7 +38,7 @@ run-host:
 	$(CARGO) run --release --features std --example dispatch
 
 ## test: the whole suite (what .ci/run runs)
-test: lint test-host test-flood loom check-kernel-target doc bench-smoke image-test fpu-test qemu-debug-test lock-inject-test test-dispatch guest-rayon-smoke tlb-stale-test wakeup-smoke
+test: lint test-host test-flood loom check-kernel-target doc bench-smoke kernel-series-check image-test fpu-test qemu-debug-test lock-inject-test test-dispatch guest-rayon-smoke tlb-stale-test wakeup-smoke
 	$(MAKE) --no-print-directory guest-bench-smoke
 
 ## test-host: unit tests, invariant tests I1-I7, bad input, stalls (watchdogs, shootdown

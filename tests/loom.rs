@@ -545,7 +545,7 @@ fn take_ipi(q: &IdleQ) {
     }
 }
 
-/// The kernel's idle loop (patches 0006 and 0007, `scheduler::run` with `ipiq::idle_drain`), on
+/// The kernel's idle loop (the idle-loop patch, `scheduler::run` with `ipiq::idle_drain`), on
 /// core 0, until `want` messages ran. With interrupts off: during the backoff it polls (`poll`,
 /// staying signalled) and then enables interrupts and snoozes; once the backoff is over it runs
 /// `process`, then `pending() || !prepare_halt()`: with nothing pending it halts (`sti; hlt`,

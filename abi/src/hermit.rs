@@ -9,8 +9,8 @@
 //! hold, or print. Communicate through atomics.
 //!
 //! **Floating point.** The function may use everything the application target may (`f64` in
-//! SSE registers, x87, and AVX where the CPU has it): the kernel's trampoline (patch 0008)
-//! saves the interrupted context's x87/SSE/AVX state before it and restores it exactly after
+//! SSE registers, x87, and AVX where the CPU has it): the kernel's trampoline (the series' FPU
+//! patch) saves the interrupted context's x87/SSE/AVX state before it and restores it exactly after
 //! it, and starts it in the ABI's state (empty x87 stack, x87 control word 0x37F, MXCSR 0x1F80),
 //! whatever the interrupted thread had set. Whatever state the function leaves behind (another
 //! rounding mode, values on the x87 stack, dirty registers) is discarded. The kernel is
@@ -18,12 +18,12 @@
 //! `f64` message function corrupts the thread it interrupts (see the `ipiq` crate's
 //! `arch::x86_64::xstate` for the mechanism and why it was chosen).
 //!
-//! **Nesting.** The function may call these wrappers (a send to its own core runs at once,
-//! nested inside it; `wait` serves the queues). With patch 0008 a syscall made with interrupts
-//! off stays on the stack it was made on, with interrupts off; Hermit 0.11 by itself moves every
-//! syscall to the top of the task's kernel stack and enables interrupts, which overwrites a
-//! syscall in progress there and lets the next interrupt reuse the interrupt stack, so a
-//! nested send crashed or hung the core.
+//! **Nesting.** The function may call these wrappers (a send to its own core runs at once, nested
+//! inside it; `wait` serves the queues). With the kernel's syscall-stack patch a syscall made with
+//! interrupts off stays on the stack it was made on, with interrupts off; Hermit 0.11 by itself
+//! moves every syscall to the top of the task's kernel stack and enables interrupts, which
+//! overwrites a syscall in progress there and lets the next interrupt reuse the interrupt stack, so
+//! a nested send crashed or hung the core.
 //!
 //! Errors come back as negative errno values and are mapped back to [`Error`]; an invalid
 //! argument that names a core is [`Error::NoSuchCpu`].

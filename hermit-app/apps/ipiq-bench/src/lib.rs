@@ -1,5 +1,5 @@
 //! ipiq-bench: in-guest measurements through the `sys_ipiq_*` syscalls and the benchmark probes
-//! of kernel patch 0005 (`sys_ipiq_bench_*`). Counts (IPIs, messages, flushing cores) are exact;
+//! of the kernel's probe patches (`sys_ipiq_bench_*`). Counts (IPIs, messages, flushing cores) are exact;
 //! times are emulated time under QEMU TCG (read from the TSC), to be compared only within one run.
 //!
 //! 1. streaming: IPIs (ICR writes) per message, core 0 -> core 1 while core 1 idles;
@@ -12,7 +12,7 @@
 //! 6. multicast: one `send_many` to k cores against k unicast sends, each then waited for, and
 //!    the ICR writes each `send_many` took (`icr_writes`: one for every other core with the
 //!    all-excluding-self shorthand, one per x2APIC cluster, one per target on xAPIC);
-//! 7. application messages with the FPU-state bracket (kernel patch 0008) against without it
+//! 7. application messages with the FPU-state bracket (the kernel's FPU patch) against without it
 //!    (its test-only switch, `sys_ipiq_bench_fpu_save`; the function here is integer-only):
 //!    cost per message sent to the calling core (runs in the send) and streamed to core 1.
 //!
@@ -98,7 +98,7 @@ const BUFFER_PAGES: usize = 64;
 const SHOOTDOWN_PAGES: [usize; 4] = [1, 4, 16, 32];
 const EINVAL: i32 = -22;
 
-// ----- the benchmark probes (kernel patch 0005) ---------------------------------------------
+// ----- the benchmark probes (hermit-app/kernel/probe-patches/) ------------------------------
 
 mod probe {
     use ipiq_abi::CpuSet;
@@ -119,7 +119,7 @@ mod probe {
             ) -> i32;
             /// Statistics on (1) or off (0): the previous setting or -errno.
             pub fn sys_ipiq_bench_set_stats(on: usize) -> i32;
-            /// Test-only (patch 0008): application messages with (1) or without (0) their
+            /// Test-only (a probe patch): application messages with (1) or without (0) their
             /// FPU-state bracket: the previous setting or -errno. Off, only integer-only
             /// message functions may run.
             pub fn sys_ipiq_bench_fpu_save(on: usize) -> i32;
