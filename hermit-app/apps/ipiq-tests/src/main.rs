@@ -453,6 +453,48 @@ fn test_try_send(me: usize, cpus: usize) -> Result<String, String> {
     Ok(format!("WouldBlock after {accepted} queued to a core with interrupts off; all ran in order"))
 }
 
+/// A thread pinned to a core that spins without syscalls (a busy core: no idle drain, no halt)
+/// until stopped or dropped (so an early error return stops it too). One at a time.
+struct Spinner(i32);
+
+static SPIN: AtomicBool = AtomicBool::new(false);
+static SPINNING: AtomicBool = AtomicBool::new(false);
+
+impl Spinner {
+    /// Starts the spinner on `core` and returns once it spins.
+    fn start(core: usize) -> Self {
+        // Release: the resets before the thread that reads them starts.
+        SPIN.store(true, Ordering::Release);
+        SPINNING.store(false, Ordering::Release);
+        let tid = spawn_on(core, || {
+            // Release: pairs with the Acquire wait below.
+            SPINNING.store(true, Ordering::Release);
+            // Acquire: pairs with `stop`'s Release.
+            while SPIN.load(Ordering::Acquire) {
+                std::hint::spin_loop();
+            }
+        });
+        // Acquire: pairs with the thread's Release.
+        while !SPINNING.load(Ordering::Acquire) {
+            std::hint::spin_loop();
+        }
+        Spinner(tid)
+    }
+
+    /// Stops the spinner and joins its thread.
+    fn stop(self) {
+        drop(self);
+    }
+}
+
+impl Drop for Spinner {
+    fn drop(&mut self) {
+        // Release: the thread sees it and returns.
+        SPIN.store(false, Ordering::Release);
+        join(self.0);
+    }
+}
+
 /// Passive messages to a busy core (a spinning thread: no syscalls, no idle drain) run at its
 /// next tick (or any earlier drain of that core), with no IPI sent for them.
 fn test_passive_tick(me: usize, cpus: usize) -> Result<String, String> {
@@ -460,19 +502,7 @@ fn test_passive_tick(me: usize, cpus: usize) -> Result<String, String> {
     if t == me {
         return Ok("1 core: passive to self runs at once".into());
     }
-    static SPIN: AtomicBool = AtomicBool::new(false);
-    static SPINNING: AtomicBool = AtomicBool::new(false);
-    SPIN.store(true, Ordering::Release);
-    SPINNING.store(false, Ordering::Release);
-    let tid = spawn_on(t, || {
-        SPINNING.store(true, Ordering::Release);
-        while SPIN.load(Ordering::Acquire) {
-            std::hint::spin_loop();
-        }
-    });
-    while !SPINNING.load(Ordering::Acquire) {
-        std::hint::spin_loop();
-    }
+    let spinner = Spinner::start(t);
     let count = 10u64;
     let mut worst = Duration::ZERO;
     let sender_before = hermit::stats(me).map_err(|e| e.to_string())?;
@@ -497,8 +527,7 @@ fn test_passive_tick(me: usize, cpus: usize) -> Result<String, String> {
     }
     let sender_after = hermit::stats(me).map_err(|e| e.to_string())?;
     let target_after = hermit::stats(t).map_err(|e| e.to_string())?;
-    SPIN.store(false, Ordering::Release);
-    join(tid);
+    spinner.stop();
     result?;
     let ipis = sender_after.ipis - sender_before.ipis;
     let passive = sender_after.passive - sender_before.passive;
@@ -537,26 +566,13 @@ fn test_idle_tick(me: usize, cpus: usize) -> Result<String, String> {
     let after: Vec<u64> = idle.iter().map(|&c| ticks(c)).collect::<Result<_, _>>()?;
     let worst_idle = before.iter().zip(&after).map(|(b, a)| a - b).max().unwrap_or(0);
     // The same core, busy: its tick runs.
-    static SPIN: AtomicBool = AtomicBool::new(false);
-    static SPINNING: AtomicBool = AtomicBool::new(false);
-    SPIN.store(true, Ordering::Release);
-    SPINNING.store(false, Ordering::Release);
-    let tid = spawn_on(busy, || {
-        SPINNING.store(true, Ordering::Release);
-        while SPIN.load(Ordering::Acquire) {
-            std::hint::spin_loop();
-        }
-    });
-    while !SPINNING.load(Ordering::Acquire) {
-        std::hint::spin_loop();
-    }
+    let spinner = Spinner::start(busy);
     let busy_before = ticks(busy)?;
     let busy_start = Instant::now();
     std::thread::sleep(Duration::from_millis(500));
     let busy_secs = busy_start.elapsed().as_secs_f64();
     let busy_ticks = ticks(busy)? - busy_before;
-    SPIN.store(false, Ordering::Release);
-    join(tid);
+    spinner.stop();
     ensure(worst_idle <= 1, || format!("an idle core took {worst_idle} ticks in {secs:.2} s"))?;
     let busy_rate = busy_ticks as f64 / busy_secs;
     ensure(busy_rate >= 20.0, || format!("a busy core took only {busy_rate:.0} ticks/s"))?;

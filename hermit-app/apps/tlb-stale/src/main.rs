@@ -48,26 +48,24 @@ mod kernel {
         /// stock-probe: [wake-up IPIs, TLB-flush IPIs] sent so far; words written or -EINVAL.
         fn sys_probe_ipi_counts(out: *mut u64, len: usize) -> i32;
     }
-    /// TLB-flush IPIs (vector 112) stock has sent so far.
-    pub fn counter() -> Result<u64, String> {
+    /// [wake-up IPIs, TLB-flush IPIs] stock has sent so far.
+    fn counts() -> Result<[u64; 2], String> {
         let mut counts = [0u64; 2];
         // SAFETY: `counts` has room for 2 u64 words.
         let written = unsafe { sys_probe_ipi_counts(counts.as_mut_ptr(), counts.len()) };
         if written != 2 {
             return Err(format!("sys_probe_ipi_counts returned {written}"));
         }
-        Ok(counts[1])
+        Ok(counts)
+    }
+    /// TLB-flush IPIs (vector 112) stock has sent so far.
+    pub fn counter() -> Result<u64, String> {
+        counts().map(|c| c[1])
     }
     pub const COUNTER: &str = "TLB-flush IPIs";
     /// IPIs stock has sent so far (wake-ups and TLB flushes; one ICR write each).
     pub fn ipis() -> Result<u64, String> {
-        let mut counts = [0u64; 2];
-        // SAFETY: `counts` has room for 2 u64 words.
-        let written = unsafe { sys_probe_ipi_counts(counts.as_mut_ptr(), counts.len()) };
-        if written != 2 {
-            return Err(format!("sys_probe_ipi_counts returned {written}"));
-        }
-        Ok(counts[0] + counts[1])
+        counts().map(|c| c[0] + c[1])
     }
 }
 
