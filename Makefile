@@ -38,7 +38,7 @@ run-host:
 	$(CARGO) run --release --features std --example dispatch
 
 ## test: the whole suite (what .ci/run runs)
-test: lint test-host test-flood loom check-kernel-target doc bench-smoke kernel-series-check image-test fpu-test qemu-debug-test lock-inject-test test-dispatch guest-rayon-smoke tlb-stale-test wakeup-smoke
+test: lint test-host test-flood loom check-kernel-target doc bench-smoke kernel-series-check boot-args-test image-test fpu-test qemu-debug-test lock-inject-test test-dispatch guest-rayon-smoke tlb-stale-test wakeup-smoke
 	$(MAKE) --no-print-directory guest-bench-smoke
 
 ## test-host: unit tests, invariant tests I1-I7, bad input, stalls (watchdogs, shootdown

@@ -71,6 +71,10 @@ FPU_TEST_LOGS       ?= $(IMAGE_BUILD)/fpu-test-logs
 ifeq ($(filter $(KERNEL),patched stock stock-probe),)
 $(error KERNEL must be 'patched', 'stock' or 'stock-probe', not '$(KERNEL)')
 endif
+IMAGE_APPS := $(filter-out common,$(notdir $(patsubst %/Cargo.toml,%,$(wildcard $(patsubst %/,%,$(dir $(abspath $(lastword $(MAKEFILE_LIST)))))/apps/*/Cargo.toml))))
+ifeq ($(filter $(APP),$(IMAGE_APPS)),)
+$(error APP must be one of: $(IMAGE_APPS) (hermit-app/apps/NAME), not '$(APP)')
+endif
 
 IMAGE_PRISTINE   := $(IMAGE_BUILD)/registry/hermit-kernel-$(HERMIT_KERNEL_VERSION)
 IMAGE_KERNEL_DIR := $(IMAGE_BUILD)/kernel-$(KERNEL)
@@ -94,7 +98,7 @@ IMAGE_LOADER_DEP := $(if $(filter $(IPIQ_LOADER),$(LOADER)),loader)
 
 .PHONY: image loader qemu qemu-debug qemu-debug-test lock-inject-test uhyve image-test kernel-tests tlb-stale-test fpu-test image-run image-clean
 .PHONY: kernel-series-check kernel-series-repo
-.PHONY: hermit-toolchain hermit-kernel qemu-install gdb-install image-force
+.PHONY: hermit-toolchain hermit-kernel qemu-install gdb-install image-force boot-args boot-args-test
 
 ## image: kernel archive (patched or stock) + application image
 image: hermit-kernel
@@ -150,8 +154,18 @@ qemu-install:
 gdb-install:
 	@$(IMAGE_SCRIPTS)/install-gdb.sh
 
+# SMP, CPU, MEM and the timeout checked before anything is built (scripts/common.sh).
+boot-args:
+	@bash -c '. $(IMAGE_SCRIPTS)/common.sh && check_boot_args "$$0" "$$1" "$$2" "$$3"' '$(SMP)' '$(CPU)' '$(MEM)' '$(QEMU_TIMEOUT)'
+
+## boot-args-test: bad SMP/CPU/MEM/timeout values are refused with a clear error before QEMU
+## runs, and QEMU's own refusal is not reported as a guest failure (part of make test)
+boot-args-test: $(IMAGE_LOADER_DEP) qemu-install
+	@$(MAKE) --no-print-directory -f $(IMAGE_MK) APP=cores image
+	@$(IMAGE_SCRIPTS)/boot-args-test.sh $(LOADER) $(IMAGE_KERNEL_DIR)/apps/x86_64-unknown-hermit/release/cores
+
 ## qemu: boot APP under QEMU with SMP cores on CPU; succeeds only if the application exits 0
-qemu: image $(IMAGE_LOADER_DEP) qemu-install
+qemu: boot-args image $(IMAGE_LOADER_DEP) qemu-install
 	@echo "==> booting $(APP) under QEMU: $(SMP) cores, cpu $(CPU), $(MEM)"
 	@$(IMAGE_SCRIPTS)/qemu.sh $(LOADER) $(IMAGE) $(SMP) $(CPU) $(MEM) $(QEMU_TIMEOUT) -- $(QEMU_EXTRA) $(if $(APP_ARGS),-append "-- $(APP_ARGS)")
 
@@ -159,7 +173,7 @@ qemu: image $(IMAGE_LOADER_DEP) qemu-install
 ## not exited after QEMU_DEBUG_TIMEOUT s, print every vCPU's RIP (monitor) and symbolized
 ## backtrace (gdb), then kill it (exit status 2). Files in QEMU_DEBUG_OUT (default under build/).
 QEMU_DEBUG_OUT ?= $(IMAGE_BUILD)/qemu-debug/$(APP)-smp$(SMP)
-qemu-debug: image $(IMAGE_LOADER_DEP) qemu-install gdb-install
+qemu-debug: boot-args image $(IMAGE_LOADER_DEP) qemu-install gdb-install
 	@echo "==> booting $(APP) under QEMU with the gdb stub: $(SMP) cores, cpu $(CPU), $(MEM), hang after $(QEMU_DEBUG_TIMEOUT) s"
 	@QEMU_DEBUG_OUT=$(QEMU_DEBUG_OUT) $(IMAGE_SCRIPTS)/qemu-debug.sh $(LOADER) $(IMAGE) $(SMP) $(CPU) $(MEM) $(QEMU_DEBUG_TIMEOUT) \
 		-- $(QEMU_EXTRA) $(if $(APP_ARGS),-append "-- $(APP_ARGS)")

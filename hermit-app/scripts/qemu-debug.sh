@@ -19,6 +19,7 @@
 # Exit status: 0 the guest exited successfully, 1 it failed or QEMU could not run, 2 it hung (the
 # state above was printed).
 set -euo pipefail
+. "$(dirname "$0")/common.sh"
 
 loader="$1" image="$2" smp="$3" cpu="$4" mem="$5" limit="$6"
 shift 6
@@ -27,7 +28,7 @@ shift 6
 for f in "$loader" "$image"; do
     [ -f "$f" ] || { echo "error: $f does not exist (run make image loader)" >&2; exit 1; }
 done
-[[ "$limit" =~ ^[0-9]+$ ]] || { echo "error: the timeout must be a number of seconds, not '$limit'" >&2; exit 1; }
+check_boot_args "$smp" "$cpu" "$mem" "$limit"
 command -v qemu-system-x86_64 >/dev/null || { echo "error: qemu-system-x86_64 not found (make qemu-install)" >&2; exit 1; }
 [ -n "${QEMU_DEBUG_SYMBOLS:-}" ] || [ ! -f "$image.nm" ] || QEMU_DEBUG_SYMBOLS="$image.nm"
 have_gdb=1

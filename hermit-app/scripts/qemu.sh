@@ -5,10 +5,12 @@
 # QEMU exits with (value << 1) | 1: 3 means the application exited 0; 1 means it failed or
 # panicked (the loader's panic handler writes 0 too). Exit status: 0 on success, 1 otherwise.
 set -euo pipefail
+. "$(dirname "$0")/common.sh"
 
 loader="$1" image="$2" smp="$3" cpu="$4" mem="$5" limit="$6"
 shift 6
 [ "${1:-}" = "--" ] && shift
+check_boot_args "$smp" "$cpu" "$mem" "$limit"
 
 for f in "$loader" "$image"; do
     [ -f "$f" ] || { echo "error: $f does not exist (run make image loader)" >&2; exit 1; }
@@ -16,11 +18,20 @@ done
 command -v qemu-system-x86_64 >/dev/null || { echo "error: qemu-system-x86_64 not found" >&2; exit 1; }
 
 status=0
+# QEMU's own messages (stderr) go through a file as well, so that its refusal to start is told
+# apart from the guest's failure (both exit 1).
+errors=$(mktemp)
+trap 'rm -f "$errors"' EXIT
 timeout --foreground -k 5 "$limit" qemu-system-x86_64 \
     -cpu "$cpu" -smp "$smp" -m "$mem" \
     -display none -serial stdio -nic none -no-reboot \
     -device isa-debug-exit,iobase=0xf4,iosize=0x04 \
-    -kernel "$loader" -initrd "$image" "$@" </dev/null || status=$?
+    -kernel "$loader" -initrd "$image" "$@" </dev/null 2> >(tee "$errors" >&2) || status=$?
+# The tee above may still be writing: wait for it before reading the file.
+wait
+if [ "$status" != 3 ] && qemu_refused "$errors"; then
+    exit 1
+fi
 
 case "$status" in
     3) exit 0 ;;
