@@ -33,6 +33,18 @@
 #   make guest-tlb-stale    stale-TLB experiment (apps/tlb-stale) on both kernels, 2/4/8 vCPUs,
 #                           x2APIC and xAPIC; boots in results/guest-logs/tlb-stale/, table
 #                           results/guest-logs/tlb-stale-summary.log
+#   make guest-spread       the headline guest ratios (ipiq-bench: round trip against the raw ICR
+#                           ping-pong, statistics off against on, at SPREAD_SMP vCPUs; wakeup: ipiq
+#                           kernel against stock at SPREAD_WAKEUP_SMP) SPREAD_RUNS times each, with
+#                           their spread across runs (scripts/guest-spread.sh); table and boots in
+#                           results/guest-logs/spread (spread-repeatable with REPEATABLE=1)
+#
+# REPEATABLE=1 (hermit-app/image.mk) makes every guest target here boot with QEMU's instruction
+# counting (-icount shift=ICOUNT_SHIFT,sleep=off, single-threaded TCG, one instruction per
+# translation block): emulated time is then guest instructions, the same on every run whatever the
+# host's load (measured spread 0.0% over three runs, docs/results/2026-12-07-repeatable.md), at
+# 3-10x the wall time; the figures measure instruction paths under round-robin vCPUs, not time on
+# parallel cores, so they differ from the normal mode's and are compared only within one mode.
 
 CARGO ?= cargo
 RAYON_KERNELS ?= patched stock
@@ -51,7 +63,13 @@ WAKEUP_REPEATS      ?= 3
 WAKEUP_TIMEOUT      ?= 300
 WAKEUP_IMAGES        = $(foreach k,patched stock-probe,$(k)=$(IMAGE_BUILD)/kernel-$(k)/apps/x86_64-unknown-hermit/release/wakeup)
 
-.PHONY: bench bench-host bench-smoke guest-rayon guest-rayon-smoke rayon-images guest-wakeup wakeup-smoke wakeup-images guest-tlb-stale
+SPREAD_RUNS          ?= 3
+SPREAD_SMP           ?= 2 4
+SPREAD_WAKEUP_SMP    ?= 2 4
+SPREAD_WAKEUP_ROUNDS ?= $(WAKEUP_ROUNDS)
+SPREAD_OUT           ?= $(GUEST_LOGS)/spread$(if $(filter-out 0,$(REPEATABLE)),-repeatable)
+
+.PHONY: bench bench-host bench-smoke guest-rayon guest-rayon-smoke rayon-images guest-wakeup wakeup-smoke wakeup-images guest-tlb-stale guest-spread
 
 ## bench: every benchmark, host and guest, gathered into results/report.md (~10 min here)
 bench: bench-host guest-bench-all guest-wakeup guest-tlb-stale guest-rayon
@@ -117,3 +135,11 @@ guest-tlb-stale:
 	@SUMMARY=$(GUEST_LOGS)/tlb-stale-summary.log $(MAKE) --no-print-directory -f $(IMAGE_MK) tlb-stale-test \
 		TLB_STALE_KERNELS="patched stock-probe" TLB_STALE_SMP="2 4 8" TLB_STALE_MODES="x2APIC xAPIC" \
 		TLB_STALE_LOGS=$(abspath $(GUEST_LOGS))/tlb-stale
+
+## guest-spread: the headline guest ratios SPREAD_RUNS times with their spread across runs (add
+## REPEATABLE=1 for the instruction-counting mode); table in SPREAD_OUT/spread.md
+guest-spread: wakeup-images $(IMAGE_LOADER_DEP) qemu-install
+	@$(MAKE) --no-print-directory -f $(IMAGE_MK) image APP=ipiq-bench KERNEL=patched
+	@$(IMAGE_SCRIPTS)/guest-spread.sh $(LOADER) $(SPREAD_OUT) $(SPREAD_RUNS) "$(SPREAD_SMP)" "$(SPREAD_WAKEUP_SMP)" \
+		"$(SPREAD_WAKEUP_ROUNDS)" bench=$(IMAGE_BUILD)/kernel-patched/apps/x86_64-unknown-hermit/release/ipiq-bench \
+		$(WAKEUP_IMAGES)

@@ -24,6 +24,13 @@
 #   QEMU_DEBUG_TIMEOUT=60  qemu-debug: seconds before a guest that has not exited counts as hung
 #                          and every vCPU's backtrace is printed
 #   QEMU_EXTRA=...         extra QEMU arguments for qemu and qemu-debug (e.g. -accel tcg,thread=multi)
+#   REPEATABLE=1           every boot through scripts/qemu.sh or qemu-debug.sh (qemu, qemu-debug,
+#                          the guest-* benchmarks, the tests) runs with QEMU's instruction counting:
+#                          -icount shift=ICOUNT_SHIFT,sleep=off -accel tcg,one-insn-per-tb=on,
+#                          single-threaded TCG; emulated time is then instructions (2^ICOUNT_SHIFT ns
+#                          each), the same figures on every run whatever the host's load, several
+#                          times slower in wall time (README-image.md, "Repeatable figures")
+#   ICOUNT_SHIFT=0         REPEATABLE's ns per instruction, as a power of 2
 #   KERNEL_TESTS_KERNELS="patched stock" KERNEL_TESTS_SMP="1 4"   kernel-tests' sources and vCPUs
 #   TLB_STALE_KERNELS=stock-probe TLB_STALE_SMP="2 4" TLB_STALE_MODES=x2APIC TLB_STALE_LOGS=...
 #                          tlb-stale-test's kernels, vCPU counts, APIC models and log folder
@@ -48,6 +55,13 @@ MEM             ?= 512M
 QEMU_TIMEOUT    ?= 120
 QEMU_DEBUG_TIMEOUT ?= 60
 QEMU_EXTRA      ?=
+REPEATABLE      ?=
+ICOUNT_SHIFT    ?= 0
+# qemu.sh and qemu-debug.sh read it from the environment, so every script that boots through them
+# (wakeup.sh, guest-rayon.sh, tlb-stale.sh, ...) follows REPEATABLE without an argument of its own.
+ifneq ($(filter-out 0,$(REPEATABLE)),)
+export QEMU_ICOUNT_SHIFT := $(ICOUNT_SHIFT)
+endif
 UHYVE_TIMEOUT   ?= 120
 # vCPU counts the ipiq-tests application boots with in image-test.
 IPIQ_TESTS_SMP  ?= 1 2 4 8

@@ -4,6 +4,7 @@
 # With isa-debug-exit, the kernel's shutdown writes 1 (success) or 0 (failure) to port 0xf4 and
 # QEMU exits with (value << 1) | 1: 3 means the application exited 0; 1 means it failed or
 # panicked (the loader's panic handler writes 0 too). Exit status: 0 on success, 1 otherwise.
+# QEMU_ICOUNT_SHIFT=N (set by `make ... REPEATABLE=1`): repeatable mode, see repeatable_args.
 set -euo pipefail
 
 loader="$1" image="$2" smp="$3" cpu="$4" mem="$5" limit="$6"
@@ -15,12 +16,25 @@ for f in "$loader" "$image"; do
 done
 command -v qemu-system-x86_64 >/dev/null || { echo "error: qemu-system-x86_64 not found" >&2; exit 1; }
 
+# Repeatable mode: QEMU counts instructions (-icount, single-threaded round-robin TCG; each guest
+# instruction advances virtual time by 2^N ns, sleep=off: idle time is skipped, not slept), so
+# emulated time no longer follows the host's load. -accel tcg,one-insn-per-tb=on is needed with
+# x2APIC: QEMU 10.0 translates RDMSR without marking it an I/O instruction, so the kernel's read of
+# the APIC timer's current count (MSR 0x839, Hermit's calibrate_timer) in the middle of a
+# translation block stops QEMU with "Bad icount read"; with one instruction per block every
+# instruction is the last of its block, where virtual-clock reads are allowed.
+repeatable_args=()
+if [ -n "${QEMU_ICOUNT_SHIFT:-}" ]; then
+    repeatable_args=(-icount "shift=$QEMU_ICOUNT_SHIFT,sleep=off" -accel tcg,one-insn-per-tb=on)
+    echo "qemu.sh: repeatable mode: ${repeatable_args[*]}"
+fi
+
 status=0
 timeout --foreground -k 5 "$limit" qemu-system-x86_64 \
     -cpu "$cpu" -smp "$smp" -m "$mem" \
     -display none -serial stdio -nic none -no-reboot \
     -device isa-debug-exit,iobase=0xf4,iosize=0x04 \
-    -kernel "$loader" -initrd "$image" "$@" </dev/null || status=$?
+    -kernel "$loader" -initrd "$image" "${repeatable_args[@]}" "$@" </dev/null || status=$?
 
 case "$status" in
     3) exit 0 ;;
