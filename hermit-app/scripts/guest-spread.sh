@@ -59,7 +59,7 @@ for run in $(seq 1 "$runs"); do
 done
 
 if [ -n "${QEMU_ICOUNT_SHIFT:-}" ]; then
-    mode="repeatable: -icount shift=$QEMU_ICOUNT_SHIFT,sleep=off -accel tcg,one-insn-per-tb=on (single-threaded TCG)"
+    mode="repeatable: -icount shift=$QEMU_ICOUNT_SHIFT,sleep=off -accel tcg,one-insn-per-tb=on -rtc base=2026-01-01T00:00:00,clock=vm"
 else
     mode="normal: multi-threaded TCG, emulated time follows the host"
 fi

@@ -58,7 +58,8 @@ mon_port=$(pick_port monitor "$gdb_port")
 
 # Repeatable mode (QEMU_ICOUNT_SHIFT, make REPEATABLE=1): the same QEMU options as qemu.sh.
 repeatable_args=()
-[ -z "${QEMU_ICOUNT_SHIFT:-}" ] || repeatable_args=(-icount "shift=$QEMU_ICOUNT_SHIFT,sleep=off" -accel tcg,one-insn-per-tb=on)
+[ -z "${QEMU_ICOUNT_SHIFT:-}" ] || repeatable_args=(-icount "shift=$QEMU_ICOUNT_SHIFT,sleep=off" -accel tcg,one-insn-per-tb=on
+        -rtc base=2026-01-01T00:00:00,clock=vm)
 
 qemu-system-x86_64 \
     -cpu "$cpu" -smp "$smp" -m "$mem" \

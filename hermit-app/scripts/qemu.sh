@@ -23,9 +23,13 @@ command -v qemu-system-x86_64 >/dev/null || { echo "error: qemu-system-x86_64 no
 # the APIC timer's current count (MSR 0x839, Hermit's calibrate_timer) in the middle of a
 # translation block stops QEMU with "Bad icount read"; with one instruction per block every
 # instruction is the last of its block, where virtual-clock reads are allowed.
+# -rtc ...,clock=vm: the CMOS clock on virtual time from a fixed date; on the host's clock, Hermit's
+# boot polls the RTC's update-in-progress flag for a host-dependent number of instructions, and
+# every later figure shifts with it. With all three, two boots write identical serial logs.
 repeatable_args=()
 if [ -n "${QEMU_ICOUNT_SHIFT:-}" ]; then
-    repeatable_args=(-icount "shift=$QEMU_ICOUNT_SHIFT,sleep=off" -accel tcg,one-insn-per-tb=on)
+    repeatable_args=(-icount "shift=$QEMU_ICOUNT_SHIFT,sleep=off" -accel tcg,one-insn-per-tb=on
+        -rtc base=2026-01-01T00:00:00,clock=vm)
     echo "qemu.sh: repeatable mode: ${repeatable_args[*]}"
 fi
 
