@@ -26,11 +26,22 @@ command -v qemu-system-x86_64 >/dev/null || { echo "error: qemu-system-x86_64 no
 # -rtc ...,clock=vm: the CMOS clock on virtual time from a fixed date; on the host's clock, Hermit's
 # boot polls the RTC's update-in-progress flag for a host-dependent number of instructions, and
 # every later figure shifts with it. With all three, two boots write identical serial logs.
+# The guest also reads the multiboot command line, which starts with the -kernel path: QEMU runs
+# from a scratch folder holding links named like the loader and the image, so the same boot reads
+# the same bytes from any checkout (a longer path is a few hundred instructions more, and shifts
+# the figures as the RTC did).
 repeatable_args=()
 if [ -n "${QEMU_ICOUNT_SHIFT:-}" ]; then
     repeatable_args=(-icount "shift=$QEMU_ICOUNT_SHIFT,sleep=off" -accel tcg,one-insn-per-tb=on
         -rtc base=2026-01-01T00:00:00,clock=vm)
     echo "qemu.sh: repeatable mode: ${repeatable_args[*]}"
+    scratch="$(mktemp -d)"
+    trap 'rm -rf "$scratch"' EXIT
+    ln -s "$(realpath "$loader")" "$scratch/$(basename "$loader")"
+    [ "$(basename "$image")" = "$(basename "$loader")" ] \
+        || ln -s "$(realpath "$image")" "$scratch/$(basename "$image")"
+    loader="$(basename "$loader")" image="$(basename "$image")"
+    cd "$scratch"
 fi
 
 status=0
