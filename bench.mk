@@ -67,7 +67,9 @@ SPREAD_RUNS          ?= 3
 SPREAD_SMP           ?= 2 4
 SPREAD_WAKEUP_SMP    ?= 2 4
 SPREAD_WAKEUP_ROUNDS ?= $(WAKEUP_ROUNDS)
-SPREAD_OUT           ?= $(GUEST_LOGS)/spread$(if $(filter-out 0,$(REPEATABLE)),-repeatable)
+# REPEATABLE=1 only: one run per phase (ICOUNT_PHASE) instead of SPREAD_RUNS identical runs.
+SPREAD_PHASES        ?=
+SPREAD_OUT           ?= $(GUEST_LOGS)/spread$(if $(filter-out 0,$(REPEATABLE)),-repeatable$(if $(SPREAD_PHASES),-phases))
 
 .PHONY: bench bench-host bench-smoke guest-rayon guest-rayon-smoke rayon-images guest-wakeup wakeup-smoke wakeup-images guest-tlb-stale guest-spread
 
@@ -140,6 +142,6 @@ guest-tlb-stale:
 ## REPEATABLE=1 for the instruction-counting mode); table in SPREAD_OUT/spread.md
 guest-spread: wakeup-images $(IMAGE_LOADER_DEP) qemu-install
 	@$(MAKE) --no-print-directory -f $(IMAGE_MK) image APP=ipiq-bench KERNEL=patched
-	@$(IMAGE_SCRIPTS)/guest-spread.sh $(LOADER) $(SPREAD_OUT) $(SPREAD_RUNS) "$(SPREAD_SMP)" "$(SPREAD_WAKEUP_SMP)" \
+	@SPREAD_PHASES="$(SPREAD_PHASES)" $(IMAGE_SCRIPTS)/guest-spread.sh $(LOADER) $(SPREAD_OUT) $(SPREAD_RUNS) "$(SPREAD_SMP)" "$(SPREAD_WAKEUP_SMP)" \
 		"$(SPREAD_WAKEUP_ROUNDS)" bench=$(IMAGE_BUILD)/kernel-patched/apps/x86_64-unknown-hermit/release/ipiq-bench \
 		$(WAKEUP_IMAGES)

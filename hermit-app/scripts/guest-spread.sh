@@ -9,6 +9,9 @@
 # stock-probe= the wakeup images. Runs are interleaved (run 1 of every figure, then run 2, ...), so
 # a change in the host's load falls on every figure alike. Spread: (max - min) / median of the runs.
 # The mode follows qemu.sh: QEMU_ICOUNT_SHIFT set (make REPEATABLE=1) is the repeatable mode.
+# SPREAD_PHASES="0 1 2 ..." (repeatable mode): one run per phase, run i with QEMU_ICOUNT_PHASE set
+# to the i-th (RUNS is then ignored): deterministic runs that start a few hundred instructions
+# apart, whose median does not hang on where one run's hand-offs happen to fall.
 # Boot logs: OUT_DIR/bench-smpN-rR.log, OUT_DIR/wakeup-rR/; the table: OUT_DIR/spread.md (and stdout).
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -29,8 +32,11 @@ add() {
     [ -n "${vals[$1]+set}" ] || names+=("$1")
     vals["$1"]+=" $2"
 }
+phases=(${SPREAD_PHASES:-})
+[ "${#phases[@]}" = 0 ] || runs=${#phases[@]}
 start=$SECONDS
 for run in $(seq 1 "$runs"); do
+    [ "${#phases[@]}" = 0 ] || export QEMU_ICOUNT_PHASE="${phases[$((run - 1))]}"
     for smp in $smps; do
         log="$out/bench-smp$smp-r$run.log"
         "$here/qemu.sh" "$loader" "${image[bench]}" "$smp" "$model" 512M 900 \
@@ -65,7 +71,10 @@ else
 fi
 header="| figure |"
 rule="|---|"
-for run in $(seq 1 "$runs"); do header+=" run $run |"; rule+="---:|"; done
+for run in $(seq 1 "$runs"); do
+    header+=" $([ "${#phases[@]}" = 0 ] && echo "run $run" || echo "phase ${phases[$((run - 1))]}") |"
+    rule+="---:|"
+done
 {
     echo "<<<report Headline guest ratios over $runs runs ($mode)"
     echo "QEMU $(qemu-system-x86_64 --version | head -n 1 | awk '{ print $4 }'), cpu $model, host $(nproc) cores; wakeup: $wakeup_rounds round trips per primitive."

@@ -4,7 +4,8 @@
 # With isa-debug-exit, the kernel's shutdown writes 1 (success) or 0 (failure) to port 0xf4 and
 # QEMU exits with (value << 1) | 1: 3 means the application exited 0; 1 means it failed or
 # panicked (the loader's panic handler writes 0 too). Exit status: 0 on success, 1 otherwise.
-# QEMU_ICOUNT_SHIFT=N (set by `make ... REPEATABLE=1`): repeatable mode, see repeatable_args.
+# QEMU_ICOUNT_SHIFT=N (set by `make ... REPEATABLE=1`): repeatable mode, see repeatable_args;
+# QEMU_ICOUNT_PHASE=n (ICOUNT_PHASE=n) shifts its starting phase.
 set -euo pipefail
 
 loader="$1" image="$2" smp="$3" cpu="$4" mem="$5" limit="$6"
@@ -37,10 +38,13 @@ if [ -n "${QEMU_ICOUNT_SHIFT:-}" ]; then
     echo "qemu.sh: repeatable mode: ${repeatable_args[*]}"
     scratch="$(mktemp -d)"
     trap 'rm -rf "$scratch"' EXIT
-    ln -s "$(realpath "$loader")" "$scratch/$(basename "$loader")"
-    [ "$(basename "$image")" = "$(basename "$loader")" ] \
-        || ln -s "$(realpath "$image")" "$scratch/$(basename "$image")"
-    loader="$(basename "$loader")" image="$(basename "$image")"
+    # QEMU_ICOUNT_PHASE=n (make ICOUNT_PHASE=n): the loader's link name gets 8n more characters,
+    # so the guest starts a few hundred instructions later: another deterministic sample of a
+    # figure that depends on where the vCPUs' hand-offs fall (guest-spread.sh SPREAD_PHASES).
+    name="$(basename "$loader")$(printf '%*s' $((8 * ${QEMU_ICOUNT_PHASE:-0})) '' | tr ' ' _)"
+    ln -s "$(realpath "$loader")" "$scratch/$name"
+    [ "$(basename "$image")" = "$name" ] || ln -s "$(realpath "$image")" "$scratch/$(basename "$image")"
+    loader="$name" image="$(basename "$image")"
     cd "$scratch"
 fi
 
