@@ -37,14 +37,17 @@
 #                           ping-pong, statistics off against on, at SPREAD_SMP vCPUs; wakeup: ipiq
 #                           kernel against stock at SPREAD_WAKEUP_SMP) SPREAD_RUNS times each, with
 #                           their spread across runs (scripts/guest-spread.sh); table and boots in
-#                           results/guest-logs/spread (spread-repeatable with REPEATABLE=1)
+#                           results/guest-logs/spread (spread-repeatable with REPEATABLE=1);
+#                           SPREAD_PHASES="0 1 2 3 4" with REPEATABLE=1: one run per ICOUNT_PHASE
 #
 # REPEATABLE=1 (hermit-app/image.mk) makes every guest target here boot with QEMU's instruction
 # counting (-icount shift=ICOUNT_SHIFT,sleep=off, single-threaded TCG, one instruction per
-# translation block): emulated time is then guest instructions, the same on every run whatever the
-# host's load (measured spread 0.0% over three runs, docs/results/2026-12-07-repeatable.md), at
-# 3-10x the wall time; the figures measure instruction paths under round-robin vCPUs, not time on
-# parallel cores, so they differ from the normal mode's and are compared only within one mode.
+# translation block, the RTC on virtual time): emulated time is then guest instructions and
+# every boot repeats exactly whatever the host's load (three runs: identical logs, spread 0.0% for
+# every headline ratio, docs/results/2026-12-07-repeatable.md), at 2-10x the wall time. The
+# figures measure instruction paths under round-robin vCPUs, not time on parallel cores: they
+# differ from the normal mode's and are compared only within the mode; some depend on the
+# starting phase (ICOUNT_PHASE), so take those over several phases.
 
 CARGO ?= cargo
 RAYON_KERNELS ?= patched stock
