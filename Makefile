@@ -3,7 +3,8 @@
 #   make run    the dispatch demo: on simulated cores (host), then in the Hermit image booted
 #               under QEMU with 4 cores (ipiq messages against std threads and channels)
 #   make test   everything CI runs: host tests, loom models, the no_std kernel-target build,
-#               lints, docs, a smoke run of every benchmark, then the Hermit images under QEMU
+#               lints, docs, a smoke run of every benchmark, `git am` of the kernel patch
+#               series (kernel-series-check), then the Hermit images under QEMU
 #               (1/2/4/8 vCPUs, x2APIC and xAPIC), the FPU test (fpu-test: application
 #               messages computing with f64/x87/AVX, 2 and 4 vCPUs, x2APIC, xAPIC and an AVX
 #               model), the hang debugger's self-test (qemu-debug-test), the lock-order fault
@@ -37,16 +38,18 @@ run-host:
 	$(CARGO) run --release --features std --example dispatch
 
 ## test: the whole suite (what .ci/run runs)
-test: lint test-host test-flood loom check-kernel-target doc bench-smoke image-test fpu-test qemu-debug-test lock-inject-test test-dispatch guest-rayon-smoke tlb-stale-test wakeup-smoke
+test: lint test-host test-flood loom check-kernel-target doc bench-smoke kernel-series-check image-test fpu-test qemu-debug-test lock-inject-test test-dispatch guest-rayon-smoke tlb-stale-test wakeup-smoke
 	$(MAKE) --no-print-directory guest-bench-smoke
 
 ## test-host: unit tests, invariant tests I1-I7, bad input, stalls (watchdogs, shootdown
-## policy, cpusync holds), defects found by review, doctests (host platform), and the
+## policy, cpusync holds), defects found by review, multicast wake-ups (one platform call,
+## exact IPI and ICR-write counts), doctests (host platform), and the
 ## invariants under arbitrary preemption (tests/preempt.rs: IPIs and ticks as POSIX signals)
 test-host:
-	$(CARGO) test --release --features std --lib --test invariants --test bad_input --test stalls --test defects
+	$(CARGO) test --release --features std --lib --test invariants --test bad_input --test stalls --test defects --test multicast
 	$(CARGO) test --release --features std --test preempt -- --test-threads 1
 	$(CARGO) test --release --features std --doc
+	$(CARGO) test --release -p ipiq-abi
 
 ## test-flood: 10^6+ messages all-to-all through 4-slot FIFOs, then with lost and late IPIs
 test-flood:
@@ -89,8 +92,8 @@ guest-bench-run:
 ## loom: model checks of the npoll handshake, FIFO-full progress, cpusync and the kernel's idle
 ## loop against lazy and active senders
 loom:
-	RUSTFLAGS="--cfg loom" $(if $(LOOM_MAX_PREEMPTIONS),LOOM_MAX_PREEMPTIONS=$(LOOM_MAX_PREEMPTIONS)) \
-		CARGO_TARGET_DIR=target/loom $(CARGO) test --release --test loom
+	RUSTFLAGS="--cfg ipiq_loom" $(if $(LOOM_MAX_PREEMPTIONS),LOOM_MAX_PREEMPTIONS=$(LOOM_MAX_PREEMPTIONS)) \
+		CARGO_TARGET_DIR=target/loom $(CARGO) test --release --features loom --test loom
 
 ## check-kernel-target: the crate without std, built as the kernel builds it
 check-kernel-target: hermit-toolchain
@@ -102,12 +105,12 @@ check-kernel-target: hermit-toolchain
 
 ## lint: rustfmt and clippy, warnings are errors
 lint: ci-tools
-	$(CARGO) fmt --check
-	$(CARGO) clippy --features std --all-targets -- -D warnings
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --workspace --features std --all-targets -- -D warnings
 
 ## doc: rustdoc without warnings
 doc:
-	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --features std --no-deps
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --workspace --features std --no-deps
 
 ci-tools:
 	@rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy

@@ -33,6 +33,10 @@
 #   make guest-tlb-stale    stale-TLB experiment (apps/tlb-stale) on both kernels, 2/4/8 vCPUs,
 #                           x2APIC and xAPIC; boots in results/guest-logs/tlb-stale/, table
 #                           results/guest-logs/tlb-stale-summary.log
+#   make guest-shootdown    the shootdown's cost (apps/tlb-stale `rate`: swaps back to back under a
+#                           reader, the other cores idle then spinning), ipiq against stock-probe at
+#                           SHOOTDOWN_SMP vCPUs, SHOOTDOWN_REPEATS alternating boots each; table
+#                           results/guest-logs/shootdown-summary.log
 #   make guest-spread       the headline guest ratios (ipiq-bench: round trip against the raw ICR
 #                           ping-pong, statistics off against on, at SPREAD_SMP vCPUs; wakeup: ipiq
 #                           kernel against stock at SPREAD_WAKEUP_SMP) SPREAD_RUNS times each, with
@@ -66,6 +70,12 @@ WAKEUP_REPEATS      ?= 3
 WAKEUP_TIMEOUT      ?= 300
 WAKEUP_IMAGES        = $(foreach k,patched stock-probe,$(k)=$(IMAGE_BUILD)/kernel-$(k)/apps/x86_64-unknown-hermit/release/wakeup)
 
+SHOOTDOWN_SMP     ?= 2 4 8
+SHOOTDOWN_SWAPS   ?= 200
+SHOOTDOWN_REPEATS ?= 3
+SHOOTDOWN_TIMEOUT ?= 300
+SHOOTDOWN_IMAGES   = $(foreach k,patched stock-probe,$(k)=$(IMAGE_BUILD)/kernel-$(k)/apps/x86_64-unknown-hermit/release/tlb-stale)
+
 SPREAD_RUNS          ?= 3
 SPREAD_SMP           ?= 2 4
 SPREAD_WAKEUP_SMP    ?= 2 4
@@ -74,13 +84,15 @@ SPREAD_WAKEUP_ROUNDS ?= $(WAKEUP_ROUNDS)
 SPREAD_PHASES        ?=
 SPREAD_OUT           ?= $(GUEST_LOGS)/spread$(if $(filter-out 0,$(REPEATABLE)),-repeatable$(if $(SPREAD_PHASES),-phases))
 
+.PHONY: guest-shootdown shootdown-images
 .PHONY: bench bench-host bench-smoke guest-rayon guest-rayon-smoke rayon-images guest-wakeup wakeup-smoke wakeup-images guest-tlb-stale guest-spread
 
 ## bench: every benchmark, host and guest, gathered into results/report.md (~10 min here)
-bench: bench-host guest-bench-all guest-wakeup guest-tlb-stale guest-rayon
+bench: bench-host guest-bench-all guest-wakeup guest-tlb-stale guest-shootdown guest-rayon
 	@$(IMAGE_SCRIPTS)/bench-report.sh results \
 		$(foreach n,$(GUEST_BENCH_SMPS),$(GUEST_LOGS)/ipiq-bench-$(n).log) \
 		$(GUEST_LOGS)/wakeup-summary.log $(GUEST_LOGS)/tlb-stale-summary.log \
+		$(GUEST_LOGS)/shootdown-summary.log \
 		$(GUEST_LOGS)/rayon-summary.md
 
 ## bench-host: host benchmarks against peers; writes results/bench-report.md and the CSV and SVG
@@ -140,6 +152,19 @@ guest-tlb-stale:
 	@SUMMARY=$(GUEST_LOGS)/tlb-stale-summary.log $(MAKE) --no-print-directory -f $(IMAGE_MK) tlb-stale-test \
 		TLB_STALE_KERNELS="patched stock-probe" TLB_STALE_SMP="2 4 8" TLB_STALE_MODES="x2APIC xAPIC" \
 		TLB_STALE_LOGS=$(abspath $(GUEST_LOGS))/tlb-stale
+
+shootdown-images:
+	@for k in patched stock-probe; do \
+		$(MAKE) --no-print-directory -f $(IMAGE_MK) image APP=tlb-stale KERNEL=$$k || exit 1; \
+	done
+
+## guest-shootdown: the shootdown's cost, ipiq kernel against stock-probe at SHOOTDOWN_SMP vCPUs
+## (swaps/s under a reader, other cores idle then busy, IPIs per swap, stale reads); table in
+## results/guest-logs/shootdown-summary.log, boots in results/guest-logs/shootdown/
+guest-shootdown: shootdown-images $(IMAGE_LOADER_DEP) qemu-install
+	@mkdir -p $(GUEST_LOGS)
+	@REPEATS=$(SHOOTDOWN_REPEATS) SUMMARY=$(GUEST_LOGS)/shootdown-summary.log $(IMAGE_SCRIPTS)/shootdown-rate.sh \
+		$(LOADER) $(GUEST_LOGS)/shootdown $(SHOOTDOWN_TIMEOUT) "$(SHOOTDOWN_SMP)" $(SHOOTDOWN_SWAPS) $(SHOOTDOWN_IMAGES)
 
 ## guest-spread: the headline guest ratios SPREAD_RUNS times with their spread across runs (add
 ## REPEATABLE=1 for the instruction-counting mode); table in SPREAD_OUT/spread.md

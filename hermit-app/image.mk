@@ -6,10 +6,12 @@
 # See hermit-app/README-image.md for what each step does and how long it takes.
 #
 # Targets:  image loader qemu qemu-debug qemu-debug-test lock-inject-test uhyve image-test
-#           kernel-tests tlb-stale-test fpu-test image-run image-clean
+#           kernel-tests tlb-stale-test fpu-test image-run image-clean kernel-series-check
+#           kernel-series-repo
 # Variables (make VAR=value):
-#   KERNEL=patched|stock|stock-probe   kernel source with hermit-app/kernel/patches/*.patch,
-#                          unpatched, or with only the test probes of kernel/stock-probe-patches/
+#   KERNEL=patched|stock|stock-probe   kernel source with the series of hermit-app/kernel/patches/
+#                          and the project's probes (kernel/probe-patches/), unpatched, or with
+#                          only the test probes of kernel/stock-probe-patches/
 #   APP=cores              application under hermit-app/apps/
 #   APP_FEATURES=...       the application's cargo features; an app that declares the feature
 #                          `ipiq-stats` (it reads ipiq's counters) gets it with KERNEL=patched only,
@@ -90,10 +92,11 @@ endif
 
 IMAGE_PRISTINE   := $(IMAGE_BUILD)/registry/hermit-kernel-$(HERMIT_KERNEL_VERSION)
 IMAGE_KERNEL_DIR := $(IMAGE_BUILD)/kernel-$(KERNEL)
-# patched: the ipiq integration; stock-probe: stock plus test-only probes (a swap-pages syscall
-# with stock's own TLB handling, IPI counters); stock: no patch at all.
-IMAGE_PATCH_DIR  := $(if $(filter patched,$(KERNEL)),kernel/patches,$(if $(filter stock-probe,$(KERNEL)),kernel/stock-probe-patches))
-IMAGE_PATCHES    := $(if $(IMAGE_PATCH_DIR),$(sort $(wildcard $(IMAGE_HERMIT_APP)/$(IMAGE_PATCH_DIR)/*.patch)))
+# Patch directories, applied in this order, each in the order of its `series` file. patched:
+# the ipiq kernel series, then the project's test probes; stock-probe: stock plus test-only
+# probes (a swap-pages syscall with stock's own TLB handling, IPI counters); stock: none.
+IMAGE_PATCH_DIRS := $(addprefix $(IMAGE_HERMIT_APP)/kernel/,$(if $(filter patched,$(KERNEL)),patches probe-patches,$(if $(filter stock-probe,$(KERNEL)),stock-probe-patches)))
+IMAGE_PATCHES    := $(wildcard $(addsuffix /series,$(IMAGE_PATCH_DIRS)) $(addsuffix /*.patch,$(IMAGE_PATCH_DIRS)))
 IMAGE_APP_DIR     = $(IMAGE_HERMIT_APP)/apps/$(APP)
 APP_FEATURES     ?=
 # `ipiq-stats` links the sys_ipiq_stats syscall, which only the patched kernel has;
@@ -108,6 +111,7 @@ LOADER           ?= $(IPIQ_LOADER)
 IMAGE_LOADER_DEP := $(if $(filter $(IPIQ_LOADER),$(LOADER)),loader)
 
 .PHONY: image loader qemu qemu-debug qemu-debug-test lock-inject-test uhyve image-test kernel-tests tlb-stale-test fpu-test image-run image-clean
+.PHONY: kernel-series-check kernel-series-repo
 .PHONY: hermit-toolchain hermit-kernel qemu-install gdb-install image-force
 
 ## image: kernel archive (patched or stock) + application image
@@ -123,16 +127,31 @@ $(IMAGE_PRISTINE)/.fetched: $(IMAGE_SCRIPTS)/fetch-kernel.sh | hermit-toolchain
 	@$(IMAGE_SCRIPTS)/fetch-kernel.sh $(HERMIT_TOOLCHAIN) $(HERMIT_KERNEL_VERSION) $(IMAGE_PRISTINE)
 	@touch $@
 
-# The list of patches in use: rewritten only when it changes, so removing a patch re-prepares.
+# The patch directories and files in use: rewritten only when they change, so removing a
+# directory or a patch re-prepares.
 $(IMAGE_KERNEL_DIR)/patches.list: image-force
 	@mkdir -p $(@D)
-	@echo '$(notdir $(IMAGE_PATCHES))' | cmp -s - $@ || echo '$(notdir $(IMAGE_PATCHES))' >$@
+	@echo '$(notdir $(IMAGE_PATCH_DIRS)): $(notdir $(IMAGE_PATCHES))' | cmp -s - $@ \
+		|| echo '$(notdir $(IMAGE_PATCH_DIRS)): $(notdir $(IMAGE_PATCHES))' >$@
 
-# Kernel source for this variant: a fresh copy with the patches applied in order.
-$(IMAGE_KERNEL_DIR)/.prepared: $(IMAGE_PRISTINE)/.fetched $(IMAGE_KERNEL_DIR)/patches.list $(IMAGE_PATCHES) $(IMAGE_SCRIPTS)/prepare-kernel.sh
-	@echo "==> preparing $(KERNEL) kernel source ($(words $(IMAGE_PATCHES)) patches)"
-	@$(IMAGE_SCRIPTS)/prepare-kernel.sh $(IMAGE_PRISTINE) $(IMAGE_KERNEL_DIR)/src $(IMAGE_PATCHES)
+# Kernel source for this variant: a fresh copy with each directory's series applied in order
+# (a patch missing from its `series`, or a name there without its file, stops here).
+$(IMAGE_KERNEL_DIR)/.prepared: $(IMAGE_PRISTINE)/.fetched $(IMAGE_KERNEL_DIR)/patches.list $(IMAGE_PATCHES) $(IMAGE_SCRIPTS)/prepare-kernel.sh $(IMAGE_SCRIPTS)/kernel-series.sh
+	@echo "==> preparing $(KERNEL) kernel source ($(if $(IMAGE_PATCH_DIRS),series of $(notdir $(IMAGE_PATCH_DIRS)),no patches))"
+	@$(IMAGE_SCRIPTS)/prepare-kernel.sh $(IMAGE_PRISTINE) $(IMAGE_KERNEL_DIR)/src $(IMAGE_PATCH_DIRS)
 	@touch $@
+
+## kernel-series-check: every patch directory's series applies with plain `git am` to the
+## pristine kernel source (kernel patches, then the probes; the stock probes on their own)
+kernel-series-check: $(IMAGE_PRISTINE)/.fetched
+	@echo "==> git am of the kernel patch series onto hermit-kernel $(HERMIT_KERNEL_VERSION)"
+	@$(IMAGE_SCRIPTS)/kernel-series.sh am $(IMAGE_PRISTINE) $(IMAGE_HERMIT_APP)/kernel/patches $(IMAGE_HERMIT_APP)/kernel/probe-patches
+	@$(IMAGE_SCRIPTS)/kernel-series.sh am $(IMAGE_PRISTINE) $(IMAGE_HERMIT_APP)/kernel/stock-probe-patches
+
+## kernel-series-repo: the patched kernel as a git repository to change the series in
+## (build/kernel-series; tags pristine, patches, probe-patches; see README-image.md)
+kernel-series-repo: $(IMAGE_PRISTINE)/.fetched
+	@$(IMAGE_SCRIPTS)/kernel-series.sh repo $(IMAGE_PRISTINE) $(IMAGE_BUILD)/kernel-series $(IMAGE_HERMIT_APP)/kernel/patches $(IMAGE_HERMIT_APP)/kernel/probe-patches
 
 # Cargo decides what to recompile; the export steps run only when an archive changed.
 hermit-kernel: $(IMAGE_KERNEL_DIR)/.prepared hermit-toolchain
@@ -165,7 +184,7 @@ qemu-debug: image $(IMAGE_LOADER_DEP) qemu-install gdb-install
 
 ## lock-inject-test: ipiq-tests' sched_locks stress with a timer interrupt armed (through the gdb
 ## stub) for any moment vCPU 1 holds SCHEDULER_INPUTS with interrupts on; passes if that never
-## happens and the stress passes (patched kernel; part of make test; before patch 0009 it hung)
+## happens and the stress passes (patched kernel; part of make test; without the lock-order patch it hung)
 lock-inject-test: $(IMAGE_LOADER_DEP) qemu-install gdb-install
 	@$(MAKE) --no-print-directory -f $(IMAGE_MK) KERNEL=patched APP=ipiq-tests image
 	@$(IMAGE_SCRIPTS)/lock-inject-test.sh $(LOADER) $(IMAGE_BUILD)/kernel-patched/apps/x86_64-unknown-hermit/release/ipiq-tests \

@@ -1,7 +1,7 @@
 //! cpusync: a rendezvous of cores (the seed's `lwkt_cpusync_*`).
 //!
 //! The master sends each target a message that runs the *start* work, counts the target in and
-//! holds it: the target re-queues a poll of the rendezvous on its own requeue list, which every
+//! holds it: the target puts a poll of the rendezvous on its own hold list (`hold.rs`), which every
 //! drain visits last, so a held target keeps serving its other queues (including a second
 //! master's cpusync, I6) while it spins inside [`Ipiq::process`]. When the master finishes, each
 //! target runs the *finish* work, counts itself out, then runs the *after* work (the seed's
@@ -29,15 +29,18 @@
 
 use alloc::boxed::Box;
 
-use crate::error::Error;
+use crate::drain::Hold;
+use crate::hold::Holder;
 use crate::irq::IrqOff;
-use crate::matrix::{Hold, Ipiq, Kind};
+use crate::matrix::Ipiq;
 use crate::message::{IpiFn, Message};
 use crate::platform::{CpuId, Platform};
+use crate::send::Kind;
 use crate::status::{FlagSet, Waiting};
 use crate::sync::{Arc, AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use crate::watchdog::Patience;
 use crate::CpuSet;
+use crate::Error;
 
 /// What the targets of a cpusync run, and when.
 pub struct SyncWork<P: Platform> {
@@ -111,35 +114,39 @@ struct SyncState<P: Platform> {
     left_bits: CoreBits,
 }
 
-/// A cpusync poll waiting on a core's requeue list (the seed's `lwkt_cpusync_remote2`
-/// re-queueing itself).
-pub(crate) struct Requeued<P: Platform> {
-    state: Arc<SyncState<P>>,
+/// A held target's poll of its rendezvous, on the target's hold list (`hold.rs`; the seed's
+/// `lwkt_cpusync_remote2` re-queueing itself). `word` is an `Arc<SyncState<P>>` reference owned
+/// by the hold (see `enter`). Runs the finish side once the master released the rendezvous;
+/// returns `true` when done (the hold is then dropped), `false` while still held.
+///
+/// Context: the held target's drain loop, interrupts disabled.
+fn poll_hold<P: Platform>(ipiq: &Ipiq<P>, word: usize) -> bool {
+    // SAFETY: the hold owns a reference to the state (`Holder::new`'s contract, see `enter`), so
+    // it is alive until `release_hold` runs, which is after the last poll.
+    let state = unsafe { &*(word as *const SyncState<P>) };
+    // Acquire: pairs with the master's Release in `release_now`.
+    if !state.released.load(Ordering::Acquire) {
+        return false;
+    }
+    let me = ipiq.current_cpu();
+    if let Some(finish) = state.work.finish {
+        finish.run(ipiq, me);
+    }
+    state.left_bits.set(me);
+    // Release: the finish work's effects before the count the master waits on.
+    state.left.fetch_add(1, Ordering::Release);
+    ipiq.diag(me).released();
+    if let Some(after) = state.work.after {
+        after.run(ipiq, me);
+    }
+    true
 }
 
-impl<P: Platform> Requeued<P> {
-    /// Runs the finish side once the master released the rendezvous; returns `true` when done
-    /// (the entry is dropped), `false` while still held.
-    ///
-    /// Context: the held target's drain loop, interrupts disabled.
-    pub(crate) fn poll(&self, ipiq: &Ipiq<P>) -> bool {
-        // Acquire: pairs with the master's Release in `release_now`.
-        if !self.state.released.load(Ordering::Acquire) {
-            return false;
-        }
-        let me = ipiq.current_cpu();
-        if let Some(finish) = self.state.work.finish {
-            finish.run(ipiq, me);
-        }
-        self.state.left_bits.set(me);
-        // Release: the finish work's effects before the count the master waits on.
-        self.state.left.fetch_add(1, Ordering::Release);
-        ipiq.diag(me).released();
-        if let Some(after) = self.state.work.after {
-            after.run(ipiq, me);
-        }
-        true
-    }
+/// Gives up a hold's reference to its rendezvous state. Context: the held target, interrupts
+/// disabled (or the thread dropping the whole `Ipiq`).
+fn release_hold<P: Platform>(word: usize) {
+    // SAFETY: `word` came from `Arc::into_raw` in `enter` and the hold releases it once.
+    drop(unsafe { Arc::from_raw(word as *const SyncState<P>) });
 }
 
 /// The message a target receives: run the start work, count in, hold (`lwkt_cpusync_remote1`).
@@ -157,7 +164,11 @@ fn enter<P: Platform>(ipiq: &Ipiq<P>, raw: usize, _: usize) {
     state.entered_bits.set(me);
     // Release: the start work's effects before the count the master waits on.
     state.entered.fetch_add(1, Ordering::Release);
-    ipiq.requeue(me, Requeued { state });
+    let word = Arc::into_raw(state) as usize;
+    // SAFETY: the hold owns the reference `into_raw` just gave up: it stays valid for
+    // `poll_hold` until `release_hold` frees it, once, when the hold is dropped.
+    let holder = unsafe { Holder::new(poll_hold::<P>, release_hold::<P>, word) };
+    ipiq.hold(me, holder);
 }
 
 /// A running cpusync, lent by [`Ipiq::cpusync`] to the master's closure. Its targets are held
@@ -359,11 +370,14 @@ impl<P: Platform> Ipiq<P> {
         };
         let mut first_error = None;
         for target in set.iter().filter(|&t| t != master && self.is_online(t)) {
-            if let Err(e) = sync.send_enter(target, patience) {
+            if let Err(e) = sync.queue_enter(target, patience) {
                 first_error = Some(e);
                 break;
             }
         }
+        // One fence and one platform call for every target queued (as `send_many`): the enter
+        // messages reach them in as few IPI writes as the platform allows.
+        self.signal_all(master, &sync.members);
         overlap();
         if let Some(e) = first_error {
             return Err(e);
@@ -438,7 +452,7 @@ impl<P: Platform> CpuSync<'_, P> {
         if !self.released {
             self.released = true;
             // Release: everything the master did inside the rendezvous happens before the
-            // targets' finish work (pairs with the Acquire in `Requeued::poll`).
+            // targets' finish work (pairs with the Acquire in `poll_hold`).
             self.state.released.store(true, Ordering::Release);
         }
     }
@@ -454,6 +468,29 @@ impl<P: Platform> CpuSync<'_, P> {
             }
             Err(e) => {
                 // SAFETY: the send failed, so no message owns this reference: take it back.
+                drop(unsafe { Arc::from_raw(raw as *const SyncState<P>) });
+                Err(e)
+            }
+        }
+    }
+
+    /// Queues the enter message for `target` without waking it (the caller wakes every
+    /// target at once with `Ipiq::signal_all`); `target` is online and not the master.
+    ///
+    /// Context: interrupts disabled by the caller (the master's, for the whole rendezvous).
+    fn queue_enter(&mut self, target: CpuId, patience: Patience) -> Result<(), Error> {
+        let raw = Arc::into_raw(self.state.clone()) as usize;
+        let message = Message::new(enter::<P>, raw, 0);
+        match self
+            .ipiq
+            .queue_unsignalled(self.master, target, message, patience)
+        {
+            Ok(()) => {
+                let _ = self.members.insert(target); // never fails: `target` came from a set
+                Ok(())
+            }
+            Err(e) => {
+                // SAFETY: the queueing failed, so no message owns this reference: take it back.
                 drop(unsafe { Arc::from_raw(raw as *const SyncState<P>) });
                 Err(e)
             }

@@ -22,7 +22,7 @@
 //!   has returned already). `wait` from inside a message function uses it: see `Ipiq::wait`.
 //! - `spill_seq` is the sequence number the sender's last *spilled* message has (a message that
 //!   found the ring full inside a message function and waits in the sender's spill list; see
-//!   `Ipiq::enqueue`). While that list holds messages for this ring, pushes come only from it, so
+//!   `send.rs`, `spill.rs`). While that list holds messages for this ring, pushes come only from it, so
 //!   `windex` plus the list's length is `spill_seq`; once it is empty, `spill_seq <= windex`. Hence
 //!   `max(windex, spill_seq)` ([`Fifo::issued`]) counts every message ever accepted for this
 //!   ring, with one index that never goes down: moving a message from the list into the ring

@@ -8,8 +8,9 @@
 //! (core sets of up to 1024 cores, recoverable watchdogs, exact `wait` under nesting).
 //!
 //! ## Architecture
-//! - [`Platform`] is the only door to the hardware: current core, core count, IPI, interrupt
-//!   save/restore, relax, time, TLB flushes. It is an `unsafe trait`: the protocol's memory
+//! - [`Platform`] is the only door to the hardware: current core, core count, IPI (to one core,
+//!   or to a set in as few hardware writes as the platform can), interrupt save/restore, relax,
+//!   time, TLB flushes. It is an `unsafe trait`: the protocol's memory
 //!   safety rests on its contract (one execution context per core id, `current_cpu` stable and
 //!   no re-entry while interrupts are disabled), and every public operation disables interrupts
 //!   itself, so safe code cannot break that contract from the caller's side. The protocol is
@@ -104,32 +105,35 @@
 extern crate alloc;
 
 pub mod arch;
-mod cpuset;
 mod cpusync;
-mod error;
+mod drain;
 mod fifo;
+mod hold;
+mod hooks;
 mod irq;
 mod matrix;
 mod message;
+mod percpu;
 mod platform;
+mod send;
+mod spill;
 mod stats;
 mod status;
 mod sync;
+pub mod tick;
 mod tlb;
+mod wait;
+mod wakeup;
 mod watchdog;
 
-#[cfg(target_os = "hermit")]
-pub mod hermit;
-#[cfg(all(feature = "std", not(loom)))]
+#[cfg(all(feature = "std", not(ipiq_loom)))]
 pub mod host;
 
-pub use cpuset::CpuSet;
 pub use cpusync::{CpuSync, SyncWork};
-pub use error::Error;
-pub use matrix::{Config, Ipiq, Seq};
+pub use ipiq_abi::{CpuSet, Error, Seq, Stats};
+pub use matrix::{Config, Ipiq};
 pub use message::{IpiFn, Message};
 pub use platform::{CpuId, IrqState, Platform};
-pub use stats::Stats;
 pub use status::{CoreStatus, Waiting};
 pub use sync::CachePadded;
 pub use tlb::Shootdown;

@@ -27,7 +27,7 @@ impl<P: Platform> Message<P> {
     }
 
     /// Runs the message on core `me` (the calling core), counting it as a message context so
-    /// that sends from inside it never block (see `Ipiq::enqueue`).
+    /// that sends from inside it never block (see `spill.rs`).
     #[inline]
     pub(crate) fn run(self, ipiq: &Ipiq<P>, me: crate::CpuId) {
         ipiq.enter_message(me);

@@ -6,8 +6,7 @@
 //! the host implementation ([`crate::host`], feature `std`) over OS threads, and the loom tests
 //! over loom's model threads.
 
-/// A core's index: `0..Platform::cpu_count()`. The boot core is 0.
-pub type CpuId = usize;
+pub use ipiq_abi::CpuId;
 
 /// The saved interrupt state returned by [`Platform::irq_save`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -17,7 +16,7 @@ pub struct IrqState(pub bool);
 ///
 /// # Safety
 /// ipiq's memory safety rests on this contract: each FIFO has one producer and one consumer
-/// with no lock between them, and each core's private state (spill and requeue lists, nesting
+/// with no lock between them, and each core's private state (spill and hold lists, nesting
 /// depths) is used through `&mut` without a lock, both on the strength of "only this core, with
 /// interrupts disabled". An implementation that breaks a point below can cause data races, which
 /// are undefined behaviour, not merely lost or late messages.
@@ -45,6 +44,15 @@ pub struct IrqState(pub bool);
 /// - `send_ipi` is called after the message is published; the implementation must order the
 ///   queue stores before the hardware write (on x2APIC, the ICR write is an MSR write, which is
 ///   not serializing: the implementation fences first).
+/// - `send_ipi_many` must do for each core of its set what `send_ipi` does for one (the same
+///   eventual [`crate::Ipiq::process`], the same ordering of the queue stores before the
+///   hardware writes), and return how many hardware writes it made. It may reach the set with
+///   fewer writes than cores (a broadcast shorthand, a logical destination naming a group), and
+///   such a write may reach more cores than the set: a shorthand or group write is allowed only
+///   where every core it can reach either is in the set or tolerates the vector. **A core not
+///   registered with ipiq (not brought up yet, or one the platform does not count) must tolerate
+///   ipiq's vector**: taking it and finding nothing queued, or ignoring it, is harmless. A core
+///   of the set that is reached twice takes one spurious drain, which is harmless too.
 /// - `now_ns` is monotonic (watchdogs only; a clock that stops disables them).
 pub unsafe trait Platform: Sync + Send + 'static {
     /// The core the caller runs on.
@@ -54,7 +62,30 @@ pub unsafe trait Platform: Sync + Send + 'static {
     fn cpu_count(&self) -> usize;
 
     /// Sends the ipiq wake-up interrupt to `target` (never the calling core).
+    ///
+    /// Context: any, interrupts on or off (the protocol calls it with them off); never blocks.
     fn send_ipi(&self, target: CpuId);
+
+    /// Sends the ipiq wake-up interrupt to every core of `targets` (never the calling core) and
+    /// returns how many hardware writes (ICR writes on x86) that took. A multicast calls it once
+    /// for all the targets it decided to interrupt (`Ipiq::send_many`, the cpusync enter
+    /// messages, TLB shootdowns), so a platform can batch them: the x86_64 platform uses the
+    /// all-excluding-self shorthand and x2APIC cluster destinations where they fit (see the
+    /// contract above for which cores those may reach).
+    ///
+    /// The default sends one [`Platform::send_ipi`] per target and returns the number of
+    /// targets.
+    ///
+    /// Context: as [`Platform::send_ipi`]; the protocol calls it with interrupts off, after the
+    /// one SeqCst fence that follows publishing the messages.
+    fn send_ipi_many(&self, targets: &crate::CpuSet) -> usize {
+        let mut writes = 0;
+        for target in targets.iter() {
+            self.send_ipi(target);
+            writes += 1;
+        }
+        writes
+    }
 
     /// Disables interrupts on the calling core and returns the previous state.
     fn irq_save(&self) -> IrqState;

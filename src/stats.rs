@@ -13,8 +13,9 @@
 //! streaming and round trips with it on and off.
 
 use crate::sync::{AtomicU64, Ordering};
+use crate::Stats;
 
-macro_rules! counters {
+macro_rules! define_counters {
     ($( $(#[$doc:meta])* $name:ident, )*) => {
         /// One core's counters. Each counter is written only by the core it belongs to (with
         /// interrupts disabled), so a plain load-and-store suffices; other cores read them
@@ -22,12 +23,6 @@ macro_rules! counters {
         #[derive(Debug, Default)]
         pub(crate) struct Counters {
             $( $(#[$doc])* pub(crate) $name: AtomicU64, )*
-        }
-
-        /// A copy of one core's statistics (or their sum over cores).
-        #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-        pub struct Stats {
-            $( $(#[$doc])* pub $name: u64, )*
         }
 
         impl Counters {
@@ -41,77 +36,12 @@ macro_rules! counters {
                 $( self.$name.store(0, Ordering::Relaxed); )*
             }
         }
-
-        impl core::ops::AddAssign for Stats {
-            fn add_assign(&mut self, other: Stats) {
-                $( self.$name += other.$name; )*
-            }
-        }
-
-        impl Stats {
-            /// The names of the fields, in declaration order (for tables).
-            pub const NAMES: &'static [&'static str] = &[$( stringify!($name), )*];
-
-            /// Statistics from values in the order of [`Stats::NAMES`] (missing ones are 0,
-            /// extra ones ignored): the inverse of [`Stats::values`].
-            pub fn from_values(values: &[u64]) -> Self {
-                let mut values = values.iter().copied();
-                Stats { $( $name: values.next().unwrap_or(0), )* }
-            }
-
-            /// The values of the fields, in the order of [`Stats::NAMES`].
-            pub fn values(&self) -> impl Iterator<Item = u64> {
-                [$( self.$name, )*].into_iter()
-            }
-        }
     };
 }
 
-counters! {
-    /// Messages this core queued for other cores (active, passive, nowait and lazy).
-    sent,
-    /// Messages sent to this core itself, which ran at once in the caller.
-    local,
-    /// IPIs this core sent.
-    ipis,
-    /// Sends that needed no IPI because the target was already signalled or draining.
-    avoided,
-    /// Passive messages queued without an IPI.
-    passive,
-    /// Sends that found the FIFO at least half full (and drained their own queues).
-    fifo_full,
-    /// Sends from inside a message function that found the FIFO full and went to the spill list.
-    spilled,
-    /// `try_send` calls refused with `WouldBlock`.
-    would_block,
-    /// Messages this core ran from its incoming FIFOs.
-    processed,
-    /// Of those, messages drained by the timer tick.
-    tick_drained,
-    /// Timer ticks seen.
-    ticks,
-    /// cpusyncs this core led.
-    cpusync,
-    /// cpusyncs this core took part in as a target.
-    cpusync_target,
-    /// TLB shootdowns this core led.
-    shootdowns,
-    /// Pages invalidated by those shootdowns (by range).
-    shootdown_pages,
-    /// Shootdowns that flushed everything instead of a range.
-    full_flushes,
-    /// IPIs re-sent by a watchdog (wait, full FIFO, cpusync).
-    ipi_resent,
-    /// Waits that returned `TimedOut`.
-    timeouts,
-    /// Lazy messages (`try_send_lazy`) queued without an IPI: the target was not halted.
-    lazy,
-    /// Targets of this core's shootdowns that were halted: no IPI, their flush deferred to
-    /// their wake-up.
-    shootdown_deferred,
-    /// Full flushes this core did on waking because a shootdown deferred one while it halted.
-    deferred_flushes,
-}
+// The list lives in `ipiq-abi`, so the kernel's counters and the application's `Stats` are
+// built from one declaration.
+ipiq_abi::for_each_counter!(define_counters);
 
 impl Counters {
     /// Adds `n` to `counter`. Only the owning core calls this, with interrupts disabled.
@@ -126,7 +56,7 @@ impl Counters {
     }
 }
 
-#[cfg(all(test, feature = "std", not(loom)))]
+#[cfg(all(test, feature = "std", not(ipiq_loom)))]
 mod tests {
     use crate::host::{HostConfig, HostMachine, HostPlatform};
     use crate::Ipiq;

@@ -299,7 +299,7 @@ impl<P: Platform> Ipiq<P> {
             online: self.is_online(cpu),
             draining: flags & DRAINING != 0,
             polling: flags & POLLING != 0,
-            halted: core.halted.load(Ordering::Relaxed),
+            halted: core.halted.is_set(),
             message_depth: core.running.load(Ordering::Relaxed),
             holds: diag.holds.load(Ordering::Relaxed),
             held_by: diag.held_by.load(Ordering::Relaxed).checked_sub(1),

@@ -1,33 +1,33 @@
 //! The atomics and cells the protocol is built from.
 //!
-//! Under `--cfg loom` every type here is loom's model-checked twin, so the loom tests in
+//! Under `--cfg ipiq_loom` (with feature `loom`) every type here is loom's model-checked twin, so the loom tests in
 //! `tests/loom.rs` explore the interleavings of the very code the kernel runs. Outside loom they
 //! are the `core` types, with a thin [`UnsafeCell`] wrapper that offers loom's closure API.
 
-#[cfg(loom)]
+#[cfg(ipiq_loom)]
 pub(crate) use loom::sync::atomic::{
     fence, AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering,
 };
-#[cfg(loom)]
+#[cfg(ipiq_loom)]
 pub(crate) use loom::sync::Arc;
 
-#[cfg(not(loom))]
+#[cfg(not(ipiq_loom))]
 pub(crate) use alloc::sync::Arc;
-#[cfg(not(loom))]
+#[cfg(not(ipiq_loom))]
 pub(crate) use core::sync::atomic::{
     fence, AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering,
 };
 
 /// An `UnsafeCell` with loom's access API (`with`, `with_mut`).
-#[cfg(loom)]
+#[cfg(ipiq_loom)]
 pub(crate) use loom::cell::UnsafeCell;
 
 /// An `UnsafeCell` with loom's access API (`with`, `with_mut`).
-#[cfg(not(loom))]
+#[cfg(not(ipiq_loom))]
 #[derive(Debug)]
 pub(crate) struct UnsafeCell<T>(core::cell::UnsafeCell<T>);
 
-#[cfg(not(loom))]
+#[cfg(not(ipiq_loom))]
 impl<T> UnsafeCell<T> {
     #[inline]
     pub(crate) const fn new(value: T) -> Self {

@@ -49,9 +49,9 @@
 
 use crate::cpusync::CoreBits;
 use crate::cpusync::SyncWork;
-use crate::error::Error;
+use crate::drain::Hold;
 use crate::irq::IrqOff;
-use crate::matrix::{Hold, Ipiq};
+use crate::matrix::Ipiq;
 use crate::message::Message;
 use crate::platform::CpuId;
 use crate::platform::Platform;
@@ -59,6 +59,7 @@ use crate::status::Waiting;
 use crate::sync::{fence, AtomicBool, AtomicU64, AtomicUsize, CachePadded, Ordering};
 use crate::watchdog::Patience;
 use crate::CpuSet;
+use crate::Error;
 
 /// `pages` value meaning "flush everything".
 const FULL: usize = usize::MAX;
@@ -216,7 +217,7 @@ impl<P: Platform> Ipiq<P> {
             for target in others.iter().filter(online) {
                 let core = self.per_cpu(target).ok_or(Error::NoSuchCpu(target))?;
                 // Relaxed: a hint; the decision is taken after the fence below.
-                if core.halted.load(Ordering::Relaxed) {
+                if core.halted.is_set() {
                     // Relaxed RMW: ordered by the fence that follows.
                     core.tlb.deferred.fetch_add(1, Ordering::Relaxed);
                     // Cannot fail: `target` came out of a set of the same capacity.
@@ -234,9 +235,7 @@ impl<P: Platform> Ipiq<P> {
         for target in others.iter().filter(online) {
             // Relaxed: ordered by the fence above (see there).
             if deferrable.contains(target)
-                && self
-                    .per_cpu(target)
-                    .is_some_and(|c| c.halted.load(Ordering::Relaxed))
+                && self.per_cpu(target).is_some_and(|c| c.halted.is_set())
             {
                 deferred += 1;
                 continue;
@@ -392,7 +391,7 @@ fn flush_and_ack<P: Platform>(ipiq: &Ipiq<P>, master: usize, _: usize) {
     slot.acked.fetch_add(1, Ordering::Release);
 }
 
-#[cfg(all(test, feature = "std", not(loom)))]
+#[cfg(all(test, feature = "std", not(ipiq_loom)))]
 mod tests {
     use super::Shootdown;
     use crate::host::{HostConfig, HostMachine};

@@ -20,10 +20,10 @@
 //!   core may still map it). Past [`Config::stall_panic_ns`], if set, it panics with the
 //!   diagnosis already logged: the kernel's choice between a hang and a crash with a report.
 
-use crate::error::Error;
 use crate::matrix::{Config, Ipiq};
 use crate::platform::{CpuId, Platform};
 use crate::status::{PreviousWait, Waiting};
+use crate::Error;
 
 /// How long a spin loop keeps waiting for cores that make no progress.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ipiq::host::{HostConfig, HostMachine, HostPlatform};
-use ipiq::{Config, CpuSet, Ipiq, Message, Seq, SyncWork};
+use ipiq::{Config, CpuSet, Ipiq, Message, Seq, Stats, SyncWork};
 
 type Q = Ipiq<HostPlatform>;
 
@@ -756,8 +756,44 @@ fn a_batch_longer_than_the_fifo_runs_in_order_with_few_ipis() {
     machine.shutdown();
 }
 
+/// A send that must not interrupt a running core: lazy (`try_send_lazy`) or passive.
+#[derive(Clone, Copy, Debug)]
+enum Quiet {
+    Lazy,
+    Passive,
+}
+
+impl Quiet {
+    /// Sends `count_one(counter)` from the calling core to core 1.
+    fn send(self, q: &Ipiq<HostPlatform>, counter: usize) -> Seq {
+        match self {
+            Quiet::Lazy => q.try_send_lazy(1, count_one, counter, 0).unwrap(),
+            Quiet::Passive => q.send_passive(1, count_one, counter, 0).unwrap(),
+        }
+    }
+
+    /// The sender's count of such sends that went without an IPI.
+    fn count(self, stats: &Stats) -> u64 {
+        match self {
+            Quiet::Lazy => stats.lazy,
+            Quiet::Passive => stats.passive,
+        }
+    }
+}
+
 #[test]
 fn lazy_sends_wake_only_a_halted_core() {
+    quiet_sends_wake_only_a_halted_core(Quiet::Lazy);
+}
+
+/// Passive sends too: an idle core's tick may be stopped while it halts, so a passive message
+/// to a halted core wakes it (once), and one to a busy core waits for its tick or next drain.
+#[test]
+fn passive_sends_wake_only_a_halted_core() {
+    quiet_sends_wake_only_a_halted_core(Quiet::Passive);
+}
+
+fn quiet_sends_wake_only_a_halted_core(quiet: Quiet) {
     let machine = machine(2, 256);
     let q = machine.ipiq();
     let counter = leak(AtomicUsize::new(0));
@@ -766,7 +802,7 @@ fn lazy_sends_wake_only_a_halted_core() {
         Arc::new(AtomicBool::new(false)),
     );
     let (b, s) = (busy.clone(), started.clone());
-    // Core 1 busy (a running task, no interrupt point): lazy messages wait, with no IPI.
+    // Core 1 busy (a running task, no interrupt point): the messages wait, with no IPI.
     let task = machine
         .spawn_on(1, move |_| {
             s.store(true, Ordering::Release);
@@ -781,24 +817,28 @@ fn lazy_sends_wake_only_a_halted_core() {
     machine
         .run_on(0, move |core| {
             for _ in 0..10 {
-                core.ipiq().try_send_lazy(1, count_one, counter, 0).unwrap();
+                quiet.send(core.ipiq(), counter);
             }
         })
         .unwrap();
     let sender = q.stats(0).unwrap();
     busy.store(false, Ordering::Release);
     task.join();
-    assert_eq!((sender.ipis, sender.lazy), (0, 10), "no IPI to a busy core");
-    // Core 1 now idles: it drains them (its idle loop's process) and halts; a lazy send to a
-    // halted core wakes it with one IPI.
+    assert_eq!(
+        (sender.ipis, quiet.count(&sender)),
+        (0, 10),
+        "no IPI to a busy core"
+    );
+    // Core 1 now idles: it drains them (its idle loop's process) and halts; a lazy or passive
+    // send to a halted core wakes it with one IPI.
     let deadline = Instant::now() + Duration::from_secs(5);
     while arg::<AtomicUsize>(counter).load(Ordering::Acquire) < 10 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(1));
     }
     assert_eq!(arg::<AtomicUsize>(counter).load(Ordering::Acquire), 10);
     // Wait for the state, not for time: core 1 halts between its host ticks (every 1 ms it
-    // wakes briefly, takes the tick and halts again). Each lazy send either sees it halted and
-    // wakes it with exactly one IPI, or lands in such a brief awake window and is counted lazy
+    // wakes briefly, takes the tick and halts again). Each send either sees it halted and
+    // wakes it with exactly one IPI, or lands in such a brief awake window and is counted lazy (passive)
     // with no IPI (the core takes it at its next drain); never both, never neither.
     let mut woken = 0;
     for attempt in 1..=50 {
@@ -809,9 +849,7 @@ fn lazy_sends_wake_only_a_halted_core() {
         assert!(q.core_status(1).unwrap().halted, "core 1 never halted");
         let before = q.stats(0).unwrap();
         let seq = machine
-            .run_on(0, move |core| {
-                core.ipiq().try_send_lazy(1, count_one, counter, 0).unwrap()
-            })
+            .run_on(0, move |core| quiet.send(core.ipiq(), counter))
             .unwrap();
         machine
             .run_on(0, move |core| core.ipiq().wait(1, seq).unwrap())
@@ -821,7 +859,10 @@ fn lazy_sends_wake_only_a_halted_core() {
             arg::<AtomicUsize>(counter).load(Ordering::Acquire),
             10 + attempt
         );
-        let (ipis, lazy) = (after.ipis - before.ipis, after.lazy - before.lazy);
+        let (ipis, lazy) = (
+            after.ipis - before.ipis,
+            quiet.count(&after) - quiet.count(&before),
+        );
         assert_eq!(
             ipis + lazy,
             1,

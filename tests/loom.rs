@@ -4,9 +4,9 @@
 //! (3 cores), of a TLB shootdown against a halting core, and of `outstanding()` read beside a
 //! sender and a drain (also spilled).
 //!
-//! Run with `RUSTFLAGS="--cfg loom" cargo test --release --test loom` (`make loom`).
+//! Run with `RUSTFLAGS="--cfg ipiq_loom" cargo test --release --features loom --test loom` (`make loom`).
 //! `LOOM_MAX_PREEMPTIONS` overrides each model's preemption bound (1 to 3; 0 for cpusync).
-#![cfg(loom)]
+#![cfg(ipiq_loom)]
 
 use std::cell::Cell;
 
@@ -191,7 +191,20 @@ fn polling_target_then_process_never_loses_a_wakeup() {
 /// core 0 sees the message and does not halt, or core 1 sees the mark and sends the IPI.
 #[test]
 fn lazy_send_never_strands_a_message_behind_a_halt() {
-    builder(3).check(|| {
+    quiet_send_against_a_halt(false);
+}
+
+/// The same with a passive send: a halted core's tick is stopped (nothing would drain a passive
+/// message left behind the halt), so a passive send to a halted core must send the one IPI a
+/// passive send may cost.
+#[test]
+fn passive_send_never_strands_a_message_behind_a_tickless_halt() {
+    quiet_send_against_a_halt(true);
+}
+
+/// Core 1 sends lazily (or passively) to core 0 while core 0 drains and runs `prepare_halt`.
+fn quiet_send_against_a_halt(passive: bool) {
+    builder(3).check(move || {
         let q = new_ipiq(2, 8);
         let ran = Arc::new(AtomicUsize::new(0));
         let counter = &*ran as *const AtomicUsize as usize;
@@ -199,7 +212,11 @@ fn lazy_send_never_strands_a_message_behind_a_halt() {
             let q = q.clone();
             thread::spawn(move || {
                 CPU.with(|c| c.set(1));
-                q.try_send_lazy(0, inc, counter, 0).unwrap();
+                if passive {
+                    q.send_passive(0, inc, counter, 0).unwrap();
+                } else {
+                    q.try_send_lazy(0, inc, counter, 0).unwrap();
+                }
             })
         };
         CPU.with(|c| c.set(0));
@@ -510,7 +527,7 @@ fn take_ipi(q: &IdleQ) {
     }
 }
 
-/// The kernel's idle loop (patches 0006 and 0007, `scheduler::run` with `ipiq::idle_drain`), on
+/// The kernel's idle loop (the idle-loop patch, `scheduler::run` with `ipiq::idle_drain`), on
 /// core 0, until `want` messages ran. With interrupts off: during the backoff it polls (`poll`,
 /// staying signalled) and then enables interrupts and snoozes; once the backoff is over it runs
 /// `process`, then `pending() || !prepare_halt()`: with nothing pending it halts (`sti; hlt`,
@@ -568,7 +585,20 @@ fn kernel_idle_loop(q: &IdleQ, ran: &AtomicUsize, want: usize) {
 /// the active sender's message too. The handshake models above check them.)
 #[test]
 fn idle_loop_against_a_lazy_and_an_active_sender() {
-    builder(2).check(|| {
+    idle_loop_model(false);
+}
+
+/// The same idle loop against a passive sender (`send_passive`, core 1) and an active one: the
+/// kernel stops an idle core's tick while it halts, so a passive message left behind the halt
+/// would wait for ever. Passive sends wake only a halted core, through the lazy handshake.
+#[test]
+fn idle_loop_against_a_passive_and_an_active_sender() {
+    idle_loop_model(true);
+}
+
+/// `kernel_idle_loop` on core 0 against core 1 sending lazily (or passively) and core 2 actively.
+fn idle_loop_model(passive: bool) {
+    builder(2).check(move || {
         let q = Arc::new(Ipiq::new(
             IdleLoopPlatform {
                 pending: (0..3).map(|_| AtomicBool::new(false)).collect(),
@@ -605,7 +635,11 @@ fn idle_loop_against_a_lazy_and_an_active_sender() {
                 let platform = q.platform();
                 let start = platform.halt_window.fetch_add(0, Ordering::SeqCst);
                 platform.lazy_start.swap(start, Ordering::SeqCst);
-                q.try_send_lazy(IDLE_CPU, idle_inc, counter, 0).unwrap();
+                if passive {
+                    q.send_passive(IDLE_CPU, idle_inc, counter, 0).unwrap();
+                } else {
+                    q.try_send_lazy(IDLE_CPU, idle_inc, counter, 0).unwrap();
+                }
             })
         };
         CPU.with(|c| c.set(ACTIVE_CPU));

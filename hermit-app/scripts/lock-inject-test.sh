@@ -2,8 +2,8 @@
 # The lock-order fault injection (preempt-inject.sh) as a regression test: boot ipiq-tests'
 # sched_locks stress with a timer interrupt armed for any moment vCPU 1 holds SCHEDULER_INPUTS
 # with interrupts enabled. Passes if that moment never comes (the hook never fires) and the
-# stress passes. On the kernel before patch 0009 the hook fired within seconds and the guest
-# hung for good (hermit-app/kernel/LOCK-ORDER.md).
+# stress passes. On a kernel without the lock-order patch the hook fired within seconds and
+# the guest hung for good (hermit-app/kernel/LOCK-ORDER.md).
 #   lock-inject-test.sh LOADER IPIQ_TESTS_IMAGE OUT_DIR [SECONDS]
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"

@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
-# Make SRC_DIR a copy of the pristine kernel source with PATCHES applied in order.
-#   prepare-kernel.sh PRISTINE_DIR SRC_DIR [PATCH...]
+# Make SRC_DIR a copy of the pristine kernel source with the patch series of each PATCH_DIR
+# applied, directory after directory, each in the order of its `series` file.
+#   prepare-kernel.sh PRISTINE_DIR SRC_DIR [PATCH_DIR...]
+# A patch file missing from a `series`, or a name in it without its file, stops the build
+# (kernel-series.sh list).
 # The copy is built fresh in a scratch directory, then only files whose content differs are
 # written into SRC_DIR, so cargo rebuilds only what a patch change really touched (a file a
 # removed patch restores also gets a new mtime, so cargo sees it too).
@@ -8,13 +11,14 @@ set -euo pipefail
 
 pristine="$1" src="$2"
 shift 2
+patches="$("$(dirname "$0")/kernel-series.sh" list "$@")"
 
 fresh="$src.fresh"
 rm -rf "$fresh"
 mkdir -p "$(dirname "$fresh")"
 cp -r "$pristine" "$fresh"
-for p in "$@"; do
-    echo "    applying $(basename "$p")"
+for p in $patches; do
+    echo "    applying $(basename "$(dirname "$p")")/$(basename "$p")"
     patch -s -p1 -d "$fresh" --no-backup-if-mismatch <"$p" \
         || { echo "error: $(basename "$p") does not apply on top of the patches before it" >&2; exit 1; }
 done

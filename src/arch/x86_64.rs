@@ -3,7 +3,8 @@
 //! and the time-stamp counter.
 //!
 //! The kernel owns the local APIC: this module never enables, disables or reprograms it; it
-//! only writes the ICR to send ipiq's vector and reads the APIC id of the core it runs on.
+//! only writes the ICR to send ipiq's vector and reads the APIC id (and, on x2APIC, the
+//! read-only logical destination register) of the core it runs on.
 //!
 //! # Why not the `x2apic` crate's `LocalApic`
 //! Its IPI entry point (`LocalApic::send_ipi`) takes `&mut self`, so every core would need its
@@ -12,18 +13,40 @@
 //! without waiting for the previous IPI's delivery status. Sending one fixed IPI is two MSR or
 //! MMIO writes, so this module writes the ICR itself (`wrmsr` 0x830 through the `x86_64`
 //! crate, or the xAPIC page the kernel mapped, whose address it passes to
-//! [`X86Platform::new`]).
+//! [`X86Platform::new`]). The crate's ICR field enums (`IpiDestMode`, `IpiAllShorthand`) are
+//! what [`icr`] builds its register values from.
 //!
 //! # Core and APIC ids
-//! Each core calls [`X86Platform::register_current`] at bring-up: it reads its own APIC id and
-//! fills the core-id → APIC-id table (read lock-free by senders) and the APIC-id → core map (a
-//! `hashbrown` map behind an interrupt-safe lock, used when no core-id callback is given).
+//! Each core calls [`X86Platform::register_current`] at bring-up: it reads its own APIC id (and,
+//! on x2APIC, its logical destination register) and fills the core-id → APIC-id table (read
+//! lock-free by senders) and the APIC-id → core map (a `hashbrown` map behind an interrupt-safe
+//! lock, used when no core-id callback is given).
+//!
+//! # Multicast in few ICR writes
+//! [`Platform::send_ipi_many`] reaches a set of cores in as few ICR writes as the APIC allows,
+//! planned by [`plan_icr_writes`] (a plain function, unit-tested on the host):
+//! - **every other core** the platform has (all `cpu_count` cores but the caller, all
+//!   registered): one write with the all-excluding-self shorthand (ICR bits 19:18 = 11, the
+//!   destination ignored), on x2APIC and xAPIC alike. The shorthand reaches every local APIC in
+//!   the system but the sender's, including any the platform does not count; the
+//!   [`Platform`] contract makes such cores tolerate ipiq's vector.
+//! - otherwise, on **x2APIC**: one logical (cluster) write per cluster of targets. The x2APIC
+//!   logical destination register is read-only and derived from the x2APIC id (cluster =
+//!   id >> 4 in bits 31:16, member bit 1 << (id & 15) in bits 15:0), so a logical destination
+//!   "cluster c, members m" reaches exactly the cores named in `m`; each core's LDR is read at
+//!   registration (MSR 0x80D) and a core whose LDR is unknown gets a physical write. A cluster
+//!   with a single target is a physical write (the same one write, on the common path).
+//! - otherwise (xAPIC, whose logical mode the kernel does not program): one physical write per
+//!   target.
+//!
+//! The planning and the register values are in [`icr`] (pure, with the field values from the
+//! `x2apic` crate's `IpiAllShorthand` and `IpiDestMode`); the writes themselves stay here (see
+//! "Why not the `x2apic` crate's `LocalApic`"), after one fence for the whole multicast.
 //!
 //! # Periodic tick
-//! [`TickTimer`] is the per-core bookkeeping the kernel's one-shot timer needs to also serve as
-//! ipiq's periodic tick: it remembers the scheduler's own deadline per core and programs the
-//! earlier of it and the next tick, telling the kernel which vector to use (a tick-only vector
-//! when the tick comes first, so that interrupt drains passive messages without rescheduling).
+//! The timer arithmetic the kernel's one-shot timer needs to also serve as ipiq's periodic tick
+//! is portable and lives in `crate::tick`; [`TickTimer`] and its types are re-exported here for
+//! the kernel.
 //!
 //! # Extended state
 //! [`xstate`] saves and restores the x87, SSE and AVX state around application message
@@ -31,9 +54,8 @@
 //! the mechanism and why.
 
 use alloc::boxed::Box;
-use alloc::vec::Vec;
-use core::arch::x86_64::_mm_mfence;
-use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use core::arch::x86_64::{_mm_lfence, _mm_mfence};
+use core::sync::atomic::{AtomicU32, Ordering};
 
 use hashbrown::HashMap;
 use hermit_sync::InterruptSpinMutex;
@@ -43,22 +65,32 @@ use x86_64::registers::model_specific::Msr;
 use x86_64::VirtAddr;
 
 use crate::platform::{CpuId, IrqState, Platform};
+pub use crate::tick::{TickTimer, TimerSetting, TimerVector};
+use crate::CpuSet;
 
+pub mod icr;
 pub mod xstate;
+
+use icr::{is_cluster_address, x2apic_icr, xapic_icr};
+pub use icr::{plan_icr_writes, ApicDestination, IcrPlan, IcrWrite};
 
 /// x2APIC Interrupt Command Register (one 64-bit MSR: destination in bits 63:32).
 const X2APIC_ICR: u32 = 0x830;
 /// x2APIC id register.
 const X2APIC_ID: u32 = 0x802;
+/// x2APIC logical destination register (read-only in x2APIC mode).
+const X2APIC_LDR: u32 = 0x80D;
 /// xAPIC register offsets in the APIC's MMIO page.
 const XAPIC_ID: usize = 0x20;
 const XAPIC_ICR_LOW: usize = 0x300;
 const XAPIC_ICR_HIGH: usize = 0x310;
-/// ICR bits: delivery status (xAPIC only, read-only) and level assert.
+/// ICR bit: delivery status (xAPIC only, read-only).
 const ICR_DELIVERY_PENDING: u32 = 1 << 12;
-const ICR_LEVEL_ASSERT: u64 = 1 << 14;
 /// Table value for a core whose APIC id is not known yet.
 const NO_APIC_ID: u32 = u32::MAX;
+/// Table value for a core whose logical destination is not known (a real x2APIC LDR has
+/// exactly one member bit, so it is never 0).
+const NO_LOGICAL_ID: u32 = 0;
 /// Ranged flushes of more pages than this flush everything instead (the protocol cuts off
 /// much earlier; this only bounds the loop for callers of the platform itself).
 const MAX_INVLPG_PAGES: usize = 512;
@@ -93,6 +125,11 @@ pub struct X86Platform {
     /// bring-up (Release), read by senders (Acquire), so a sender that sees an id also sees the
     /// core online in ipiq's own tables, which the kernel marks after registering.
     apic_ids: Box<[AtomicU32]>,
+    /// Core id → x2APIC logical destination register (MSR 0x80D), `NO_LOGICAL_ID` until the
+    /// core registered, on xAPIC, or if the value read was not a valid cluster address. Written
+    /// once per core at bring-up (Relaxed) before its `apic_ids` entry (Release), read Relaxed
+    /// after an Acquire load of that entry: a sender that sees the APIC id sees the LDR.
+    logical_ids: Box<[AtomicU32]>,
     /// APIC id → core id, for `current_cpu` without a kernel callback. Interrupt-safe lock:
     /// it is read from interrupt context.
     cores_by_apic_id: InterruptSpinMutex<HashMap<u32, CpuId>>,
@@ -124,17 +161,27 @@ impl X86Platform {
             tsc_mhz: tsc_mhz.max(1),
             current_cpu,
             apic_ids: (0..cpu_count).map(|_| AtomicU32::new(NO_APIC_ID)).collect(),
+            logical_ids: (0..cpu_count)
+                .map(|_| AtomicU32::new(NO_LOGICAL_ID))
+                .collect(),
             cores_by_apic_id: InterruptSpinMutex::new(HashMap::new()),
         }
     }
 
-    /// Records that the calling core is core `cpu` and reads its APIC id. Called by each core at
+    /// Records that the calling core is core `cpu` and reads its APIC id and, on x2APIC, its
+    /// logical destination register (for cluster-mode multicasts). Called by each core at
     /// bring-up, before the kernel marks it online in ipiq. Returns the APIC id, or `None` if
     /// `cpu` is out of range.
+    ///
+    /// Context: the core's bring-up, interrupts disabled, on the core being registered.
     pub fn register_current(&self, cpu: CpuId) -> Option<u32> {
         let slot = self.apic_ids.get(cpu)?;
         let apic_id = self.read_apic_id();
-        // Release: pairs with the Acquire in `apic_id_of`.
+        if let (Some(logical), Some(ldr)) = (self.logical_ids.get(cpu), self.read_logical_id()) {
+            // Relaxed: published by the Release store of the APIC id below.
+            logical.store(ldr, Ordering::Relaxed);
+        }
+        // Release: pairs with the Acquire in `apic_id_of` (and publishes the LDR above).
         slot.store(apic_id, Ordering::Release);
         self.cores_by_apic_id.lock().insert(apic_id, cpu);
         Some(apic_id)
@@ -145,6 +192,32 @@ impl X86Platform {
         // Acquire: pairs with the Release in `register_current`.
         let id = self.apic_ids.get(cpu)?.load(Ordering::Acquire);
         (id != NO_APIC_ID).then_some(id)
+    }
+
+    /// How core `cpu` is addressed in an ICR, once it has registered: its APIC id and, on
+    /// x2APIC, its logical destination (LDR) if it was read and valid.
+    pub fn destination_of(&self, cpu: CpuId) -> Option<ApicDestination> {
+        let apic_id = self.apic_id_of(cpu)?;
+        // Relaxed: ordered by the Acquire load in `apic_id_of` (see the field docs).
+        let ldr = self.logical_ids.get(cpu)?.load(Ordering::Relaxed);
+        Some(ApicDestination {
+            apic_id,
+            logical_id: (ldr != NO_LOGICAL_ID).then_some(ldr),
+        })
+    }
+
+    /// The calling core's x2APIC logical destination register, if the APIC is in x2APIC mode
+    /// and the value is a cluster address (exactly one member bit, as the SDM derives it).
+    fn read_logical_id(&self) -> Option<u32> {
+        match self.access {
+            ApicAccess::X2Apic => {
+                // SAFETY: x2APIC mode is on (what `X2Apic` states), so the LDR MSR exists and is
+                // readable; reading it has no side effects.
+                let ldr = unsafe { Msr::new(X2APIC_LDR).read() as u32 };
+                is_cluster_address(ldr).then_some(ldr)
+            }
+            ApicAccess::XApic { .. } => None,
+        }
     }
 
     /// The core with APIC id `apic_id`, if it registered.
@@ -202,24 +275,57 @@ impl X86Platform {
     }
 
     /// Writes a fixed, physical-destination, edge-triggered IPI of `vector` for `apic_id`.
-    /// Interrupts must be disabled (the xAPIC write is two stores plus a wait).
+    ///
+    /// Context: interrupts disabled (the xAPIC write is two stores plus a wait).
     fn write_icr(&self, apic_id: u32, vector: u8) {
+        self.fence_before_icr();
+        self.write_icr_unfenced(IcrWrite::Physical(apic_id), vector);
+    }
+
+    /// Orders every earlier store (the queue stores a multicast published) before the ICR
+    /// writes that follow, on x2APIC, where the write is a WRMSR that is not serializing: the
+    /// SDM (the x2APIC chapter, "a WRMSR to an APIC register may complete before all preceding
+    /// stores are globally visible") prescribes MFENCE; LFENCE (or a serializing instruction)
+    /// before it; without it the IPI may reach a target before the message is visible there.
+    /// On xAPIC nothing is needed: the APIC page is uncacheable and x86 keeps stores in program
+    /// order (TSO), so the queue stores are visible before the ICR store issues.
+    ///
+    /// Context: any.
+    #[inline]
+    fn fence_before_icr(&self) {
+        if self.access == ApicAccess::X2Apic {
+            // SAFETY: mfence and lfence have no preconditions (SSE2 is part of x86_64).
+            unsafe {
+                _mm_mfence();
+                _mm_lfence();
+            }
+        }
+    }
+
+    /// Writes one fixed, edge-triggered IPI of `vector` to `destination`, after the caller's
+    /// [`X86Platform::fence_before_icr`]. Returns whether it wrote (an [`IcrWrite::Cluster`] is
+    /// never written on xAPIC, whose logical mode the kernel does not program;
+    /// [`plan_icr_writes`] never plans one there).
+    ///
+    /// Context: interrupts disabled (the xAPIC write is two stores plus a wait, which must not
+    /// interleave with another ICR write on this core).
+    fn write_icr_unfenced(&self, destination: IcrWrite, vector: u8) -> bool {
         match self.access {
             ApicAccess::X2Apic => {
-                let value = (u64::from(apic_id) << 32) | ICR_LEVEL_ASSERT | u64::from(vector);
-                // The WRMSR to the x2APIC ICR is not serializing: without a fence the IPI may
-                // reach the target before the queue stores that precede it are visible there.
-                // SAFETY: mfence has no preconditions (SSE2 is part of x86_64).
-                unsafe { _mm_mfence() };
-                // SAFETY: x2APIC mode is on (see `read_apic_id`); a fixed IPI to a registered
-                // APIC id only makes that core take `vector`, whose handler the kernel installed.
+                let value = x2apic_icr(destination, vector);
+                // SAFETY: x2APIC mode is on (see `read_apic_id`); a fixed IPI of `vector` only
+                // makes the cores it reaches take `vector`, whose handler the kernel installed
+                // on every core; cores outside the set that a shorthand reaches tolerate it (the
+                // `Platform` contract), and a cluster write names only registered targets.
                 unsafe { Msr::new(X2APIC_ICR).write(value) };
+                true
             }
             ApicAccess::XApic { base } => {
+                let Some((high_value, low_value)) = xapic_icr(destination, vector) else {
+                    return false;
+                };
                 let low = (base + XAPIC_ICR_LOW) as *mut u32;
                 let high = (base + XAPIC_ICR_HIGH) as *mut u32;
-                // No fence needed: the APIC page is uncacheable and x86 keeps stores in program
-                // order (TSO), so the queue stores are visible before the ICR store issues.
                 // SAFETY: both registers lie in the kernel's APIC mapping (constructor contract);
                 // interrupts are off, so no other ICR write on this core interleaves; waiting for
                 // the delivery status to clear before a new command is what the SDM requires.
@@ -227,9 +333,10 @@ impl X86Platform {
                     while core::ptr::read_volatile(low) & ICR_DELIVERY_PENDING != 0 {
                         core::hint::spin_loop();
                     }
-                    core::ptr::write_volatile(high, apic_id << 24);
-                    core::ptr::write_volatile(low, ICR_LEVEL_ASSERT as u32 | u32::from(vector));
+                    core::ptr::write_volatile(high, high_value);
+                    core::ptr::write_volatile(low, low_value);
                 }
+                true
             }
         }
     }
@@ -252,10 +359,44 @@ unsafe impl Platform for X86Platform {
         self.cpu_count
     }
 
+    /// Context: any, interrupts on or off; never blocks (the xAPIC path waits for the previous
+    /// command's delivery status).
     fn send_ipi(&self, target: CpuId) {
         // A core not brought up yet has nothing to interrupt: its messages stay queued and run
         // when it drains (the protocol refuses unicasts to offline cores anyway).
         self.send_vector(target, self.vector);
+    }
+
+    /// One all-excluding-self shorthand for every other core, one logical write per x2APIC
+    /// cluster otherwise, physical writes for the rest ([`plan_icr_writes`]); returns the
+    /// number of ICR writes. Unregistered targets get nothing (as in `send_ipi`).
+    ///
+    /// Context: any, interrupts on or off (they are off while the ICR is written); never blocks.
+    fn send_ipi_many(&self, targets: &CpuSet) -> usize {
+        let enabled = interrupts::are_enabled();
+        interrupts::disable();
+        // With interrupts off, `current_cpu` is stable (the constructor's contract).
+        let plan = plan_icr_writes(
+            targets,
+            self.current_cpu(),
+            self.cpu_count,
+            self.access,
+            |cpu| self.destination_of(cpu),
+        );
+        let mut writes = 0;
+        for destination in plan {
+            if writes == 0 {
+                // Once, before the first write: the writes after it stay in program order.
+                self.fence_before_icr();
+            }
+            if self.write_icr_unfenced(destination, self.vector) {
+                writes += 1;
+            }
+        }
+        if enabled {
+            interrupts::enable();
+        }
+        writes
     }
 
     #[inline]
@@ -328,236 +469,9 @@ unsafe impl Platform for X86Platform {
     }
 }
 
-/// The per-core deadlines of a one-shot timer shared between the kernel's scheduler and ipiq's
-/// periodic tick (all times in the kernel's timer unit, microseconds).
-///
-/// The scheduler keeps calling the kernel's "set one-shot timer" as before; the kernel's
-/// wrapper passes the request through [`TickTimer::program`], which remembers it and returns
-/// what to actually program: the earlier of the scheduler's deadline and the core's next tick,
-/// and whether that is the tick (program the tick-only vector) or the scheduler's (its own
-/// vector). The tick-only interrupt calls [`TickTimer::fired`] and re-programs.
-///
-/// Bound: while the tick runs, a passive message waits at most one tick period (plus the
-/// interrupt's latency) before its target drains it.
-pub struct TickTimer {
-    /// Tick period in microseconds.
-    period_us: u64,
-    /// Per core: the scheduler's requested deadline (`u64::MAX` = none). Only its own core
-    /// writes or reads it, with interrupts disabled; Relaxed.
-    scheduler_deadline: Box<[AtomicU64]>,
-    /// Per core: the next tick's time. Same access rule.
-    next_tick: Box<[AtomicU64]>,
-}
-
-/// Which timer vector fired ([`TickTimer::fired`]).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum TimerVector {
-    /// The scheduler's own timer vector (its handler wakes tasks whose deadline passed).
-    Scheduler,
-    /// ipiq's tick-only vector (drains, re-arms, never reschedules).
-    TickOnly,
-}
-
-/// What the kernel should program after [`TickTimer::program`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct TimerSetting {
-    /// Absolute deadline (µs), or `None` to mask the timer.
-    pub deadline: Option<u64>,
-    /// Whether the deadline is the tick's alone (use the tick-only vector).
-    pub tick_only: bool,
-}
-
-impl TickTimer {
-    /// Bookkeeping for `cpu_count` cores with a tick every `period_us` microseconds (at least 1;
-    /// 0 disables the tick).
-    pub fn new(cpu_count: usize, period_us: u64) -> Self {
-        let per_core = || -> Box<[AtomicU64]> {
-            (0..cpu_count.max(1))
-                .map(|_| AtomicU64::new(u64::MAX))
-                .collect::<Vec<_>>()
-                .into()
-        };
-        Self {
-            period_us,
-            scheduler_deadline: per_core(),
-            next_tick: per_core(),
-        }
-    }
-
-    /// The tick period in microseconds (0: no tick).
-    pub fn period_us(&self) -> u64 {
-        self.period_us
-    }
-
-    /// Starts the tick on `cpu` (at bring-up): the first tick is one period from `now`.
-    pub fn start(&self, cpu: CpuId, now: u64) -> TimerSetting {
-        if let Some(next) = self.next_tick.get(cpu) {
-            if self.period_us > 0 {
-                // Relaxed: core-local (see the field docs).
-                next.store(now.saturating_add(self.period_us), Ordering::Relaxed);
-            }
-        }
-        self.setting(cpu)
-    }
-
-    /// The scheduler asked core `cpu` for a one-shot timer at `deadline` (`None`: no timer).
-    pub fn program(&self, cpu: CpuId, deadline: Option<u64>) -> TimerSetting {
-        if let Some(slot) = self.scheduler_deadline.get(cpu) {
-            // Relaxed: core-local.
-            slot.store(deadline.unwrap_or(u64::MAX), Ordering::Relaxed);
-        }
-        self.setting(cpu)
-    }
-
-    /// A timer vector fired on `cpu` at `now`: advances the next tick past `now`, runs `tick`
-    /// (ipiq's tick: [`crate::Ipiq::tick`]) if one was due, and returns what to program next.
-    ///
-    /// The setting is computed **after** `tick` ran: a message drained by the tick may itself
-    /// arm the scheduler's timer ([`TickTimer::program`], e.g. a wake-up with a deadline), and a
-    /// setting computed before the drain would overwrite that deadline until the following tick.
-    ///
-    /// With [`TimerVector::Scheduler`] a scheduler deadline that has passed is forgotten (the
-    /// scheduler's handler, which runs next, re-arms what it still needs). With
-    /// [`TimerVector::TickOnly`] it is kept: the setting then re-arms the scheduler's vector at
-    /// once (a deadline in the past fires immediately), because only the scheduler's handler
-    /// wakes the tasks whose time has come; forgetting it there would lose that wake-up.
-    ///
-    /// Context: the timer interrupt handler, interrupts disabled, on core `cpu`.
-    pub fn fired(
-        &self,
-        cpu: CpuId,
-        now: u64,
-        vector: TimerVector,
-        tick: impl FnOnce(),
-    ) -> TimerSetting {
-        if self.advance(cpu, now, vector) {
-            tick();
-        }
-        self.setting(cpu)
-    }
-
-    /// Advances the next tick past `now` and forgets a passed scheduler deadline (scheduler
-    /// vector only); returns whether a tick is due.
-    fn advance(&self, cpu: CpuId, now: u64, vector: TimerVector) -> bool {
-        let scheduler_vector = vector == TimerVector::Scheduler;
-        let mut due = false;
-        if let (Some(next), true) = (self.next_tick.get(cpu), self.period_us > 0) {
-            // Relaxed: core-local.
-            let tick = next.load(Ordering::Relaxed);
-            if tick <= now {
-                due = true;
-                // Skip missed ticks rather than firing a burst.
-                let missed = (now - tick) / self.period_us;
-                let following = tick.saturating_add((missed + 1).saturating_mul(self.period_us));
-                next.store(following, Ordering::Relaxed);
-            }
-        }
-        if let (Some(slot), true) = (self.scheduler_deadline.get(cpu), scheduler_vector) {
-            // Relaxed: core-local.
-            if slot.load(Ordering::Relaxed) <= now {
-                slot.store(u64::MAX, Ordering::Relaxed);
-            }
-        }
-        due
-    }
-
-    fn setting(&self, cpu: CpuId) -> TimerSetting {
-        // Relaxed: core-local.
-        let scheduler = self
-            .scheduler_deadline
-            .get(cpu)
-            .map_or(u64::MAX, |d| d.load(Ordering::Relaxed));
-        let tick = if self.period_us > 0 {
-            self.next_tick
-                .get(cpu)
-                .map_or(u64::MAX, |t| t.load(Ordering::Relaxed))
-        } else {
-            u64::MAX
-        };
-        let deadline = scheduler.min(tick);
-        TimerSetting {
-            deadline: (deadline != u64::MAX).then_some(deadline),
-            tick_only: tick < scheduler,
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn tick_timer_takes_the_earlier_deadline() {
-        let timer = TickTimer::new(2, 10_000);
-        assert_eq!(
-            timer.start(1, 0),
-            TimerSetting {
-                deadline: Some(10_000),
-                tick_only: true
-            }
-        );
-        assert_eq!(
-            timer.program(1, Some(5_000)),
-            TimerSetting {
-                deadline: Some(5_000),
-                tick_only: false
-            }
-        );
-        assert_eq!(
-            timer.program(1, None),
-            TimerSetting {
-                deadline: Some(10_000),
-                tick_only: true
-            }
-        );
-        // A late interrupt skips missed ticks.
-        let mut due = false;
-        let next = timer.fired(1, 35_000, TimerVector::Scheduler, || due = true);
-        assert!(due);
-        assert_eq!(
-            next,
-            TimerSetting {
-                deadline: Some(40_000),
-                tick_only: true
-            }
-        );
-        // The scheduler's deadline fires first: no tick due, the deadline is forgotten.
-        timer.program(1, Some(36_000));
-        let next = timer.fired(1, 36_000, TimerVector::Scheduler, || panic!("no tick due"));
-        assert_eq!(next.deadline, Some(40_000));
-        // Out-of-range cores and a disabled tick do not panic.
-        assert_eq!(timer.program(7, Some(1)).deadline, None);
-        let off = TickTimer::new(1, 0);
-        assert_eq!(off.start(0, 5).deadline, None);
-        off.fired(0, 5, TimerVector::Scheduler, || panic!("the tick is off"));
-    }
-
-    #[test]
-    fn a_deadline_armed_by_a_message_the_tick_drained_is_programmed() {
-        let timer = TickTimer::new(1, 10_000);
-        timer.start(0, 0);
-        // The tick fires at 10_000; one of the messages it drains wakes a task with a deadline
-        // (the scheduler arms its timer from inside the drain) at 12_000, before the next tick.
-        for vector in [TimerVector::TickOnly, TimerVector::Scheduler] {
-            timer.program(0, None);
-            let now = if vector == TimerVector::TickOnly {
-                10_000
-            } else {
-                20_000
-            };
-            let next = timer.fired(0, now, vector, || {
-                timer.program(0, Some(now + 2_000));
-            });
-            assert_eq!(
-                next,
-                TimerSetting {
-                    deadline: Some(now + 2_000),
-                    tick_only: false
-                },
-                "{vector:?}: the deadline armed during the drain is what gets programmed"
-            );
-        }
-    }
 
     #[test]
     fn send_vector_refuses_what_it_cannot_send_without_touching_the_apic() {
@@ -574,34 +488,5 @@ mod tests {
         assert_eq!(platform.apic_id_of(0), Some(0));
         assert!(!platform.send_vector(0, 14));
         assert!(!platform.send_vector(0, 31));
-    }
-
-    #[test]
-    fn a_tick_never_swallows_a_passed_scheduler_deadline() {
-        let timer = TickTimer::new(1, 10_000);
-        timer.start(0, 0);
-        // The scheduler wants 10_500; the tick (10_000) fires first but its handler runs late,
-        // at 11_000, when the scheduler's deadline has passed too.
-        timer.program(0, Some(10_500));
-        let mut due = false;
-        let next = timer.fired(0, 11_000, TimerVector::TickOnly, || due = true);
-        assert!(due);
-        assert_eq!(
-            next,
-            TimerSetting {
-                deadline: Some(10_500),
-                tick_only: false
-            },
-            "the scheduler's vector is re-armed at once"
-        );
-        // Its handler runs and forgets the deadline; the tick goes on.
-        let next = timer.fired(0, 11_001, TimerVector::Scheduler, || panic!("no tick due"));
-        assert_eq!(
-            next,
-            TimerSetting {
-                deadline: Some(20_000),
-                tick_only: true
-            }
-        );
     }
 }

@@ -27,7 +27,7 @@
 //! If the virtual interrupt flag is off it only counts and returns: the request stays pending
 //! and `irq_restore` to "on" takes it, as `sti` does. If the flag is on, the interrupted code
 //! was not inside any ipiq operation on this core (each runs with interrupts off), so the
-//! per-core state [`Ipiq::process`] and [`Ipiq::tick`] use (FIFO read sides, spill and requeue
+//! per-core state [`Ipiq::process`] and [`Ipiq::tick`] use (FIFO read sides, spill and hold
 //! lists, nesting depth, counters) is not halfway through an update: the kernel's own argument
 //! for running them from its interrupt handler. What they reach beyond that:
 //! - the allocator (first FIFO of a pair, spill lists, message functions that allocate). Sound

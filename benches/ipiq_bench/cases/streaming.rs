@@ -27,6 +27,9 @@ enum Target {
     Idles(Duration),
     /// A busy core calling `process()` at every safe point.
     Polls,
+    /// A core polling its queues with `Ipiq::poll()` (staying signalled, as the kernel's idle
+    /// loop polls during its backoff): senders find `npoll` set and never touch it.
+    PollsSignalled,
 }
 
 /// How the sender of a streaming run queues its messages.
@@ -55,6 +58,11 @@ pub fn cases(p: &Params) -> Vec<ThroughputCase> {
             "stream.ipiq.send.polls",
             "ipiq send, target polls process()",
             move || ipiq_stream(n, Target::Polls, Sending::One),
+        ),
+        case(
+            "stream.ipiq.send.polls-signalled",
+            "ipiq send, target polls poll() (signalled)",
+            move || ipiq_stream(n, Target::PollsSignalled, Sending::One),
         ),
         case("stream.ring", "bare SPSC ring (limit)", move || {
             peer_stream(n, peers::ring::open(SLOTS, Fence::None), Sending::One)
@@ -100,6 +108,11 @@ pub fn cases(p: &Params) -> Vec<ThroughputCase> {
             "stream.ipiq.batch64.polls",
             "ipiq send_batch(64), target polls process()",
             move || ipiq_stream(n, Target::Polls, Sending::Batch(BATCH)),
+        ),
+        case(
+            "stream.ipiq.batch64.polls-signalled",
+            "ipiq send_batch(64), target polls poll() (signalled)",
+            move || ipiq_stream(n, Target::PollsSignalled, Sending::Batch(BATCH)),
         ),
         case(
             "stream.ipiq.batch64.idles-poll50",
@@ -150,6 +163,16 @@ fn ipiq_stream(n: u64, target: Target, sending: Sending) -> Run {
                             spin.spin();
                         }
                     }
+                }
+                Target::PollsSignalled => {
+                    let mut spin = Spin::new();
+                    while c.0.load(Ordering::Relaxed) < n {
+                        if core.ipiq().poll() == 0 {
+                            spin.spin();
+                        }
+                    }
+                    // `poll`'s contract: a drain that clears the signal before leaving.
+                    core.ipiq().process();
                 }
                 Target::Idles(_) => core.idle_until(|| c.0.load(Ordering::Relaxed) >= n),
             }

@@ -11,11 +11,10 @@ use std::sync::mpsc;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use ipiq::hermit;
-use ipiq::Stats;
+use ipiq_abi::hermit;
+use ipiq_abi::Stats;
 
-#[path = "../../pinned.rs"]
-mod pinned;
+use hermit_apps::pinned;
 mod workload;
 use pinned::{apic_id, join, spawn_on};
 use workload::{corpus, crunch};

@@ -45,11 +45,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use ipiq::hermit::{self, AppFn};
-use ipiq::CpuSet;
+use ipiq_abi::hermit::{self, AppFn};
+use ipiq_abi::CpuSet;
 
-#[path = "../../pinned.rs"]
-mod pinned;
+use hermit_apps::pinned;
 
 use pinned::{apic_id, join, spawn_on};
 
@@ -874,17 +873,17 @@ fn run() -> Result<(), String> {
     // Release: the expected values above are visible to the threads that see START.
     START.store(true, Ordering::Release);
 
-    let mut set = CpuSet::new();
-    for &core in &targets {
-        set.insert(core);
-    }
+    let set = match CpuSet::from_cpus(targets.iter().copied()) {
+        Ok(set) => set,
+        Err(e) => return Err(format!("target set: {e}")),
+    };
     let mut sent: Vec<Sent> = (0..cpus).map(|_| Sent::default()).collect();
     let period = Duration::from_nanos(1_000_000_000 / o.rate);
     let begin = Instant::now();
     let mut next = begin;
     let mut k = 0usize;
     let err =
-        |what: &str, core: usize, e: ipiq::Error| format!("{what} to core {core} failed: {e}");
+        |what: &str, core: usize, e: ipiq_abi::Error| format!("{what} to core {core} failed: {e}");
     let least = Duration::from_millis(o.ms);
     let most = least.max(Duration::from_millis(MAX_RUN_MS));
     // Past the run time, go on until every kind of window on every target was hit a few times

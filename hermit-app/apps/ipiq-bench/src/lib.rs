@@ -1,5 +1,5 @@
 //! ipiq-bench: in-guest measurements through the `sys_ipiq_*` syscalls and the benchmark probes
-//! of kernel patch 0005 (`sys_ipiq_bench_*`). Counts (IPIs, messages, flushing cores) are exact;
+//! of the kernel's probe patches (`sys_ipiq_bench_*`). Counts (IPIs, messages, flushing cores) are exact;
 //! times are emulated time under QEMU TCG (read from the TSC), to be compared only within one run.
 //!
 //! 1. streaming: IPIs (ICR writes) per message, core 0 -> core 1 while core 1 idles;
@@ -9,8 +9,10 @@
 //! 4. shootdown: ranged (invlpg per page) against forced full over k = 1, 4, 16, 32 pages on
 //!    1..cpus-1 other cores; then each followed by the other cores re-touching a working set;
 //! 5. statistics on against off: streaming throughput and round trip, interleaved rounds;
-//! 6. multicast: one `send_many` to k cores against k unicast sends, each then waited for;
-//! 7. application messages with the FPU-state bracket (kernel patch 0008) against without it
+//! 6. multicast: one `send_many` to k cores against k unicast sends, each then waited for, and
+//!    the ICR writes each `send_many` took (`icr_writes`: one for every other core with the
+//!    all-excluding-self shorthand, one per x2APIC cluster, one per target on xAPIC);
+//! 7. application messages with the FPU-state bracket (the kernel's FPU patch) against without it
 //!    (its test-only switch, `sys_ipiq_bench_fpu_save`; the function here is integer-only):
 //!    cost per message sent to the calling core (runs in the send) and streamed to core 1.
 //!
@@ -23,8 +25,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use ipiq::hermit;
-use ipiq::{CpuSet, Stats};
+use ipiq_abi::hermit;
+use ipiq_abi::{CpuSet, Stats};
 
 /// How much each measurement does.
 pub struct Scale {
@@ -96,10 +98,10 @@ const BUFFER_PAGES: usize = 64;
 const SHOOTDOWN_PAGES: [usize; 4] = [1, 4, 16, 32];
 const EINVAL: i32 = -22;
 
-// ----- the benchmark probes (kernel patch 0005) ---------------------------------------------
+// ----- the benchmark probes (hermit-app/kernel/probe-patches/) ------------------------------
 
 mod probe {
-    use ipiq::CpuSet;
+    use ipiq_abi::CpuSet;
 
     mod sys {
         unsafe extern "C" {
@@ -117,7 +119,7 @@ mod probe {
             ) -> i32;
             /// Statistics on (1) or off (0): the previous setting or -errno.
             pub fn sys_ipiq_bench_set_stats(on: usize) -> i32;
-            /// Test-only (patch 0008): application messages with (1) or without (0) their
+            /// Test-only (a probe patch): application messages with (1) or without (0) their
             /// FPU-state bracket: the previous setting or -errno. Off, only integer-only
             /// message functions may run.
             pub fn sys_ipiq_bench_fpu_save(on: usize) -> i32;
@@ -742,19 +744,34 @@ fn stats_on_off(cpus: usize, scale: &Scale) -> Result<(), String> {
 
 // ----- 6. multicast ---------------------------------------------------------------------------------
 
-/// One `send_many` to `set` and a wait for each target, in TSC ticks.
-fn multicast_round(set: &CpuSet, targets: &[usize], i: usize) -> Result<u64, String> {
+/// What one `send_many` round cost: TSC ticks (send and waits), the targets it interrupted
+/// (the others were avoided: already signalled or draining) and the ICR writes that took.
+struct MulticastRound {
+    ticks: u64,
+    interrupted: u64,
+    icr_writes: u64,
+}
+
+/// One `send_many` to `set` and a wait for each target, from core 0; the statistics are read
+/// outside the timed part.
+fn multicast_round(set: &CpuSet, targets: &[usize], i: usize) -> Result<MulticastRound, String> {
+    let before = hermit::stats(0).map_err(err("stats"))?;
     let start = rdtsc();
     let n = hermit::send_many(set, hit, i).map_err(err("send_many"))?;
     wait_all(targets)?;
     let took = rdtsc() - start;
+    let after = hermit::stats(0).map_err(err("stats"))?;
     if n != targets.len() {
         return Err(format!(
             "send_many reached {n} cores, {} asked",
             targets.len()
         ));
     }
-    Ok(took)
+    Ok(MulticastRound {
+        ticks: took,
+        interrupted: (targets.len() as u64).saturating_sub(after.avoided - before.avoided),
+        icr_writes: after.icr_writes - before.icr_writes,
+    })
 }
 
 /// One unicast to each target and a wait for each, in TSC ticks.
@@ -774,19 +791,42 @@ fn multicast(cpus: usize, rounds: usize, budget: Duration) -> Result<(), String>
         let targets: Vec<usize> = (1..=k).collect();
         let set = CpuSet::from_cpus(targets.iter().copied()).map_err(err("set"))?;
         let (mut many, mut uni) = (Vec::with_capacity(rounds), Vec::with_capacity(rounds));
+        let (mut interrupted, mut writes) = (0u64, 0u64);
+        let (mut full, mut writes_full) = (0u64, 0u64);
+        let mut record = |round: MulticastRound| {
+            interrupted += round.interrupted;
+            writes += round.icr_writes;
+            if round.interrupted == k as u64 {
+                full += 1;
+                writes_full += round.icr_writes;
+            }
+            round.ticks
+        };
         let start = Instant::now();
         for i in 0..rounds {
             if i >= 6 && start.elapsed() > budget {
                 break;
             }
             if i % 2 == 0 {
-                many.push(multicast_round(&set, &targets, i)?);
+                many.push(record(multicast_round(&set, &targets, i)?));
                 uni.push(unicast_round(&targets, i)?);
             } else {
                 uni.push(unicast_round(&targets, i)?);
-                many.push(multicast_round(&set, &targets, i)?);
+                many.push(record(multicast_round(&set, &targets, i)?));
             }
         }
+        let per = |sum: u64, n: u64| {
+            if n == 0 {
+                "-".to_string()
+            } else {
+                f2(sum as f64 / n as f64)
+            }
+        };
+        let (interrupted, writes) = (
+            per(interrupted, many.len() as u64),
+            per(writes, many.len() as u64),
+        );
+        let writes_full = format!("{} ({full})", per(writes_full, full));
         many.sort_unstable();
         uni.sort_unstable();
         let samples = many.len();
@@ -799,20 +839,45 @@ fn multicast(cpus: usize, rounds: usize, budget: Duration) -> Result<(), String>
             f1(many),
             f1(uni),
             f2(ratio),
+            interrupted,
+            writes,
+            writes_full,
         ]);
     }
+    let mode = if x2apic_mode() { "x2APIC" } else { "xAPIC" };
     report(
-        &format!("Guest multicast against unicast ({cpus} vCPUs)"),
-        &["targets", "rounds of each", "send_many + wait p50 (us)", "k unicasts + wait p50 (us)", "send_many/unicast"],
+        &format!("Guest multicast against unicast ({cpus} vCPUs, {mode})"),
+        &[
+            "targets",
+            "rounds of each",
+            "send_many + wait p50 (us)",
+            "k unicasts + wait p50 (us)",
+            "send_many/unicast",
+            "targets interrupted per send_many",
+            "ICR writes per send_many",
+            "ICR writes per send_many that interrupted all (rounds)",
+        ],
         &rows,
-        &[format!(
-            "Up to {rounds} rounds of each per row, alternating, within {} ms per row. Ratio at {} targets: {} (target: at most 1.5 at 8 vCPUs).",
-            budget.as_millis(),
-            cpus - 1,
-            at_max.map_or("-".into(), f2)
-        )],
+        &[
+            format!(
+                "Up to {rounds} rounds of each per row, alternating, within {} ms per row. Ratio at {} targets: {} (target: at most 1.5 at 8 vCPUs).",
+                budget.as_millis(),
+                cpus - 1,
+                at_max.map_or("-".into(), f2)
+            ),
+            "Targets are cores 1..=k, sent from core 0: k = every other core is one ICR write (all-excluding-self shorthand) when all need an IPI; fewer targets are one write per x2APIC cluster (one core alone is a physical write), or one per target on xAPIC. Targets already signalled or draining need no IPI (avoided). k unicasts take one ICR write per IPI.".into(),
+        ],
     );
     Ok(())
+}
+
+/// Whether the kernel drives the local APIC in x2APIC mode: it does whenever the CPU has one
+/// (CPUID.1:ECX bit 21).
+fn x2apic_mode() -> bool {
+    // SAFETY: CPUID exists on every x86_64 CPU.
+    #[allow(unused_unsafe)]
+    let leaf1 = unsafe { std::arch::x86_64::__cpuid(1) };
+    leaf1.ecx & (1 << 21) != 0
 }
 
 // ----- 7. application messages: FPU-state bracket on against off ---------------------------------
@@ -974,6 +1039,7 @@ fn run(scale: &Scale) -> Result<(), String> {
             "passive",
             "shootdowns",
             "full flushes",
+            "multicast ICR writes",
         ],
         &[vec![
             total.sent.to_string(),
@@ -982,6 +1048,7 @@ fn run(scale: &Scale) -> Result<(), String> {
             total.passive.to_string(),
             total.shootdowns.to_string(),
             total.full_flushes.to_string(),
+            total.icr_writes.to_string(),
         ]],
         &["Counted with statistics on (the on/off section's off phases are not in these).".into()],
     );

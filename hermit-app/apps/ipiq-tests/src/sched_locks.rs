@@ -11,12 +11,12 @@
 //! - a ticker: a futex wait with a 200 us timeout in a loop, so the scheduler's timer keeps
 //!   firing on the hub and preempts the other three at arbitrary points.
 //!
-//! Before patch 0009 the scheduler's input table was a plain spin lock taken on the first and
-//! third paths with interrupts enabled: a thread preempted while holding it left the waker
-//! spinning for it with interrupts disabled on the same core, for good (the guest hangs; the
-//! boot's timeout reports it). With the patch every holder has interrupts disabled and the
-//! hot path takes no lock at all. Passing means: every waiter was woken and exited, every
-//! spawned thread ran, and each path made progress.
+//! Without the kernel's lock-order patch the scheduler's input table was a plain spin lock taken on
+//! the first and third paths with interrupts enabled: a thread preempted while holding it left the
+//! waker spinning for it with interrupts disabled on the same core, for good (the guest hangs; the
+//! boot's timeout reports it). With the patch every holder has interrupts disabled and the hot path
+//! takes no lock at all. Passing means: every waiter was woken and exited, every spawned thread
+//! ran, and each path made progress.
 
 use std::ffi::c_void;
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, Ordering};

@@ -81,7 +81,7 @@ struct IpiCounts {
 
 #[cfg(feature = "ipiq-stats")]
 fn ipi_counts() -> Result<Option<IpiCounts>, String> {
-    let s = ipiq::hermit::total_stats().map_err(|e| format!("ipiq stats: {e}"))?;
+    let s = ipiq_abi::hermit::total_stats().map_err(|e| format!("ipiq stats: {e}"))?;
     Ok(Some(IpiCounts {
         messages: s.sent,
         ipis: s.ipis,

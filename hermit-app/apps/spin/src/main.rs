@@ -4,9 +4,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-#[path = "../../pinned.rs"]
-#[allow(dead_code)] // only spawn_on is used here
-mod pinned;
+use hermit_apps::pinned;
 
 /// Laps per core, so the loops have an effect the compiler must keep.
 static LAPS: [AtomicU64; 2] = [AtomicU64::new(0), AtomicU64::new(0)];

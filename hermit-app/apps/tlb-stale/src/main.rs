@@ -1,5 +1,5 @@
 //! tlb-stale: readers on the other cores keep reading a page while core 0 exchanges the frames
-//! behind it (`stale.rs`, the same code ipiq-tests runs). On the ipiq kernel (feature
+//! behind it (`hermit_apps::stale`, the same code ipiq-tests runs). On the ipiq kernel (feature
 //! `ipiq-stats`) the swap returns only after every core flushed: any stale read fails the
 //! run. On the stock-probe kernel (`probe-stats`) the swap uses stock's own map and its
 //! fire-and-forget `ipi_tlb_flush`; the stale reads readers see are the finding, reported, not
@@ -8,13 +8,16 @@
 //!
 //! Argument (after `--` on the kernel command line): the number of swaps (default 100, 20 with
 //! more than 4 cores). Output: a `<<<report` block and one `tlb-stale:` summary line.
+//!
+//! `rate [SWAPS]` measures what a shootdown costs instead: SWAPS swaps (default 200) back to
+//! back under one reader on the last core, first with the cores in between idle, then with them
+//! spinning; per arrangement one `tlb-stale-rate:` line (swaps per second, stale reads, IPIs per
+//! swap) and a `<<<report` row. Stale reads fail the run on the ipiq kernel here too.
 
 #[cfg(not(any(feature = "ipiq-stats", feature = "probe-stats")))]
 compile_error!("tlb-stale needs the ipiq kernel (ipiq-stats) or the stock-probe kernel (probe-stats)");
 
-#[path = "../../pinned.rs"]
-mod pinned;
-mod stale;
+use hermit_apps::{pinned, stale};
 
 use pinned::{apic_id, join};
 
@@ -29,9 +32,13 @@ mod kernel {
     pub const NAME: &str = "ipiq";
     /// ipiq shootdowns so far (all cores).
     pub fn counter() -> Result<u64, String> {
-        ipiq::hermit::total_stats().map(|s| s.shootdowns).map_err(|e| e.to_string())
+        ipiq_abi::hermit::total_stats().map(|s| s.shootdowns).map_err(|e| e.to_string())
     }
     pub const COUNTER: &str = "shootdowns";
+    /// IPIs ipiq has sent so far (all cores, every kind).
+    pub fn ipis() -> Result<u64, String> {
+        ipiq_abi::hermit::total_stats().map(|s| s.ipis).map_err(|e| e.to_string())
+    }
 }
 
 #[cfg(all(feature = "probe-stats", not(feature = "ipiq-stats")))]
@@ -41,17 +48,25 @@ mod kernel {
         /// stock-probe: [wake-up IPIs, TLB-flush IPIs] sent so far; words written or -EINVAL.
         fn sys_probe_ipi_counts(out: *mut u64, len: usize) -> i32;
     }
-    /// TLB-flush IPIs (vector 112) stock has sent so far.
-    pub fn counter() -> Result<u64, String> {
+    /// [wake-up IPIs, TLB-flush IPIs] stock has sent so far.
+    fn counts() -> Result<[u64; 2], String> {
         let mut counts = [0u64; 2];
         // SAFETY: `counts` has room for 2 u64 words.
         let written = unsafe { sys_probe_ipi_counts(counts.as_mut_ptr(), counts.len()) };
         if written != 2 {
             return Err(format!("sys_probe_ipi_counts returned {written}"));
         }
-        Ok(counts[1])
+        Ok(counts)
+    }
+    /// TLB-flush IPIs (vector 112) stock has sent so far.
+    pub fn counter() -> Result<u64, String> {
+        counts().map(|c| c[1])
     }
     pub const COUNTER: &str = "TLB-flush IPIs";
+    /// IPIs stock has sent so far (wake-ups and TLB flushes; one ICR write each).
+    pub fn ipis() -> Result<u64, String> {
+        counts().map(|c| c[0] + c[1])
+    }
 }
 
 /// stock-probe only: readers on the other cores spin reading page `p`; core 0 munmaps it
@@ -181,6 +196,27 @@ mod after_munmap {
 fn main() {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let me = apic_id();
+    if std::env::args().nth(1).as_deref() == Some("rate") {
+        let swaps = match std::env::args().nth(2).map(|a| a.parse::<u64>()) {
+            None => 200,
+            Some(Ok(n)) if (1..=stale::MAX_ROUNDS).contains(&n) => n,
+            Some(_) => {
+                println!("tlb-stale: error: rate takes a number of swaps 1..={}", stale::MAX_ROUNDS);
+                std::process::exit(2);
+            }
+        };
+        if cpus < 2 {
+            println!("tlb-stale: error: needs at least 2 cores (the reader runs on the last)");
+            std::process::exit(2);
+        }
+        match rate(me, cpus, swaps) {
+            Ok(()) => std::process::exit(0),
+            Err(e) => {
+                println!("tlb-stale: FAIL: {e}");
+                std::process::exit(1);
+            }
+        }
+    }
     let rounds = match std::env::args().nth(1) {
         None => {
             if cpus > 4 {
@@ -209,6 +245,53 @@ fn main() {
             std::process::exit(1);
         }
     }
+}
+
+/// The shootdown's cost: swaps back to back under a reader on the last core, the cores in
+/// between idle, then spinning.
+fn rate(me: usize, cpus: usize, swaps: u64) -> Result<(), String> {
+    println!("<<<report Shootdown cost: swaps back to back under a reader on the last core, {} kernel, {cpus} vCPUs", kernel::NAME);
+    println!("| kernel | vCPUs | other cores | swaps | swaps/s | stale reads | checked reads | IPIs per swap |");
+    println!("|---|---:|---|---:|---:|---:|---:|---:|");
+    let mut lines = Vec::new();
+    for busy in [false, true] {
+        let plan = stale::Plan { all_read: false, busy, gap: None };
+        let ipis_before = kernel::ipis()?;
+        let (out, pages) = stale::run_plan(me, cpus, swaps, plan, &spawn_on, &join)?;
+        let ipis = kernel::ipis()? - ipis_before;
+        pages.unmap()?;
+        let others = if cpus < 3 { "none" } else if busy { "busy" } else { "idle" };
+        let secs = out.elapsed.as_secs_f64();
+        let per_sec = out.rounds as f64 / secs.max(1e-9);
+        let ipis_per_swap = ipis as f64 / out.rounds as f64;
+        println!(
+            "| {} | {cpus} | {others} | {} | {per_sec:.0} | {} | {} | {ipis_per_swap:.2} |",
+            kernel::NAME,
+            out.rounds,
+            out.stale,
+            out.checks
+        );
+        lines.push(format!(
+            "tlb-stale-rate: kernel={} smp={cpus} others={others} swaps={} secs={secs:.6} swaps_per_s={per_sec:.1} stale={} checked={} ipis_per_swap={ipis_per_swap:.3}",
+            kernel::NAME,
+            out.rounds,
+            out.stale,
+            out.checks
+        ));
+        if cfg!(feature = "ipiq-stats") && out.stale != 0 {
+            println!(">>>report");
+            return Err(format!("{} stale reads of {} on the ipiq kernel", out.stale, out.checks));
+        }
+        if cpus < 3 {
+            // With two cores there is nobody in between: one arrangement.
+            break;
+        }
+    }
+    println!(">>>report");
+    for line in lines {
+        println!("{line}");
+    }
+    Ok(())
 }
 
 fn run(me: usize, cpus: usize, rounds: u64) -> Result<(), String> {

@@ -24,8 +24,7 @@ const DEFAULT_ROUNDS: u64 = 2_000;
 /// Round trips run before measuring (the partner's stack and the scheduler's paths are warm).
 const WARMUP: u64 = 100;
 
-#[path = "../../pinned.rs"]
-mod pinned;
+use hermit_apps::pinned;
 
 use pinned::{apic_id, join, spawn_on};
 
@@ -41,7 +40,7 @@ mod kernel {
     pub const NAME: &str = "ipiq";
     pub const IPIS: &str = "ipiq IPIs (122)";
     pub fn counts() -> super::Counts {
-        let stats = ipiq::hermit::total_stats().ok();
+        let stats = ipiq_abi::hermit::total_stats().ok();
         super::Counts { ipis: stats.map(|s| s.ipis), messages: stats.map(|s| s.sent) }
     }
 }

@@ -1,0 +1,164 @@
+//! Draining: the loop behind the seed's `lwkt_process_ipiq` (the kernel's entry points are in
+//! `hooks.rs`), which runs every queued message, polls what holds the core (`hold.rs`), pushes
+//! spilled sends (`spill.rs`), and ends with the target's side of the `npoll` handshake
+//! (`wakeup.rs`). Also here: the nesting depth every message function counts in
+//! (`enter_message`, `exit_message`).
+//!
+//! # Context
+//! Core `me` itself, interrupts disabled by the caller; message functions run with interrupts
+//! disabled, on the target. The loop is re-entered from the message functions it
+//! runs (a nested send into a full FIFO, a `wait`), which then continue with the next message,
+//! so nothing deadlocks and per-sender order holds (I1).
+
+use crate::matrix::Ipiq;
+use crate::platform::{CpuId, Platform};
+use crate::status::Waiting;
+use crate::sync::{fence, Ordering};
+use crate::watchdog::Patience;
+
+/// What a drain does while its core is held in a cpusync.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Hold {
+    /// Keep serving the queues until every cpusync holding the core has released it (the
+    /// interrupt, idle and tick paths).
+    ServeWhileHeld,
+    /// Poll each held cpusync once and return (nested drains inside a caller's own spin loop,
+    /// which must get back to what it waits for).
+    PollOnce,
+}
+
+/// How a drain ends when it finds no more work.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Exit {
+    /// Clear `npoll`, fence, look once more: senders IPI the core again.
+    Unsignal,
+    /// Leave `npoll` set: the caller drains again soon ([`Ipiq::poll`]).
+    StaySignalled,
+}
+
+impl<P: Platform> Ipiq<P> {
+    /// Drains the calling core `me` (interrupts disabled), ending by clearing `npoll` (see
+    /// [`Ipiq::drain_as`]).
+    pub(crate) fn drain(&self, me: CpuId, hold: Hold) -> usize {
+        self.drain_as(me, hold, Exit::Unsignal)
+    }
+
+    /// The drain loop. `npoll` is set on entry and stays set for as long as passes find work, so
+    /// senders streaming into a busy core read a flag nobody writes and skip their IPIs without
+    /// touching its cache line. Only when a pass ran nothing does the core stop: with
+    /// [`Exit::Unsignal`] it clears `npoll`, fences (SeqCst) and looks at its queues once more
+    /// (`wakeup.rs`: the `npoll` handshake), going round again if anything arrived; with
+    /// [`Exit::StaySignalled`] it returns with `npoll` still set: the caller promises to drain
+    /// again soon (see [`Ipiq::poll`]).
+    ///
+    /// Context: core `me` itself, interrupts disabled; re-entered from the message functions it
+    /// runs (they may send, wait or drain), which then continue with the next message. A core
+    /// `new` does not serve has no queues: 0.
+    pub(crate) fn drain_as(&self, me: CpuId, hold: Hold, exit: Exit) -> usize {
+        let Some(cpu) = self.cpus.get(me) else {
+            return 0;
+        };
+        let draining = cpu.diag.draining();
+        cpu.diag.polling(exit == Exit::StaySignalled);
+        // Relaxed: tells senders we are draining so they may skip the IPI; the exit protocol
+        // below (clear, SeqCst fence, look again) is what guarantees no message is missed. Every
+        // write to `npoll` is a read-modify-write, so all of them form one chain that each reads
+        // the last: a clear can never be ordered before a sender's set that it did not see.
+        // Only the loaded-false case writes: a core that stayed signalled (`poll`) and drains
+        // again does not dirty the line its senders read.
+        if !cpu.npoll.is_set() {
+            cpu.npoll.set();
+        }
+        let mut total = 0;
+        let mut spill_watchdog = None;
+        let mut hold_watchdog = None;
+        loop {
+            let mut ran = 0;
+            for sender in self.senders_of(me) {
+                if let Some(fifo) = self.fifo_between(sender, me) {
+                    while let Some(taken) = fifo.take() {
+                        taken.message.run(self, me);
+                        fifo.finish(taken);
+                        ran += 1;
+                    }
+                }
+            }
+            let held = self.poll_holds(me);
+            let spilling = self.flush_spills(me);
+            total += ran;
+            if ran > 0 {
+                cpu.diag.progressed(self.platform.now_ns());
+                // Still working; `npoll` is still set unless a nested drain (inside a message
+                // function) cleared it on its way out, which costs senders an IPI, never a message:
+                // the exit below runs the handshake either way.
+                continue;
+            }
+            if hold == Hold::ServeWhileHeld && held {
+                // Held by a master that has not released us yet. Masters run with interrupts
+                // off from start to finish (see `cpusync.rs`), so this is short unless a master
+                // is stuck: then this core's own watchdog reports it (it never leaves early,
+                // which would break the rendezvous its master relies on).
+                let holds = cpu.diag.holds();
+                let watchdog = hold_watchdog.get_or_insert_with(|| {
+                    self.watchdog(me, Waiting::Release, None, Patience::Unbounded, holds)
+                });
+                let master = cpu.diag.last_master();
+                // Unbounded: never an error.
+                let _ = watchdog.check(holds, || master.into_iter());
+                self.platform.relax();
+                continue;
+            }
+            if hold == Hold::ServeWhileHeld && !spilling.is_empty() {
+                // Our spilled messages wait for room in their targets' FIFOs: keep serving our
+                // own queues (the targets may be waiting on us) until they are in, or until the
+                // watchdog says a target is not draining (then the next drain or tick retries).
+                let spilled = cpu.spilled.load(Ordering::Relaxed);
+                let watchdog = spill_watchdog.get_or_insert_with(|| {
+                    self.watchdog(me, Waiting::SpillRoom, None, Patience::Bounded, spilled)
+                });
+                if watchdog.check(spilled, || spilling.iter().copied()).is_ok() {
+                    self.platform.relax();
+                    continue;
+                }
+            }
+            if exit == Exit::StaySignalled {
+                break;
+            }
+            // Relaxed RMW, then the SeqCst fence: our store-load barrier (`wakeup.rs`). Then one
+            // more look; a message found there is run by another pass, signalled again.
+            cpu.npoll.clear();
+            fence(Ordering::SeqCst);
+            if self.has_incoming(me) {
+                // Relaxed RMW: back to draining, as on entry.
+                cpu.npoll.set();
+                continue;
+            }
+            break;
+        }
+        drop((spill_watchdog, hold_watchdog));
+        cpu.diag.done_draining(draining);
+        self.count(me, |c| &c.processed, total as u64);
+        total
+    }
+
+    /// Marks a message function as running on `me` (called around every message).
+    #[inline]
+    pub(crate) fn enter_message(&self, me: CpuId) {
+        // A core `new` does not serve keeps no depth (it can run only its own local messages).
+        if let Some(cpu) = self.cpus.get(me) {
+            // Relaxed load and store, no locked RMW: core-local nesting depth, interrupts off.
+            let running = &cpu.running;
+            running.store(running.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+        }
+    }
+
+    /// The message function entered last on `me` returned.
+    #[inline]
+    pub(crate) fn exit_message(&self, me: CpuId) {
+        if let Some(cpu) = self.cpus.get(me) {
+            // Relaxed load and store: core-local nesting depth (see `enter_message`).
+            let running = &cpu.running;
+            running.store(running.load(Ordering::Relaxed) - 1, Ordering::Relaxed);
+        }
+    }
+}

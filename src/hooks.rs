@@ -1,0 +1,147 @@
+//! The kernel's hooks: what the interrupt handler, the idle loop, the timer tick and a voluntary
+//! reschedule call ([`Ipiq::process`], [`Ipiq::poll`], [`Ipiq::prepare_halt`],
+//! [`Ipiq::end_halt`], [`Ipiq::interrupt_entry`], [`Ipiq::tick`], [`Ipiq::pending`]).
+//!
+//! Each one disables interrupts for its duration, and each that can end a halt ends it first:
+//! the core stops counting as halted for lazy senders (`wakeup.rs`), and a TLB flush that a
+//! shootdown deferred while the core was halted is done (`tlb.rs`) before anything else runs.
+//! Nothing in the protocol calls these; they sit on top of it.
+
+use crate::drain::{Exit, Hold};
+use crate::irq::IrqOff;
+use crate::matrix::Ipiq;
+use crate::platform::{CpuId, Platform};
+use crate::sync::{fence, Ordering};
+
+impl<P: Platform> Ipiq<P> {
+    /// Runs every message queued for the calling core, and keeps serving its queues while it is
+    /// held in a cpusync (the seed's `lwkt_process_ipiq`). Returns how many messages ran.
+    ///
+    /// The kernel calls this from the ipiq interrupt handler (then sends EOI), from the idle loop
+    /// before halting, and at voluntary reschedule. Context: any; interrupts are disabled inside.
+    /// Re-entered from a message function (through a nested send or wait), it continues with the
+    /// next message, so nothing deadlocks and per-sender order holds (I1).
+    pub fn process(&self) -> usize {
+        let _irq = IrqOff::new(&self.platform);
+        let me = self.platform.current_cpu();
+        self.end_halt_on(me);
+        self.drain(me, Hold::ServeWhileHeld)
+    }
+
+    /// [`Ipiq::process`] for a core that is about to look again soon: an idle loop polling before
+    /// it halts (the seed's idle spin; Linux calls it haltpoll). It runs everything queued but
+    /// leaves the core *signalled* (`npoll` set), so senders skip their IPIs while it polls and
+    /// a stream of messages into a polling core costs no IPI and no write to a line senders read.
+    ///
+    /// Context: as `process`. Contract: a core that called `poll` must call `poll` or
+    /// [`Ipiq::process`] again before it halts or turns to other work, and `process` (which clears
+    /// the signal after a last look) before it halts; until then messages for it are run only by
+    /// its own next drain. (A sender's `wait` watchdog forces an IPI past
+    /// [`crate::Config::resend_after_ns`] if that contract is broken.)
+    pub fn poll(&self) -> usize {
+        let _irq = IrqOff::new(&self.platform);
+        let me = self.platform.current_cpu();
+        self.drain_as(me, Hold::ServeWhileHeld, Exit::StaySignalled)
+    }
+
+    /// The timer-tick hook: drains everything, passive messages included, and counts it.
+    pub fn tick(&self) -> usize {
+        let _irq = IrqOff::new(&self.platform);
+        let me = self.platform.current_cpu();
+        self.end_halt_on(me);
+        self.count(me, |c| &c.ticks, 1);
+        let n = self.drain(me, Hold::ServeWhileHeld);
+        self.count(me, |c| &c.tick_drained, n as u64);
+        n
+    }
+
+    /// Whether anything waits for the calling core: a message in one of its queues, a cpusync
+    /// it is held in, or a spilled message of its own (for the idle loop's last check before
+    /// halting).
+    ///
+    /// Context: any; interrupts are disabled inside, so the answer is about the core it was
+    /// asked on (the caller keeps them disabled if it must act on that answer before a message
+    /// can arrive: the idle loop calls it with interrupts off). Does not block; re-entrant.
+    pub fn pending(&self) -> bool {
+        let _irq = IrqOff::new(&self.platform);
+        let me = self.platform.current_cpu();
+        let pending = self.cpus.get(me).is_some_and(|cpu| {
+            self.has_incoming(me)
+                // SAFETY: our own core (interrupts are disabled above, so neither a migration nor
+                // an interrupt handler's ipiq call can come between), and the closure does not
+                // call back into ipiq.
+                || unsafe { cpu.holds.with(|q| !q.is_empty()) }
+                // Relaxed: written only by this core.
+                || cpu.spilled.load(Ordering::Relaxed) > 0
+        });
+        pending
+    }
+
+    /// The idle loop's last step before it halts (after [`Ipiq::process`]; interrupts disabled inside):
+    /// marks the core halted for lazy senders ([`Ipiq::try_send_lazy`]), fences (SeqCst), and
+    /// looks at its queues once more. Returns whether the core may halt; `false` means a message
+    /// arrived (the mark is taken back): drain again instead. After the halt, or when the loop
+    /// turns to a task instead, it calls [`Ipiq::end_halt`].
+    pub fn prepare_halt(&self) -> bool {
+        // Interrupts off inside, whatever the caller promised: an interrupt between marking the
+        // halt window and setting `halted` would end the window (`interrupt_entry`) and leave
+        // `halted` set on a running core, whose TLB flushes shootdowns would then defer.
+        let _irq = IrqOff::new(&self.platform);
+        let me = self.platform.current_cpu();
+        let Some(cpu) = self.cpus.get(me) else {
+            // A core `new` does not serve: nothing can arrive for it.
+            return true;
+        };
+        let halted = &cpu.halted;
+        cpu.diag.halting(true);
+        // Relaxed RMW, then the SeqCst fence: the target's side of the handshake in
+        // `signal_if_halted` (every write to `halted` is an RMW, as for `npoll`).
+        halted.set();
+        fence(Ordering::SeqCst);
+        if self.has_incoming(me) {
+            // Not halting after all: end the halt window as a wake-up would (clearing `halted`
+            // by RMW, and doing a TLB flush a shootdown deferred meanwhile).
+            self.end_halt_on(me);
+            return false;
+        }
+        true
+    }
+
+    /// The core stopped halting (or decided not to halt after [`Ipiq::prepare_halt`]): lazy
+    /// senders stop waking it, and a TLB flush that a shootdown deferred while it was halted is
+    /// done now, before the core can touch memory through a stale translation (see `tlb.rs`).
+    /// Context: the core's own, any time; interrupts are disabled inside; one load when the
+    /// core is not in a halt.
+    pub fn end_halt(&self) {
+        let _irq = IrqOff::new(&self.platform);
+        self.end_halt_on(self.platform.current_cpu());
+    }
+
+    /// The first thing an interrupt handler that can run while the core halts does (ipiq's
+    /// vector, the tick, the scheduler's timer, device interrupts): if the interrupt ended a
+    /// halt, the halt ends here ([`Ipiq::end_halt`]), so a deferred TLB flush is done before the
+    /// handler runs anything that may touch memory. [`Ipiq::process`] and [`Ipiq::tick`] call it
+    /// themselves. Context: interrupt handlers, interrupts disabled; one load when not halted.
+    #[inline]
+    pub fn interrupt_entry(&self) {
+        let _irq = IrqOff::new(&self.platform);
+        self.end_halt_on(self.platform.current_cpu());
+    }
+
+    /// `end_halt` on core `me`, interrupts disabled. A core `new` does not serve: nothing.
+    pub(crate) fn end_halt_on(&self, me: CpuId) {
+        let Some(cpu) = self.cpus.get(me) else {
+            return;
+        };
+        if !cpu.diag.is_halting() {
+            return;
+        }
+        cpu.diag.halting(false);
+        // Relaxed RMW, always (a lazy sender may have cleared the flag already: our own write is
+        // what the handshake needs), then the SeqCst fence: our side of the deferral handshake
+        // against a shootdown's "bump the deferral count; fence; load `halted`" (`tlb.rs`).
+        cpu.halted.clear();
+        fence(Ordering::SeqCst);
+        self.honour_deferred_flush(me);
+    }
+}

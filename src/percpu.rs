@@ -1,0 +1,101 @@
+//! Per-core state: what each core owns as a target ([`PerCpu`]), and [`CoreLocal`], the cell for
+//! what only the core itself may touch.
+
+use alloc::boxed::Box;
+use alloc::collections::VecDeque;
+use alloc::vec::Vec;
+use core::ptr;
+
+use hashbrown::HashMap;
+
+use crate::fifo::Fifo;
+use crate::hold::Holder;
+use crate::message::Message;
+use crate::platform::{CpuId, Platform};
+use crate::stats::Counters;
+use crate::status::CoreDiag;
+use crate::sync::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, CachePadded, UnsafeCell};
+use crate::tlb::TlbState;
+use crate::wakeup::WakeFlag;
+
+/// Holds a core can be under at once before its hold list allocates (nesting: a held core
+/// serving a second master's cpusync holds two).
+const HOLD_SLOTS: usize = 4;
+
+/// A value only its own core touches, with interrupts disabled.
+pub(crate) struct CoreLocal<T>(UnsafeCell<T>);
+
+impl<T> CoreLocal<T> {
+    /// Runs `f` on the value.
+    ///
+    /// # Safety
+    /// The caller runs on the core that owns the value, with interrupts disabled, and `f` does not
+    /// call back into ipiq (so no second `&mut` to the value exists while `f` runs).
+    pub(crate) unsafe fn with<R>(&self, f: impl FnOnce(&mut T) -> R) -> R {
+        // SAFETY: exclusive per the function's contract.
+        self.0.with_mut(|value| f(unsafe { &mut *value }))
+    }
+}
+
+/// One core's state as a target (plus its counters as a sender). The fields this core writes
+/// all the time (`running`, `spilled`, `counters`) sit on cache lines of their own, away from
+/// what senders read on every send (`online`, `incoming`, `npoll`).
+pub(crate) struct PerCpu<P: Platform> {
+    /// Set by a sender that signalled this core, and by this core while it drains; cleared by this
+    /// core before its final scan (`wakeup.rs`).
+    pub(crate) npoll: WakeFlag,
+    /// Set by this core's idle loop just before it halts ([`Ipiq::prepare_halt`]); cleared by
+    /// the first lazy sender that sees it (which then wakes the core) or by the core when it stops
+    /// halting ([`Ipiq::end_halt`]) (`wakeup.rs`).
+    pub(crate) halted: WakeFlag,
+    /// The FIFO from each sender, null until that sender first talks to this core. Written once
+    /// (Release) by the sender, read (Acquire) by this core and the sender.
+    pub(crate) incoming: Box<[AtomicPtr<Fifo<P>>]>,
+    /// Bit map of the senders whose `incoming` entry is set, so a drain visits only live FIFOs
+    /// (the seed's `gd_ipimask`). Bits are set (Release) by senders, never cleared.
+    pub(crate) senders: Box<[AtomicU64]>,
+    /// Whether the core has been brought up ([`Ipiq::cpu_online`]).
+    pub(crate) online: AtomicBool,
+    /// What holds this core (the cpusyncs it is held in), polled at the end of each drain (the
+    /// seed's cpusync requeue FIFO, `hold.rs`). Touched only by this core.
+    pub(crate) holds: CoreLocal<Vec<Holder<P>>>,
+    /// Messages this core queued for a target whose FIFO was full while it ran a message
+    /// function, in send order per target; pushed into the FIFO as room appears. Touched only by
+    /// this core.
+    pub(crate) spill: CoreLocal<HashMap<CpuId, VecDeque<Message<P>>>>,
+    /// How many messages `spill` holds (Relaxed: written and read only by this core; other
+    /// cores count spilled messages through each FIFO's `spill_seq`, see `Ipiq::outstanding`).
+    pub(crate) spilled: CachePadded<AtomicU64>,
+    /// How many message functions are running on this core's stack (nesting depth). Touched
+    /// only by this core; atomic only so that the type is `Sync` without unsafe.
+    pub(crate) running: CachePadded<AtomicUsize>,
+    /// This core's statistics.
+    pub(crate) counters: CachePadded<Counters>,
+    /// What this core is doing, for diagnostics (`status.rs`). Written only by this core.
+    pub(crate) diag: CachePadded<CoreDiag>,
+    /// Deferred TLB flushes for this core and its own shootdown as a master (`tlb.rs`).
+    pub(crate) tlb: TlbState,
+}
+
+impl<P: Platform> PerCpu<P> {
+    /// A core's state on a machine of `ncpu` cores: offline, no FIFO yet.
+    pub(crate) fn new(ncpu: usize) -> Self {
+        Self {
+            npoll: WakeFlag::new(),
+            halted: WakeFlag::new(),
+            incoming: (0..ncpu).map(|_| AtomicPtr::new(ptr::null_mut())).collect(),
+            senders: (0..ncpu.div_ceil(64)).map(|_| AtomicU64::new(0)).collect(),
+            online: AtomicBool::new(false),
+            // Room for a few nested rendezvous from the start: a target entering a cpusync
+            // (interrupts off, possibly while another core holds the allocator's lock to lead
+            // that very cpusync) then never allocates.
+            holds: CoreLocal(UnsafeCell::new(Vec::with_capacity(HOLD_SLOTS))),
+            spill: CoreLocal(UnsafeCell::new(HashMap::new())),
+            spilled: CachePadded(AtomicU64::new(0)),
+            running: CachePadded(AtomicUsize::new(0)),
+            counters: CachePadded(Counters::default()),
+            diag: CachePadded(CoreDiag::default()),
+            tlb: TlbState::new(ncpu),
+        }
+    }
+}

@@ -1,0 +1,426 @@
+//! The periodic tick on a one-shot timer: [`TickTimer`], the per-core bookkeeping that lets the
+//! kernel's one-shot timer serve both its scheduler and ipiq's tick, and stop the tick while a
+//! core idles.
+//!
+//! It remembers the scheduler's own deadline per core and has the kernel program the earlier of
+//! it and the core's next tick, telling it which vector to use (a tick-only vector when the tick
+//! comes first, so that interrupt drains passive messages without rescheduling).
+//!
+//! # No tick on an idle core
+//! The tick exists for passive messages (and as a backstop for a lost IPI). A core halted in its
+//! idle loop with nothing queued needs none of that: a passive send to a halted core wakes it
+//! with an IPI (`Ipiq::send_passive`, decided by the lazy senders' handshake), and hardware does
+//! not lose IPIs. So the idle loop stops the tick once `Ipiq::prepare_halt` has said the core
+//! may halt ([`TickTimer::idle`]) and resumes it when the halt ends ([`TickTimer::wake`]),
+//! reprogramming the timer only when the scheduler's deadline is not already earlier than the
+//! resumed tick. An idle core then takes no timer interrupt but the scheduler's own.
+//!
+//! All times are in the kernel's timer unit (microseconds). Per-core fields are touched only by
+//! their own core with interrupts disabled (the timer interrupt, the idle loop, the scheduler's
+//! timer request), so every access is Relaxed.
+
+use alloc::boxed::Box;
+use alloc::vec::Vec;
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use crate::platform::CpuId;
+
+/// The per-core deadlines of a one-shot timer shared between the kernel's scheduler and ipiq's
+/// periodic tick (all times in the kernel's timer unit, microseconds).
+///
+/// The scheduler keeps calling the kernel's "set one-shot timer" as before; the kernel's
+/// wrapper passes the request through [`TickTimer::program`], which remembers it and returns
+/// what to actually program: the earlier of the scheduler's deadline and the core's next tick,
+/// and whether that is the tick (program the tick-only vector) or the scheduler's (its own
+/// vector). The tick-only interrupt calls [`TickTimer::fired`] and re-programs.
+///
+/// Bound: while the tick runs, a passive message waits at most one tick period (plus the
+/// interrupt's latency) before its target drains it; while the core idles with its tick
+/// stopped, a passive send wakes it with an IPI instead.
+pub struct TickTimer {
+    /// Tick period in microseconds.
+    period_us: u64,
+    /// Per core: the scheduler's requested deadline (`u64::MAX` = none). Only its own core
+    /// writes or reads it, with interrupts disabled; Relaxed.
+    scheduler_deadline: Box<[AtomicU64]>,
+    /// Per core: the next tick's time (`u64::MAX`: stopped, before `start` and while idle).
+    /// Same access rule.
+    next_tick: Box<[AtomicU64]>,
+    /// Per core: the deadline of the last setting handed out (`u64::MAX`: none), which the
+    /// kernel programs; `wake` leaves the timer alone when it already fires first. Same rule.
+    programmed: Box<[AtomicU64]>,
+    /// Per core: 1 while `idle` has stopped the tick and no `wake` has resumed it (a core never
+    /// started is not idle: `wake` does not start it). Same rule.
+    idle: Box<[AtomicU64]>,
+}
+
+/// Which timer vector fired ([`TickTimer::fired`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TimerVector {
+    /// The scheduler's own timer vector (its handler wakes tasks whose deadline passed).
+    Scheduler,
+    /// ipiq's tick-only vector (drains, re-arms, never reschedules).
+    TickOnly,
+}
+
+/// What the kernel should program after [`TickTimer::program`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TimerSetting {
+    /// Absolute deadline (µs), or `None` to mask the timer.
+    pub deadline: Option<u64>,
+    /// Whether the deadline is the tick's alone (use the tick-only vector).
+    pub tick_only: bool,
+}
+
+impl TickTimer {
+    /// Bookkeeping for `cpu_count` cores with a tick every `period_us` microseconds (at least 1;
+    /// 0 disables the tick).
+    pub fn new(cpu_count: usize, period_us: u64) -> Self {
+        let per_core = || -> Box<[AtomicU64]> {
+            (0..cpu_count.max(1))
+                .map(|_| AtomicU64::new(u64::MAX))
+                .collect::<Vec<_>>()
+                .into()
+        };
+        Self {
+            period_us,
+            scheduler_deadline: per_core(),
+            next_tick: per_core(),
+            programmed: per_core(),
+            idle: (0..cpu_count.max(1))
+                .map(|_| AtomicU64::new(0))
+                .collect::<Vec<_>>()
+                .into(),
+        }
+    }
+
+    /// The tick period in microseconds (0: no tick).
+    pub fn period_us(&self) -> u64 {
+        self.period_us
+    }
+
+    /// Starts the tick on `cpu` (at bring-up): the first tick is one period from `now`.
+    pub fn start(&self, cpu: CpuId, now: u64) -> TimerSetting {
+        if let Some(next) = self.next_tick.get(cpu) {
+            if self.period_us > 0 {
+                // Relaxed: core-local (see the field docs).
+                next.store(now.saturating_add(self.period_us), Ordering::Relaxed);
+            }
+        }
+        self.setting(cpu)
+    }
+
+    /// The scheduler asked core `cpu` for a one-shot timer at `deadline` (`None`: no timer).
+    pub fn program(&self, cpu: CpuId, deadline: Option<u64>) -> TimerSetting {
+        if let Some(slot) = self.scheduler_deadline.get(cpu) {
+            // Relaxed: core-local.
+            slot.store(deadline.unwrap_or(u64::MAX), Ordering::Relaxed);
+        }
+        self.setting(cpu)
+    }
+
+    /// A timer vector fired on `cpu` at `now`: advances the next tick past `now`, runs `tick`
+    /// (ipiq's tick: [`crate::Ipiq::tick`]) if one was due, and returns what to program next.
+    ///
+    /// The setting is computed **after** `tick` ran: a message drained by the tick may itself
+    /// arm the scheduler's timer ([`TickTimer::program`], e.g. a wake-up with a deadline), and a
+    /// setting computed before the drain would overwrite that deadline until the following tick.
+    ///
+    /// With [`TimerVector::Scheduler`] a scheduler deadline that has passed is forgotten (the
+    /// scheduler's handler, which runs next, re-arms what it still needs). With
+    /// [`TimerVector::TickOnly`] it is kept: the setting then re-arms the scheduler's vector at
+    /// once (a deadline in the past fires immediately), because only the scheduler's handler
+    /// wakes the tasks whose time has come; forgetting it there would lose that wake-up.
+    ///
+    /// Context: the timer interrupt handler, interrupts disabled, on core `cpu`.
+    pub fn fired(
+        &self,
+        cpu: CpuId,
+        now: u64,
+        vector: TimerVector,
+        tick: impl FnOnce(),
+    ) -> TimerSetting {
+        if self.advance(cpu, now, vector) {
+            tick();
+        }
+        self.setting(cpu)
+    }
+
+    /// Core `cpu`'s idle loop is about to halt with nothing queued for it (after
+    /// `Ipiq::prepare_halt` said it may): the tick stops until [`TickTimer::wake`]. Returns what
+    /// to program: the scheduler's deadline alone, or nothing.
+    ///
+    /// Context: the idle loop, interrupts disabled, on core `cpu`.
+    pub fn idle(&self, cpu: CpuId) -> TimerSetting {
+        if let (Some(next), Some(idle)) = (self.next_tick.get(cpu), self.idle.get(cpu)) {
+            // Relaxed: core-local.
+            if self.period_us > 0 && next.load(Ordering::Relaxed) != u64::MAX {
+                next.store(u64::MAX, Ordering::Relaxed);
+                idle.store(1, Ordering::Relaxed);
+            }
+        }
+        self.setting(cpu)
+    }
+
+    /// Core `cpu` stopped halting at `now` (woken, or turning to a task; the kernel calls this
+    /// from the idle loop and at the start of every interrupt handler that can end a halt, since
+    /// a handler may switch straight to a task): the tick resumes, its next one a period from
+    /// `now`. Returns a setting to program only when the timer must
+    /// change: not when the tick was running anyway, nor when the programmed deadline (the
+    /// scheduler's) already comes first (its interrupt then programs the tick through
+    /// [`TickTimer::fired`]).
+    ///
+    /// Context: the idle loop or an interrupt handler, interrupts disabled, on core `cpu`.
+    pub fn wake(&self, cpu: CpuId, now: u64) -> Option<TimerSetting> {
+        let (Some(next), Some(programmed), Some(idle)) = (
+            self.next_tick.get(cpu),
+            self.programmed.get(cpu),
+            self.idle.get(cpu),
+        ) else {
+            return None;
+        };
+        // Relaxed: core-local.
+        if idle.load(Ordering::Relaxed) == 0 {
+            return None;
+        }
+        idle.store(0, Ordering::Relaxed);
+        let tick = now.saturating_add(self.period_us);
+        next.store(tick, Ordering::Relaxed);
+        if programmed.load(Ordering::Relaxed) <= tick {
+            return None;
+        }
+        Some(self.setting(cpu))
+    }
+
+    /// Whether core `cpu`'s tick is stopped (it idles, or was never started).
+    pub fn is_stopped(&self, cpu: CpuId) -> bool {
+        // Relaxed: core-local.
+        self.period_us == 0
+            || self
+                .next_tick
+                .get(cpu)
+                .is_none_or(|t| t.load(Ordering::Relaxed) == u64::MAX)
+    }
+
+    /// Advances the next tick past `now` and forgets a passed scheduler deadline (scheduler
+    /// vector only); returns whether a tick is due.
+    fn advance(&self, cpu: CpuId, now: u64, vector: TimerVector) -> bool {
+        let scheduler_vector = vector == TimerVector::Scheduler;
+        let mut due = false;
+        if let (Some(next), true) = (self.next_tick.get(cpu), self.period_us > 0) {
+            // Relaxed: core-local.
+            let tick = next.load(Ordering::Relaxed);
+            if tick <= now {
+                due = true;
+                // Skip missed ticks rather than firing a burst.
+                let missed = (now - tick) / self.period_us;
+                let following = tick.saturating_add((missed + 1).saturating_mul(self.period_us));
+                next.store(following, Ordering::Relaxed);
+            }
+        }
+        if let (Some(slot), true) = (self.scheduler_deadline.get(cpu), scheduler_vector) {
+            // Relaxed: core-local.
+            if slot.load(Ordering::Relaxed) <= now {
+                slot.store(u64::MAX, Ordering::Relaxed);
+            }
+        }
+        due
+    }
+
+    fn setting(&self, cpu: CpuId) -> TimerSetting {
+        // Relaxed: core-local.
+        let scheduler = self
+            .scheduler_deadline
+            .get(cpu)
+            .map_or(u64::MAX, |d| d.load(Ordering::Relaxed));
+        let tick = if self.period_us > 0 {
+            self.next_tick
+                .get(cpu)
+                .map_or(u64::MAX, |t| t.load(Ordering::Relaxed))
+        } else {
+            u64::MAX
+        };
+        let deadline = scheduler.min(tick);
+        if let Some(programmed) = self.programmed.get(cpu) {
+            // Relaxed: core-local. The caller programs what this returns.
+            programmed.store(deadline, Ordering::Relaxed);
+        }
+        TimerSetting {
+            deadline: (deadline != u64::MAX).then_some(deadline),
+            tick_only: tick < scheduler,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tick_timer_takes_the_earlier_deadline() {
+        let timer = TickTimer::new(2, 10_000);
+        assert_eq!(
+            timer.start(1, 0),
+            TimerSetting {
+                deadline: Some(10_000),
+                tick_only: true
+            }
+        );
+        assert_eq!(
+            timer.program(1, Some(5_000)),
+            TimerSetting {
+                deadline: Some(5_000),
+                tick_only: false
+            }
+        );
+        assert_eq!(
+            timer.program(1, None),
+            TimerSetting {
+                deadline: Some(10_000),
+                tick_only: true
+            }
+        );
+        // A late interrupt skips missed ticks.
+        let mut due = false;
+        let next = timer.fired(1, 35_000, TimerVector::Scheduler, || due = true);
+        assert!(due);
+        assert_eq!(
+            next,
+            TimerSetting {
+                deadline: Some(40_000),
+                tick_only: true
+            }
+        );
+        // The scheduler's deadline fires first: no tick due, the deadline is forgotten.
+        timer.program(1, Some(36_000));
+        let next = timer.fired(1, 36_000, TimerVector::Scheduler, || panic!("no tick due"));
+        assert_eq!(next.deadline, Some(40_000));
+        // Out-of-range cores and a disabled tick do not panic.
+        assert_eq!(timer.program(7, Some(1)).deadline, None);
+        let off = TickTimer::new(1, 0);
+        assert_eq!(off.start(0, 5).deadline, None);
+        off.fired(0, 5, TimerVector::Scheduler, || panic!("the tick is off"));
+    }
+
+    #[test]
+    fn a_deadline_armed_by_a_message_the_tick_drained_is_programmed() {
+        let timer = TickTimer::new(1, 10_000);
+        timer.start(0, 0);
+        // The tick fires at 10_000; one of the messages it drains wakes a task with a deadline
+        // (the scheduler arms its timer from inside the drain) at 12_000, before the next tick.
+        for vector in [TimerVector::TickOnly, TimerVector::Scheduler] {
+            timer.program(0, None);
+            let now = if vector == TimerVector::TickOnly {
+                10_000
+            } else {
+                20_000
+            };
+            let next = timer.fired(0, now, vector, || {
+                timer.program(0, Some(now + 2_000));
+            });
+            assert_eq!(
+                next,
+                TimerSetting {
+                    deadline: Some(now + 2_000),
+                    tick_only: false
+                },
+                "{vector:?}: the deadline armed during the drain is what gets programmed"
+            );
+        }
+    }
+
+    #[test]
+    fn a_tick_never_swallows_a_passed_scheduler_deadline() {
+        let timer = TickTimer::new(1, 10_000);
+        timer.start(0, 0);
+        // The scheduler wants 10_500; the tick (10_000) fires first but its handler runs late,
+        // at 11_000, when the scheduler's deadline has passed too.
+        timer.program(0, Some(10_500));
+        let mut due = false;
+        let next = timer.fired(0, 11_000, TimerVector::TickOnly, || due = true);
+        assert!(due);
+        assert_eq!(
+            next,
+            TimerSetting {
+                deadline: Some(10_500),
+                tick_only: false
+            },
+            "the scheduler's vector is re-armed at once"
+        );
+        // Its handler runs and forgets the deadline; the tick goes on.
+        let next = timer.fired(0, 11_001, TimerVector::Scheduler, || panic!("no tick due"));
+        assert_eq!(
+            next,
+            TimerSetting {
+                deadline: Some(20_000),
+                tick_only: true
+            }
+        );
+    }
+
+    #[test]
+    fn an_idle_core_takes_no_tick_and_resumes_it_on_waking() {
+        let timer = TickTimer::new(1, 10_000);
+        timer.start(0, 0);
+        // Idle with no scheduler deadline: nothing to program at all.
+        assert_eq!(
+            timer.idle(0),
+            TimerSetting {
+                deadline: None,
+                tick_only: false
+            }
+        );
+        assert!(timer.is_stopped(0));
+        // A scheduler interrupt while idle (a sleep ends) runs no tick and programs no tick.
+        timer.program(0, Some(50_000));
+        let next = timer.fired(0, 50_000, TimerVector::Scheduler, || {
+            panic!("idle: no tick")
+        });
+        assert_eq!(next.deadline, None);
+        // Woken at 50_000: the tick resumes a period later and must be programmed.
+        assert_eq!(
+            timer.wake(0, 50_000),
+            Some(TimerSetting {
+                deadline: Some(60_000),
+                tick_only: true
+            })
+        );
+        assert!(!timer.is_stopped(0));
+        // Waking again while running changes nothing.
+        assert_eq!(timer.wake(0, 51_000), None);
+        let mut due = false;
+        timer.fired(0, 60_000, TimerVector::TickOnly, || due = true);
+        assert!(due, "the resumed tick fires");
+    }
+
+    #[test]
+    fn waking_before_a_scheduler_deadline_leaves_the_timer_alone() {
+        let timer = TickTimer::new(1, 10_000);
+        timer.start(0, 0);
+        // A sleeping task's deadline at 3_000 is programmed; the core idles with it.
+        timer.program(0, Some(3_000));
+        assert_eq!(timer.idle(0).deadline, Some(3_000));
+        // Woken early by an IPI at 1_000: the programmed deadline (3_000) comes before the
+        // resumed tick (11_000), so nothing is reprogrammed; that interrupt brings the tick back.
+        assert_eq!(timer.wake(0, 1_000), None);
+        let next = timer.fired(0, 3_000, TimerVector::Scheduler, || {
+            panic!("no tick due yet")
+        });
+        assert_eq!(
+            next,
+            TimerSetting {
+                deadline: Some(11_000),
+                tick_only: true
+            }
+        );
+        // A disabled tick never stops or resumes, and waking never starts a tick that was never
+        // started (an interrupt on a core before its bring-up finished).
+        let off = TickTimer::new(1, 0);
+        off.idle(0);
+        assert_eq!(off.wake(0, 5), None);
+        let unstarted = TickTimer::new(1, 10_000);
+        unstarted.idle(0);
+        assert_eq!(unstarted.wake(0, 5), None);
+        assert!(unstarted.is_stopped(0));
+    }
+}
