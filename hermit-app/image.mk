@@ -28,10 +28,11 @@
 #   QEMU_EXTRA=...         extra QEMU arguments for qemu and qemu-debug (e.g. -accel tcg,thread=multi)
 #   REPEATABLE=1           every boot through scripts/qemu.sh or qemu-debug.sh (qemu, qemu-debug,
 #                          the guest-* benchmarks, the tests) runs with QEMU's instruction counting:
-#                          -icount shift=ICOUNT_SHIFT,sleep=off -accel tcg,one-insn-per-tb=on,
-#                          single-threaded TCG; emulated time is then instructions (2^ICOUNT_SHIFT ns
-#                          each), the same figures on every run whatever the host's load, several
-#                          times slower in wall time (README-image.md, "Repeatable figures")
+#                          -icount shift=ICOUNT_SHIFT,sleep=off -accel tcg,one-insn-per-tb=on and the
+#                          RTC on virtual time from a fixed date; qemu.sh also starts QEMU from a
+#                          scratch folder of links (the guest's command line names the loader). Every
+#                          boot then repeats exactly whatever the host's load, at several times the
+#                          wall time (README-image.md, "Repeatable figures")
 #   ICOUNT_SHIFT=0         REPEATABLE's ns per instruction, as a power of 2
 #   ICOUNT_PHASE=0         REPEATABLE: start n x 8 command-line characters later (another
 #                          deterministic sample; bench.mk's SPREAD_PHASES)
