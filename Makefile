@@ -69,7 +69,8 @@ GUEST_BENCH_TIMEOUT ?= 600
 
 ## guest-bench: in-guest measurements with SMP vCPUs (streaming, passive, round trip against a
 ## raw IPI, ranged against full shootdown, statistics on/off, multicast); log in
-## results/guest-logs/ipiq-bench-SMP.log
+## results/guest-logs/ipiq-bench-SMP.log; APP_ARGS=round-trip,statistics runs only those sections,
+## REPEATABLE=1 boots with QEMU's instruction counting (hermit-app/image.mk)
 guest-bench:
 	@$(MAKE) --no-print-directory guest-bench-run GUEST_BENCH_NAME=ipiq-bench SMP=$(SMP)
 
@@ -86,7 +87,7 @@ guest-bench-run:
 	@mkdir -p $(GUEST_BENCH_LOGS)
 	@echo "==> booting $(GUEST_BENCH_NAME) under QEMU: $(SMP) cores, cpu $(CPU); log $(GUEST_BENCH_LOGS)/$(GUEST_BENCH_NAME)-$(SMP).log"
 	@bash -o pipefail -c '$(IMAGE_SCRIPTS)/qemu.sh $(LOADER) $(GUEST_BENCH_BIN)/$(GUEST_BENCH_NAME) $(SMP) $(CPU) $(MEM) \
-		$(GUEST_BENCH_TIMEOUT) 2>&1 | tee $(GUEST_BENCH_LOGS)/$(GUEST_BENCH_NAME)-$(SMP).log'
+		$(GUEST_BENCH_TIMEOUT) $(if $(APP_ARGS),-- -append "-- $(APP_ARGS)") 2>&1 | tee $(GUEST_BENCH_LOGS)/$(GUEST_BENCH_NAME)-$(SMP).log'
 
 ## loom: model checks of the npoll handshake, FIFO-full progress, cpusync and the kernel's idle
 ## loop against lazy and active senders

@@ -37,6 +37,21 @@
 #                           reader, the other cores idle then spinning), ipiq against stock-probe at
 #                           SHOOTDOWN_SMP vCPUs, SHOOTDOWN_REPEATS alternating boots each; table
 #                           results/guest-logs/shootdown-summary.log
+#   make guest-spread       the headline guest ratios (ipiq-bench: round trip against the raw ICR
+#                           ping-pong, statistics off against on, at SPREAD_SMP vCPUs; wakeup: ipiq
+#                           kernel against stock at SPREAD_WAKEUP_SMP) SPREAD_RUNS times each, with
+#                           their spread across runs (scripts/guest-spread.sh); table and boots in
+#                           results/guest-logs/spread (spread-repeatable with REPEATABLE=1);
+#                           SPREAD_PHASES="0 1 2 3 4" with REPEATABLE=1: one run per ICOUNT_PHASE
+#
+# REPEATABLE=1 (hermit-app/image.mk) makes every guest target here boot with QEMU's instruction
+# counting (-icount shift=ICOUNT_SHIFT,sleep=off, single-threaded TCG, one instruction per
+# translation block, the RTC on virtual time): emulated time is then guest instructions and
+# every boot repeats exactly whatever the host's load (three runs: identical logs, spread 0.0% for
+# every headline ratio, docs/results/2026-12-07-repeatable.md), at 2-10x the wall time. The
+# figures measure instruction paths under round-robin vCPUs, not time on parallel cores: they
+# differ from the normal mode's and are compared only within the mode; some depend on the
+# starting phase (ICOUNT_PHASE), so take those over several phases.
 
 CARGO ?= cargo
 RAYON_KERNELS ?= patched stock
@@ -61,8 +76,16 @@ SHOOTDOWN_REPEATS ?= 3
 SHOOTDOWN_TIMEOUT ?= 300
 SHOOTDOWN_IMAGES   = $(foreach k,patched stock-probe,$(k)=$(IMAGE_BUILD)/kernel-$(k)/apps/x86_64-unknown-hermit/release/tlb-stale)
 
+SPREAD_RUNS          ?= 3
+SPREAD_SMP           ?= 2 4
+SPREAD_WAKEUP_SMP    ?= 2 4
+SPREAD_WAKEUP_ROUNDS ?= $(WAKEUP_ROUNDS)
+# REPEATABLE=1 only: one run per phase (ICOUNT_PHASE) instead of SPREAD_RUNS identical runs.
+SPREAD_PHASES        ?=
+SPREAD_OUT           ?= $(GUEST_LOGS)/spread$(if $(filter-out 0,$(REPEATABLE)),-repeatable$(if $(SPREAD_PHASES),-phases))
+
 .PHONY: guest-shootdown shootdown-images
-.PHONY: bench bench-host bench-smoke guest-rayon guest-rayon-smoke rayon-images guest-wakeup wakeup-smoke wakeup-images guest-tlb-stale
+.PHONY: bench bench-host bench-smoke guest-rayon guest-rayon-smoke rayon-images guest-wakeup wakeup-smoke wakeup-images guest-tlb-stale guest-spread
 
 ## bench: every benchmark, host and guest, gathered into results/report.md (~10 min here)
 bench: bench-host guest-bench-all guest-wakeup guest-tlb-stale guest-shootdown guest-rayon
@@ -142,3 +165,11 @@ guest-shootdown: shootdown-images $(IMAGE_LOADER_DEP) qemu-install
 	@mkdir -p $(GUEST_LOGS)
 	@REPEATS=$(SHOOTDOWN_REPEATS) SUMMARY=$(GUEST_LOGS)/shootdown-summary.log $(IMAGE_SCRIPTS)/shootdown-rate.sh \
 		$(LOADER) $(GUEST_LOGS)/shootdown $(SHOOTDOWN_TIMEOUT) "$(SHOOTDOWN_SMP)" $(SHOOTDOWN_SWAPS) $(SHOOTDOWN_IMAGES)
+
+## guest-spread: the headline guest ratios SPREAD_RUNS times with their spread across runs (add
+## REPEATABLE=1 for the instruction-counting mode); table in SPREAD_OUT/spread.md
+guest-spread: wakeup-images $(IMAGE_LOADER_DEP) qemu-install
+	@$(MAKE) --no-print-directory -f $(IMAGE_MK) image APP=ipiq-bench KERNEL=patched
+	@SPREAD_PHASES="$(SPREAD_PHASES)" $(IMAGE_SCRIPTS)/guest-spread.sh $(LOADER) $(SPREAD_OUT) $(SPREAD_RUNS) "$(SPREAD_SMP)" "$(SPREAD_WAKEUP_SMP)" \
+		"$(SPREAD_WAKEUP_ROUNDS)" bench=$(IMAGE_BUILD)/kernel-patched/apps/x86_64-unknown-hermit/release/ipiq-bench \
+		$(WAKEUP_IMAGES)

@@ -26,6 +26,16 @@
 #   QEMU_DEBUG_TIMEOUT=60  qemu-debug: seconds before a guest that has not exited counts as hung
 #                          and every vCPU's backtrace is printed
 #   QEMU_EXTRA=...         extra QEMU arguments for qemu and qemu-debug (e.g. -accel tcg,thread=multi)
+#   REPEATABLE=1           every boot through scripts/qemu.sh or qemu-debug.sh (qemu, qemu-debug,
+#                          the guest-* benchmarks, the tests) runs with QEMU's instruction counting:
+#                          -icount shift=ICOUNT_SHIFT,sleep=off -accel tcg,one-insn-per-tb=on and the
+#                          RTC on virtual time from a fixed date; qemu.sh also starts QEMU from a
+#                          scratch folder of links (the guest's command line names the loader). Every
+#                          boot then repeats exactly whatever the host's load, at several times the
+#                          wall time (README-image.md, "Repeatable figures")
+#   ICOUNT_SHIFT=0         REPEATABLE's ns per instruction, as a power of 2
+#   ICOUNT_PHASE=0         REPEATABLE: start n x 8 command-line characters later (another
+#                          deterministic sample; bench.mk's SPREAD_PHASES)
 #   KERNEL_TESTS_KERNELS="patched stock" KERNEL_TESTS_SMP="1 4"   kernel-tests' sources and vCPUs
 #   TLB_STALE_KERNELS=stock-probe TLB_STALE_SMP="2 4" TLB_STALE_MODES=x2APIC TLB_STALE_LOGS=...
 #                          tlb-stale-test's kernels, vCPU counts, APIC models and log folder
@@ -50,6 +60,15 @@ MEM             ?= 512M
 QEMU_TIMEOUT    ?= 120
 QEMU_DEBUG_TIMEOUT ?= 60
 QEMU_EXTRA      ?=
+REPEATABLE      ?=
+ICOUNT_SHIFT    ?= 0
+ICOUNT_PHASE    ?= 0
+# qemu.sh and qemu-debug.sh read it from the environment, so every script that boots through them
+# (wakeup.sh, guest-rayon.sh, tlb-stale.sh, ...) follows REPEATABLE without an argument of its own.
+ifneq ($(filter-out 0,$(REPEATABLE)),)
+export QEMU_ICOUNT_SHIFT := $(ICOUNT_SHIFT)
+export QEMU_ICOUNT_PHASE := $(ICOUNT_PHASE)
+endif
 UHYVE_TIMEOUT   ?= 120
 # vCPU counts the ipiq-tests application boots with in image-test.
 IPIQ_TESTS_SMP  ?= 1 2 4 8

@@ -57,12 +57,17 @@ pick_port() {
 gdb_port=$(pick_port gdb)
 mon_port=$(pick_port monitor "$gdb_port")
 
+# Repeatable mode (QEMU_ICOUNT_SHIFT, make REPEATABLE=1): the same QEMU options as qemu.sh.
+repeatable_args=()
+[ -z "${QEMU_ICOUNT_SHIFT:-}" ] || repeatable_args=(-icount "shift=$QEMU_ICOUNT_SHIFT,sleep=off" -accel tcg,one-insn-per-tb=on
+        -rtc base=2026-01-01T00:00:00,clock=vm)
+
 qemu-system-x86_64 \
     -cpu "$cpu" -smp "$smp" -m "$mem" \
     -display none -serial stdio -nic none -no-reboot \
     -device isa-debug-exit,iobase=0xf4,iosize=0x04 \
     -gdb "tcp:127.0.0.1:$gdb_port" -monitor "tcp:127.0.0.1:$mon_port,server,nowait" \
-    -kernel "$loader" -initrd "$image" "$@" </dev/null >"$log" 2>&1 &
+    -kernel "$loader" -initrd "$image" "${repeatable_args[@]}" "$@" </dev/null >"$log" 2>&1 &
 qemu=$!
 tail -n +1 -f --pid="$qemu" "$log" &
 tailer=$!
