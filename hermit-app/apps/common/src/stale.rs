@@ -63,6 +63,9 @@ pub struct Outcome {
     pub stale_rounds: u64,
     /// Most stale reads after a single swap.
     pub max_stale_in_round: u64,
+    /// Readers that ran until the writer stopped them. One missing was killed (the kernel ends a
+    /// task that takes a page fault): its page was not mapped for a moment during a swap.
+    pub readers_finished: usize,
 }
 
 /// The two test pages, still mapped; `unmap` them when done (callers measure around it).
@@ -135,6 +138,7 @@ pub fn run_plan(me: usize, cpus: usize, rounds: u64, plan: Plan, spawn: Spawn, j
     static STOP: AtomicBool = AtomicBool::new(false);
     static CHECKS: AtomicU64 = AtomicU64::new(0);
     static READY: AtomicUsize = AtomicUsize::new(0);
+    static FINISHED: AtomicUsize = AtomicUsize::new(0);
     static ADDR: AtomicUsize = AtomicUsize::new(0);
     static STALE_BY_ROUND: [AtomicU64; MAX_ROUNDS as usize + 1] = [const { AtomicU64::new(0) }; MAX_ROUNDS as usize + 1];
 
@@ -157,6 +161,7 @@ pub fn run_plan(me: usize, cpus: usize, rounds: u64, plan: Plan, spawn: Spawn, j
     EXPECT.store(0xA, Ordering::Relaxed);
     STOP.store(false, Ordering::Relaxed);
     READY.store(0, Ordering::Relaxed);
+    FINISHED.store(0, Ordering::Relaxed);
     CHECKS.store(0, Ordering::Relaxed);
     for counter in &STALE_BY_ROUND {
         counter.store(0, Ordering::Relaxed);
@@ -213,6 +218,8 @@ pub fn run_plan(me: usize, cpus: usize, rounds: u64, plan: Plan, spawn: Spawn, j
                             }
                         }
                     }
+                    // Relaxed: read after the readers are joined.
+                    FINISHED.fetch_add(1, Ordering::Relaxed);
                 }),
             )
         })
@@ -269,6 +276,7 @@ pub fn run_plan(me: usize, cpus: usize, rounds: u64, plan: Plan, spawn: Spawn, j
         stale: by_round.iter().sum(),
         stale_rounds: by_round.iter().filter(|&&n| n > 0).count() as u64,
         max_stale_in_round: by_round.iter().copied().max().unwrap_or(0),
+        readers_finished: FINISHED.load(Ordering::Relaxed),
     };
     Ok((outcome, pages))
 }

@@ -716,6 +716,9 @@ fn test_stale_tlb(me: usize, cpus: usize) -> Result<String, String> {
         )
     })?;
     ensure(cpus == 1 || out.checks > 0, || "readers never checked".into())?;
+    ensure(out.readers_finished == out.readers, || {
+        format!("{} of {} readers were killed by a page fault during the swaps", out.readers - out.readers_finished, out.readers)
+    })?;
     ensure(shootdowns >= 2 * rounds, || format!("{shootdowns} shootdowns for {rounds} swaps"))?;
     ensure(unmap_shootdowns >= 1, || "munmap did not shoot down".into())?;
     Ok(format!(

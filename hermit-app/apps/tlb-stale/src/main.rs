@@ -272,15 +272,22 @@ fn rate(me: usize, cpus: usize, swaps: u64) -> Result<(), String> {
             out.checks
         );
         lines.push(format!(
-            "tlb-stale-rate: kernel={} smp={cpus} others={others} swaps={} secs={secs:.6} swaps_per_s={per_sec:.1} stale={} checked={} ipis_per_swap={ipis_per_swap:.3}",
+            "tlb-stale-rate: kernel={} smp={cpus} others={others} swaps={} secs={secs:.6} swaps_per_s={per_sec:.1} stale={} checked={} ipis_per_swap={ipis_per_swap:.3} readers_killed={}",
             kernel::NAME,
             out.rounds,
             out.stale,
-            out.checks
+            out.checks,
+            out.readers - out.readers_finished
         ));
-        if cfg!(feature = "ipiq-stats") && out.stale != 0 {
+        if cfg!(feature = "ipiq-stats") && (out.stale != 0 || out.readers_finished != out.readers) {
             println!(">>>report");
-            return Err(format!("{} stale reads of {} on the ipiq kernel", out.stale, out.checks));
+            return Err(format!(
+                "{} stale reads of {} on the ipiq kernel, {} of {} readers killed by a page fault",
+                out.stale,
+                out.checks,
+                out.readers - out.readers_finished,
+                out.readers
+            ));
         }
         if cpus < 3 {
             // With two cores there is nobody in between: one arrangement.
@@ -347,6 +354,9 @@ fn run(me: usize, cpus: usize, rounds: u64) -> Result<(), String> {
 /// The ipiq kernel: no stale read, and each swap's two maps each shot down (unmap too).
 #[cfg(feature = "ipiq-stats")]
 fn check_kernel(out: &stale::Outcome, _cpus: usize, swap_count: u64, unmap_count: u64, _late: &str) -> Result<(), String> {
+    if out.readers_finished != out.readers {
+        return Err(format!("{} of {} readers were killed by a page fault during the swaps", out.readers - out.readers_finished, out.readers));
+    }
     if out.stale != 0 {
         return Err(format!("{} stale reads of {} on the ipiq kernel", out.stale, out.checks));
     }
@@ -370,8 +380,13 @@ fn check_kernel(out: &stale::Outcome, cpus: usize, swap_count: u64, unmap_count:
         return Err(format!("{swap_count} TLB-flush IPIs for {} swaps on {cpus} cores (expected {expected})", out.rounds));
     }
     println!(
-        "tlb-stale: REPORT: stock kernel: {} stale reads of {} checked ({} of {} swaps followed by one); munmap sent {unmap_count} TLB-flush IPIs; {late}",
-        out.stale, out.checks, out.stale_rounds, out.rounds
+        "tlb-stale: REPORT: stock kernel: {} stale reads of {} checked ({} of {} swaps followed by one); {} of {} readers killed by a page fault during the swaps; munmap sent {unmap_count} TLB-flush IPIs; {late}",
+        out.stale,
+        out.checks,
+        out.stale_rounds,
+        out.rounds,
+        out.readers - out.readers_finished,
+        out.readers
     );
     Ok(())
 }
