@@ -13,6 +13,6 @@ for t in core_id send seq_wait send_passive errors send_many cpusync try_send pa
     grep -q "^PASS $t: " <<<"$out" || fail "test $t did not pass: $(grep "^FAIL $t: " <<<"$out" | head -n 1)"
 done
 grep -q '^FAIL ' <<<"$out" && fail "failed: $(grep '^FAIL ' <<<"$out" | tr '\n' ';')"
-grep -qE '^ipiq-tests: 13 passed, 0 failed$' <<<"$out" || fail "no 'ipiq-tests: 13 passed, 0 failed' line"
+grep -qE '^ipiq-tests: 14 passed, 0 failed$' <<<"$out" || fail "no 'ipiq-tests: 14 passed, 0 failed' line"
 grep -q 'ipiq: cpu .* gave up' <<<"$out" && fail "an ipiq watchdog gave up: $(grep 'gave up' <<<"$out" | head -n 1)"
 [ "$failures" = 0 ]

@@ -15,6 +15,8 @@
 //! shootdown (swaps per second) rather than its correctness alone.
 
 use std::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::thread::Thread;
 use std::time::{Duration, Instant};
 
 const PAGE: usize = 4096;
@@ -41,10 +43,25 @@ pub struct Plan {
     pub busy: bool,
     /// Time between two swaps (`None`: back to back).
     pub gap: Option<Duration>,
+    /// What a reader does between two reads.
+    pub between_reads: BetweenReads,
+}
+
+/// What a reader does between two reads: keep its core busy, or let it halt and be woken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BetweenReads {
+    /// Nothing: the reader spins, its core never idles.
+    Spin,
+    /// Sleeps this long: its core halts (shootdowns defer its flush) and the scheduler's timer
+    /// wakes it.
+    Sleep(Duration),
+    /// Parks until the writer unparks every reader after each swap: its core halts, and the
+    /// cross-core wake-up (a scheduler message, an IPI to a halted core) wakes it.
+    Park,
 }
 
 /// The stale-TLB check: readers everywhere, a gap between swaps.
-pub const CHECK: Plan = Plan { all_read: true, busy: false, gap: Some(GAP) };
+pub const CHECK: Plan = Plan { all_read: true, busy: false, gap: Some(GAP), between_reads: BetweenReads::Spin };
 
 /// What the readers saw.
 #[derive(Debug, Clone, Copy, Default)]
@@ -139,6 +156,8 @@ pub fn run_plan(me: usize, cpus: usize, rounds: u64, plan: Plan, spawn: Spawn, j
     static CHECKS: AtomicU64 = AtomicU64::new(0);
     static READY: AtomicUsize = AtomicUsize::new(0);
     static FINISHED: AtomicUsize = AtomicUsize::new(0);
+    /// The readers' threads, for the writer's unparks (`BetweenReads::Park`).
+    static PARKED: Mutex<Vec<Thread>> = Mutex::new(Vec::new());
     static ADDR: AtomicUsize = AtomicUsize::new(0);
     static STALE_BY_ROUND: [AtomicU64; MAX_ROUNDS as usize + 1] = [const { AtomicU64::new(0) }; MAX_ROUNDS as usize + 1];
 
@@ -163,6 +182,14 @@ pub fn run_plan(me: usize, cpus: usize, rounds: u64, plan: Plan, spawn: Spawn, j
     READY.store(0, Ordering::Relaxed);
     FINISHED.store(0, Ordering::Relaxed);
     CHECKS.store(0, Ordering::Relaxed);
+    let unpark_readers = || {
+        if let Ok(threads) = PARKED.lock() {
+            threads.iter().for_each(Thread::unpark);
+        }
+    };
+    if let Ok(mut threads) = PARKED.lock() {
+        threads.clear();
+    }
     for counter in &STALE_BY_ROUND {
         counter.store(0, Ordering::Relaxed);
     }
@@ -194,8 +221,13 @@ pub fn run_plan(me: usize, cpus: usize, rounds: u64, plan: Plan, spawn: Spawn, j
         .map(|&core| {
             spawn(
                 core,
-                Box::new(|| {
+                Box::new(move || {
                     let addr = ADDR.load(Ordering::Acquire) as *const u64;
+                    if plan.between_reads == BetweenReads::Park {
+                        if let Ok(mut threads) = PARKED.lock() {
+                            threads.push(std::thread::current());
+                        }
+                    }
                     // Release: pairs with the writer's Acquire wait for every reader.
                     READY.fetch_add(1, Ordering::Release);
                     // Acquire: after STOP the writer unmaps; no read may move past the check.
@@ -216,6 +248,11 @@ pub fn run_plan(me: usize, cpus: usize, rounds: u64, plan: Plan, spawn: Spawn, j
                                 let round = ((s1 / 2) as usize).min(MAX_ROUNDS as usize);
                                 STALE_BY_ROUND[round].fetch_add(1, Ordering::Relaxed);
                             }
+                        }
+                        match plan.between_reads {
+                            BetweenReads::Spin => {}
+                            BetweenReads::Sleep(nap) => std::thread::sleep(nap),
+                            BetweenReads::Park => std::thread::park(),
                         }
                     }
                     // Relaxed: read after the readers are joined.
@@ -250,6 +287,7 @@ pub fn run_plan(me: usize, cpus: usize, rounds: u64, plan: Plan, spawn: Spawn, j
         EXPECT.store(next, Ordering::Release);
         // AcqRel: the even epoch is published only after the swap call returned.
         EPOCH.fetch_add(1, Ordering::AcqRel);
+        unpark_readers();
         if let Some(gap) = plan.gap {
             std::thread::sleep(gap);
         }
@@ -257,6 +295,7 @@ pub fn run_plan(me: usize, cpus: usize, rounds: u64, plan: Plan, spawn: Spawn, j
     let elapsed = start.elapsed();
     // Release: the readers' final reads happen before the unmap the caller does next.
     STOP.store(true, Ordering::Release);
+    unpark_readers();
     let (reader_count, spinner_count) = (readers.len(), spinners.len());
     for tid in readers.into_iter().chain(spinners) {
         join(tid);

@@ -691,6 +691,40 @@ fn test_stress(cpus: usize) -> Result<String, String> {
     ))
 }
 
+/// Readers that let their cores halt between reads: a shootdown defers a halted core's flush to
+/// its wake-up instead of interrupting it, and the flush must come before the reader reads
+/// again, whether the core wakes because the reader's sleep ended (the scheduler's timer) or
+/// because the writer unparked it (a cross-core wake-up: a scheduler message, an IPI to a halted
+/// core). No stale read, no reader killed, and some flushes really deferred.
+fn test_stale_tlb_idle(me: usize, cpus: usize) -> Result<String, String> {
+    if cpus < 2 {
+        return Ok("1 core: no reader core".into());
+    }
+    let rounds: u64 = if cpus > 4 { 40 } else { 100 };
+    let spawn = |core: usize, job: Box<dyn FnOnce() + Send>| pinned::spawn_on(core, job).unwrap_or(-1);
+    let mut parts = Vec::new();
+    for (name, between_reads) in [
+        // Hermit busy-waits sleeps under 10 ms; from 10 ms the task blocks and the core halts.
+        ("sleeping", stale::BetweenReads::Sleep(Duration::from_millis(10))),
+        ("parked", stale::BetweenReads::Park),
+    ] {
+        let plan = stale::Plan { all_read: true, busy: false, gap: Some(Duration::from_millis(1)), between_reads };
+        let before = hermit::stats(me).map_err(|e| e.to_string())?;
+        let (out, pages) = stale::run_plan(me, cpus, rounds, plan, &spawn, &join)?;
+        let after = hermit::stats(me).map_err(|e| e.to_string())?;
+        pages.unmap()?;
+        let deferred = after.shootdown_deferred - before.shootdown_deferred;
+        ensure(out.stale == 0, || format!("{name} readers: {} stale reads of {}", out.stale, out.checks))?;
+        ensure(out.readers_finished == out.readers, || {
+            format!("{name} readers: {} of {} killed by a page fault", out.readers - out.readers_finished, out.readers)
+        })?;
+        ensure(out.checks > 0, || format!("{name} readers never checked"))?;
+        ensure(deferred > 0, || format!("{name} readers: no shootdown found a reader's core halted"))?;
+        parts.push(format!("{name}: {} checked reads, 0 stale, {deferred} flushes deferred to a wake-up", out.checks));
+    }
+    Ok(format!("{rounds} swaps under {} readers each way; {}", cpus - 1, parts.join("; ")))
+}
+
 /// Readers on the other cores keep reading a page while this core swaps the frames behind it
 /// (map over a present entry, with shootdown): after each swap returns, no reader may see the
 /// old frame. Then an unmap of a page other cores touched must shoot down too. The experiment
@@ -779,6 +813,7 @@ fn main() {
     report.check("idle_tick", test_idle_tick(me, cpus));
     report.check("stress", test_stress(cpus));
     report.check("stale_tlb", test_stale_tlb(me, cpus));
+    report.check("stale_tlb_idle", test_stale_tlb_idle(me, cpus));
     report.check("sched_locks", sched_locks::run(cpus, SCHED_LOCKS_BUDGET));
     print_stats(cpus);
     println!("ipiq-tests: {} passed, {} failed", report.passed, report.failed);

@@ -255,7 +255,7 @@ fn rate(me: usize, cpus: usize, swaps: u64) -> Result<(), String> {
     println!("|---|---:|---|---:|---:|---:|---:|---:|");
     let mut lines = Vec::new();
     for busy in [false, true] {
-        let plan = stale::Plan { all_read: false, busy, gap: None };
+        let plan = stale::Plan { all_read: false, busy, gap: None, between_reads: stale::BetweenReads::Spin };
         let ipis_before = kernel::ipis()?;
         let (out, pages) = stale::run_plan(me, cpus, swaps, plan, &spawn_on, &join)?;
         let ipis = kernel::ipis()? - ipis_before;
