@@ -21,6 +21,13 @@
 //! - [`Ipiq`] holds the queue matrix: for every (sender, target) pair that has talked, one
 //!   single-producer/single-consumer FIFO of [`Message`]s (a function and two words), allocated
 //!   on first use, so an idle pair costs one pointer.
+//! - One concept per module, each an `impl Ipiq` of its own, calls going one way (the table is
+//!   in `ARCHITECTURE.md`): `matrix` (the struct, lookups), `percpu`, `send`, `spill`, `wakeup`
+//!   (the `npoll` and `halted` handshakes), `drain`, `hold`, `wait`, `cpusync`, `tlb`, `hooks`
+//!   (the kernel's entry points) and [`tick`] (the one-shot timer shared with the scheduler).
+//! - What applications and the kernel's syscalls share ([`Error`] and its errno, [`CpuSet`],
+//!   [`Seq`], [`Stats`]) comes from the `ipiq-abi` crate, which applications link instead of
+//!   this one (it also wraps the `sys_ipiq_*` syscalls).
 //! - Where it departs from the seed: per-target `npoll` (at most one IPI in flight per target,
 //!   none while it drains or polls, and the target writes it only when it starts or stops);
 //!   each FIFO side caches the other's index, so a send touches only its own cache line until
