@@ -9,7 +9,7 @@ log="$1" smp="$2" mode="$3" qemu_ok="$4"
 check_boot "$log" "$mode" "$qemu_ok"
 grep -q 'ipiq patch applied' <<<"$out" || fail "no 'ipiq patch applied' in the boot log"
 grep -q "^ipiq-tests: $smp cores (ipiq serves $smp)" <<<"$out" || fail "application did not see $smp cores"
-for t in core_id send seq_wait send_passive errors send_many cpusync try_send passive_tick stress stale_tlb sched_locks; do
+for t in core_id send seq_wait send_passive errors send_many cpusync try_send passive_tick idle_tick stress stale_tlb stale_tlb_idle sched_locks; do
     grep -q "^PASS $t: " <<<"$out" || fail "test $t did not pass: $(grep "^FAIL $t: " <<<"$out" | head -n 1)"
 done
 grep -q '^FAIL ' <<<"$out" && fail "failed: $(grep '^FAIL ' <<<"$out" | tr '\n' ';')"

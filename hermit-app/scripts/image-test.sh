@@ -42,7 +42,7 @@ for cpu in "qemu64,+x2apic,+fsgsbase:x2APIC" "qemu64,+fsgsbase:xAPIC"; do
         took=$(elapsed "$start")
         if reasons=$("$here/check-ipiq-tests.sh" "$log" "$smp" "$mode" "$qemu_ok"); then
             echo "PASS ipiq-tests smp=$smp cpu=$model ${took}s"
-            grep -a -E '^PASS (passive_tick|stress|stale_tlb|sched_locks):' "$log" | sed 's/^/    /' | cut -c1-200
+            grep -a -E '^PASS (passive_tick|idle_tick|stress|stale_tlb|stale_tlb_idle|sched_locks):' "$log" | sed 's/^/    /' | cut -c1-200
             passed=$((passed + 1))
         else
             echo "FAIL ipiq-tests smp=$smp cpu=$model ${took}s (log: $log)"

@@ -248,6 +248,10 @@ pub fn run_plan(me: usize, cpus: usize, rounds: u64, plan: Plan, spawn: Spawn, j
                                 let round = ((s1 / 2) as usize).min(MAX_ROUNDS as usize);
                                 STALE_BY_ROUND[round].fetch_add(1, Ordering::Relaxed);
                             }
+                        } else {
+                            // A swap was under way: read again before idling, so every wake-up
+                            // yields a checked read.
+                            continue;
                         }
                         match plan.between_reads {
                             BetweenReads::Spin => {}
