@@ -21,7 +21,7 @@
 
 use alloc::boxed::Box;
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use crate::platform::CpuId;
 
@@ -49,9 +49,9 @@ pub struct TickTimer {
     /// Per core: the deadline of the last setting handed out (`u64::MAX`: none), which the
     /// kernel programs; `wake` leaves the timer alone when it already fires first. Same rule.
     programmed: Box<[AtomicU64]>,
-    /// Per core: 1 while `idle` has stopped the tick and no `wake` has resumed it (a core never
+    /// Per core: set while `idle` has stopped the tick and no `wake` has resumed it (a core never
     /// started is not idle: `wake` does not start it). Same rule.
-    idle: Box<[AtomicU64]>,
+    idle: Box<[AtomicBool]>,
 }
 
 /// Which timer vector fired ([`TickTimer::fired`]).
@@ -88,9 +88,8 @@ impl TickTimer {
             next_tick: per_core(),
             programmed: per_core(),
             idle: (0..cpu_count.max(1))
-                .map(|_| AtomicU64::new(0))
-                .collect::<Vec<_>>()
-                .into(),
+                .map(|_| AtomicBool::new(false))
+                .collect(),
         }
     }
 
@@ -156,7 +155,7 @@ impl TickTimer {
             // Relaxed: core-local.
             if self.period_us > 0 && next.load(Ordering::Relaxed) != u64::MAX {
                 next.store(u64::MAX, Ordering::Relaxed);
-                idle.store(1, Ordering::Relaxed);
+                idle.store(true, Ordering::Relaxed);
             }
         }
         self.setting(cpu)
@@ -180,10 +179,9 @@ impl TickTimer {
             return None;
         };
         // Relaxed: core-local.
-        if idle.load(Ordering::Relaxed) == 0 {
+        if !idle.swap(false, Ordering::Relaxed) {
             return None;
         }
-        idle.store(0, Ordering::Relaxed);
         let tick = now.saturating_add(self.period_us);
         next.store(tick, Ordering::Relaxed);
         if programmed.load(Ordering::Relaxed) <= tick {
