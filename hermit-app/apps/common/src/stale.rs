@@ -182,7 +182,11 @@ pub fn run_plan(me: usize, cpus: usize, rounds: u64, plan: Plan, spawn: Spawn, j
     READY.store(0, Ordering::Relaxed);
     FINISHED.store(0, Ordering::Relaxed);
     CHECKS.store(0, Ordering::Relaxed);
+    // Only parked readers need it: the other arrangements take no lock in the timed loop.
     let unpark_readers = || {
+        if plan.between_reads != BetweenReads::Park {
+            return;
+        }
         if let Ok(threads) = PARKED.lock() {
             threads.iter().for_each(Thread::unpark);
         }
