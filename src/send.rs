@@ -188,25 +188,9 @@ impl<P: Platform> Ipiq<P> {
         let _irq = IrqOff::new(&self.platform);
         let me = self.platform.current_cpu();
         self.check_cpu(me)?;
-        let mut queued = CpuSet::new();
-        let mut result = Ok(());
-        let mut include_self = false;
-        for target in set.iter().filter(|&t| self.is_online(t)) {
-            if target == me {
-                include_self = true;
-                continue;
-            }
-            match self.enqueue(me, target, message, Kind::Active, false, Patience::Bounded) {
-                Ok(_) => {
-                    // Never fails: `target` came from a `CpuSet`.
-                    let _ = queued.insert(target);
-                }
-                Err(e) => {
-                    result = Err(e);
-                    break;
-                }
-            }
-        }
+        let include_self = set.contains(me) && self.is_online(me);
+        let others = set.iter().filter(|&t| t != me && self.is_online(t));
+        let (queued, result) = self.queue_to_each(me, others, message, Patience::Bounded);
         self.signal_all(me, &queued);
         let mut count = queued.len();
         if include_self && result.is_ok() {
@@ -372,5 +356,26 @@ impl<P: Platform> Ipiq<P> {
     ) -> Result<(), Error> {
         self.enqueue(me, target, message, Kind::Active, false, patience)
             .map(drop)
+    }
+
+    /// Queues `message` for each core of `targets` (online, never the caller) without waking
+    /// them, in order, stopping at the first that fails; returns the cores it reached, for one
+    /// [`Ipiq::signal_all`], and that failure. Interrupts are disabled by the caller.
+    pub(crate) fn queue_to_each(
+        &self,
+        me: CpuId,
+        targets: impl IntoIterator<Item = CpuId>,
+        message: Message<P>,
+        patience: Patience,
+    ) -> (CpuSet, Result<(), Error>) {
+        let mut queued = CpuSet::new();
+        for target in targets {
+            if let Err(e) = self.queue_unsignalled(me, target, message, patience) {
+                return (queued, Err(e));
+            }
+            // Never fails: `target` is a core of this machine, below `CpuSet::CAPACITY`.
+            let _ = queued.insert(target);
+        }
+        (queued, Ok(()))
     }
 }

@@ -228,29 +228,17 @@ impl<P: Platform> Ipiq<P> {
                 fence(Ordering::SeqCst);
             }
         }
-        let message = Message::new(flush_and_ack::<P>, me, 0);
-        let mut sent = CpuSet::new();
+        // Relaxed: ordered by the fence above (see there).
+        let still_halted =
+            |t: CpuId| deferrable.contains(t) && self.per_cpu(t).is_some_and(|c| c.halted.is_set());
         let mut deferred = 0;
-        let mut first_error = None;
-        for target in others.iter().filter(online) {
-            // Relaxed: ordered by the fence above (see there).
-            if deferrable.contains(target)
-                && self.per_cpu(target).is_some_and(|c| c.halted.is_set())
-            {
-                deferred += 1;
-                continue;
-            }
-            match self.queue_unsignalled(me, target, message, Patience::Unbounded) {
-                Ok(()) => {
-                    // Cannot fail: as above.
-                    let _ = sent.insert(target);
-                }
-                Err(e) => {
-                    first_error = Some(e);
-                    break;
-                }
-            }
-        }
+        let awake = others.iter().filter(online).filter(|&t| {
+            let halted = still_halted(t);
+            deferred += usize::from(halted);
+            !halted
+        });
+        let message = Message::new(flush_and_ack::<P>, me, 0);
+        let (sent, queued) = self.queue_to_each(me, awake, message, Patience::Unbounded);
         self.count(me, |c| &c.shootdown_deferred, deferred as u64);
         // One store-load barrier, then at most one IPI per target that is not already draining.
         self.signal_all(me, &sent);
@@ -274,10 +262,7 @@ impl<P: Platform> Ipiq<P> {
             });
             self.platform().relax();
         }
-        match first_error {
-            Some(e) => Err(e),
-            None => Ok((want, deferred)),
-        }
+        queued.map(|()| (want, deferred))
     }
 
     /// The shootdown as a rendezvous whose targets flush as they enter (used when this core's
