@@ -168,21 +168,9 @@ fn i3_senders_to_a_target_that_has_not_drained_send_one_ipi_between_them() {
     const CPUS: usize = 4;
     let machine = machine(CPUS, 256);
     let busy = Arc::new(AtomicBool::new(true));
-    let started = Arc::new(AtomicBool::new(false));
-    let (busy_target, started_target) = (busy.clone(), started.clone());
     // Core 0 is busy with interrupts "off" (no interrupt point) until released. The senders
     // start only once it is (before that, its idle loop could drain between two sends).
-    let target = machine
-        .spawn_on(0, move |_core| {
-            started_target.store(true, Ordering::Release);
-            while busy_target.load(Ordering::Acquire) {
-                std::hint::spin_loop();
-            }
-        })
-        .unwrap();
-    while !started.load(Ordering::Acquire) {
-        std::thread::yield_now();
-    }
+    let target = machine.occupy(0, &busy).unwrap();
     // Senders one after another, so each sees the previous one's signal.
     for sender in 1..CPUS {
         machine
@@ -797,23 +785,9 @@ fn quiet_sends_wake_only_a_halted_core(quiet: Quiet) {
     let machine = machine(2, 256);
     let q = machine.ipiq();
     let counter = leak(AtomicUsize::new(0));
-    let (busy, started) = (
-        Arc::new(AtomicBool::new(true)),
-        Arc::new(AtomicBool::new(false)),
-    );
-    let (b, s) = (busy.clone(), started.clone());
+    let busy = Arc::new(AtomicBool::new(true));
     // Core 1 busy (a running task, no interrupt point): the messages wait, with no IPI.
-    let task = machine
-        .spawn_on(1, move |_| {
-            s.store(true, Ordering::Release);
-            while b.load(Ordering::Acquire) {
-                std::hint::spin_loop();
-            }
-        })
-        .unwrap();
-    while !started.load(Ordering::Acquire) {
-        std::thread::yield_now();
-    }
+    let task = machine.occupy(1, &busy).unwrap();
     machine
         .run_on(0, move |core| {
             for _ in 0..10 {

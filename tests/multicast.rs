@@ -125,19 +125,7 @@ fn only_the_targets_that_need_an_ipi_reach_the_platform() {
     // message, so its `npoll` is set: the multicast to every other core avoids it, and the
     // platform gets only cores 2 and 3 (not every other core: no shorthand).
     let busy = Arc::new(AtomicBool::new(true));
-    let started = Arc::new(AtomicBool::new(false));
-    let (busy_target, started_target) = (busy.clone(), started.clone());
-    let target = machine
-        .spawn_on(1, move |_core| {
-            started_target.store(true, Ordering::Release);
-            while busy_target.load(Ordering::Acquire) {
-                std::hint::spin_loop();
-            }
-        })
-        .unwrap();
-    while !started.load(Ordering::Acquire) {
-        std::thread::yield_now();
-    }
+    let target = machine.occupy(1, &busy).unwrap();
     let calls = machine.platform().multicast_calls(0);
     let stats = machine
         .run_on(0, |core| {

@@ -40,29 +40,10 @@ fn sleep_ms(_: &Q, n: usize, _: usize) {
     std::thread::sleep(Duration::from_millis(n as u64));
 }
 
-/// Keeps `cpu` busy with a task that takes no interrupts (as a core running a long stretch with
-/// interrupts disabled would) until `busy` is cleared; returns once the task runs.
-fn occupy(machine: &HostMachine, cpu: usize, busy: &Arc<AtomicBool>) -> Pending<()> {
-    let started = Arc::new(AtomicBool::new(false));
-    let (b, s) = (busy.clone(), started.clone());
-    let task = machine
-        .spawn_on(cpu, move |_| {
-            s.store(true, Ordering::Release);
-            while b.load(Ordering::Acquire) {
-                std::hint::spin_loop();
-            }
-        })
-        .unwrap();
-    while !started.load(Ordering::Acquire) {
-        std::thread::yield_now();
-    }
-    task
-}
-
 /// Occupies `cpu` for `for_ms` milliseconds from a helper thread.
 fn occupy_for(machine: &HostMachine, cpu: usize, for_ms: u64) -> Pending<()> {
     let busy = Arc::new(AtomicBool::new(true));
-    let task = occupy(machine, cpu, &busy);
+    let task = machine.occupy(cpu, &busy).unwrap();
     std::thread::spawn(move || {
         std::thread::sleep(Duration::from_millis(for_ms));
         busy.store(false, Ordering::Release);
@@ -174,7 +155,7 @@ fn a_shootdown_past_its_stall_bound_panics_naming_the_core() {
     };
     let m = machine(3, config);
     let busy = Arc::new(AtomicBool::new(true));
-    let task = occupy(&m, 2, &busy);
+    let task = m.occupy(2, &busy).unwrap();
     let outcome = m
         .run_on(0, |core| {
             let q = core.ipiq();
@@ -344,7 +325,7 @@ fn a_bounded_cpusync_still_times_out_on_a_target_that_never_enters() {
     };
     let m = machine(2, config);
     let busy = Arc::new(AtomicBool::new(true));
-    let task = occupy(&m, 1, &busy);
+    let task = m.occupy(1, &busy).unwrap();
     let result = m
         .run_on(0, |core| {
             core.ipiq()

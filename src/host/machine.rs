@@ -258,6 +258,27 @@ impl HostMachine {
         Ok(Pending { result: rx })
     }
 
+    /// Keeps core `cpu` busy with a task that reaches no safe point, so it takes no interrupt
+    /// and drains nothing (as a core running a long stretch with interrupts disabled), until
+    /// `busy` is cleared; returns once the task runs, with a handle to join it.
+    pub fn occupy(&self, cpu: CpuId, busy: &Arc<AtomicBool>) -> Result<Pending<()>, Error> {
+        let started = Arc::new(AtomicBool::new(false));
+        let (busy, running) = (busy.clone(), started.clone());
+        let task = self.spawn_on(cpu, move |_| {
+            // Release: pairs with the Acquire wait below.
+            running.store(true, Ordering::Release);
+            // Acquire: pairs with the caller's Release clear.
+            while busy.load(Ordering::Acquire) {
+                std::hint::spin_loop();
+            }
+        })?;
+        // Acquire: the task runs once this is seen.
+        while !started.load(Ordering::Acquire) {
+            thread::yield_now();
+        }
+        Ok(task)
+    }
+
     /// Runs `task` on core `cpu` and waits for its result.
     pub fn run_on<R, F>(&self, cpu: CpuId, task: F) -> Result<R, Error>
     where
