@@ -64,6 +64,7 @@ use x86_64::registers::control::{Cr3, Cr4, Cr4Flags};
 use x86_64::registers::model_specific::Msr;
 use x86_64::VirtAddr;
 
+use crate::irq::IrqOff;
 use crate::platform::{CpuId, IrqState, Platform};
 pub use crate::tick::{TickTimer, TimerSetting, TimerVector};
 use crate::CpuSet;
@@ -265,12 +266,8 @@ impl X86Platform {
         let Some(apic_id) = self.apic_id_of(target) else {
             return false;
         };
-        let enabled = interrupts::are_enabled();
-        interrupts::disable();
+        let _irq = IrqOff::new(self);
         self.write_icr(apic_id, vector);
-        if enabled {
-            interrupts::enable();
-        }
         true
     }
 
@@ -373,8 +370,7 @@ unsafe impl Platform for X86Platform {
     ///
     /// Context: any, interrupts on or off (they are off while the ICR is written); never blocks.
     fn send_ipi_many(&self, targets: &CpuSet) -> usize {
-        let enabled = interrupts::are_enabled();
-        interrupts::disable();
+        let _irq = IrqOff::new(self);
         // With interrupts off, `current_cpu` is stable (the constructor's contract).
         let plan = plan_icr_writes(
             targets,
@@ -392,9 +388,6 @@ unsafe impl Platform for X86Platform {
             if self.write_icr_unfenced(destination, self.vector) {
                 writes += 1;
             }
-        }
-        if enabled {
-            interrupts::enable();
         }
         writes
     }
@@ -446,8 +439,7 @@ unsafe impl Platform for X86Platform {
     }
 
     fn flush_tlb_all(&self) {
-        let enabled = interrupts::are_enabled();
-        interrupts::disable();
+        let _irq = IrqOff::new(self);
         let cr4 = Cr4::read();
         if cr4.contains(Cr4Flags::PAGE_GLOBAL) {
             // Clearing CR4.PGE invalidates every TLB entry, global ones included (SDM 4.10.4.1);
@@ -462,9 +454,6 @@ unsafe impl Platform for X86Platform {
             let (frame, flags) = Cr3::read_raw();
             // SAFETY: writes back the value just read.
             unsafe { Cr3::write_raw(frame, flags) };
-        }
-        if enabled {
-            interrupts::enable();
         }
     }
 }
