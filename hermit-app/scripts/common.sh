@@ -60,6 +60,12 @@ qemu_refused() {
     echo "error: QEMU refused to start the guest: ${msg#qemu-system-x86_64: }" >&2
 }
 
+# "MEDIAN MIN MAX" of a space-separated list of numbers (the guest benchmarks' repeated boots).
+median_min_max() { tr ' ' '\n' <<<"$1" | grep . | sort -g | awk '{ v[NR] = $1 } END {
+    m = (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2; print m, v[1], v[NR] }'; }
+# The median alone.
+median() { median_min_max "$1" | cut -d' ' -f1; }
+
 now() { date +%s.%N; }
 elapsed() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }'; }
 

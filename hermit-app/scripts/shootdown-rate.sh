@@ -56,9 +56,6 @@ for rep in $(seq 1 "$repeats"); do
         done
     done
 done
-# Median, min and max of a space-separated list of numbers: "MEDIAN MIN MAX".
-stats() { tr ' ' '\n' <<<"$1" | grep . | sort -g | awk '{ v[NR] = $1 } END {
-    m = (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2; print m, v[1], v[NR] }'; }
 {
     echo "<<<report TLB shootdown cost: ipiq kernel against stock (QEMU TCG, $model)"
     echo "tlb-stale rate: $swaps swaps (each remaps two pages: two shootdowns) back to back on core 0 under a"
@@ -73,10 +70,10 @@ stats() { tr ' ' '\n' <<<"$1" | grep . | sort -g | awk '{ v[NR] = $1 } END {
         for others in none idle busy; do
             a="$smp|$others|patched" b="$smp|$others|stock-probe"
             [ -n "${val[$a|rate]:-}" ] && [ -n "${val[$b|rate]:-}" ] || continue
-            read -r ra ra_lo ra_hi <<<"$(stats "${val[$a|rate]}")"
-            read -r rb rb_lo rb_hi <<<"$(stats "${val[$b|rate]}")"
-            read -r ia _ _ <<<"$(stats "${val[$a|ipis]}")"
-            read -r ib _ _ <<<"$(stats "${val[$b|ipis]}")"
+            read -r ra ra_lo ra_hi <<<"$(median_min_max "${val[$a|rate]}")"
+            read -r rb rb_lo rb_hi <<<"$(median_min_max "${val[$b|rate]}")"
+            read -r ia _ _ <<<"$(median_min_max "${val[$a|ipis]}")"
+            read -r ib _ _ <<<"$(median_min_max "${val[$b|ipis]}")"
             ratio=$(awk -v a="$ra" -v b="$rb" 'BEGIN { printf "%.3g", a / b }')
             echo "| $smp | $others | $ra ($ra_lo-$ra_hi) | $rb ($rb_lo-$rb_hi) | ${ratio}x | $ia | $ib | ${val[$a|stale]} / ${val[$a|checked]} | ${val[$b|stale]} / ${val[$b|checked]} | ${val[$a|killed]} / ${val[$b|killed]} |"
             want=""

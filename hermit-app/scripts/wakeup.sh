@@ -67,8 +67,6 @@ for smp in $smps; do
     done
 done
 done
-# The median of a space-separated list of numbers.
-median() { tr ' ' '\n' <<<"$1" | grep . | sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 for k in "${!val[@]}"; do
     [[ "$k" == *"|rounds" ]] || val["$k"]=$(median "${val[$k]}")
 done
