@@ -122,16 +122,23 @@ impl HostCore<'_> {
     }
 
     /// Sleeps until an IPI, a task or the next tick. Race-free: an unpark that comes between
-    /// the last check and the park makes the park return at once (park's token).
+    /// the last check and the park makes the park return at once (park's token). With delayed
+    /// IPIs injected, at most 500 us, so that halted cores also deliver the ones falling due;
+    /// otherwise nothing but an IPI, a task or the tick wakes a halted core, as on hardware.
     fn sleep(&self) {
         let wait = if self.state().preemptive {
             // The timer thread's tick interrupts the park (its handler unparks a halted core).
             Duration::from_micros(500)
         } else {
-            self.next_tick
+            let until_tick = self
+                .next_tick
                 .get()
-                .saturating_duration_since(Instant::now())
-                .min(Duration::from_micros(500))
+                .saturating_duration_since(Instant::now());
+            if self.ipiq.platform().delay_per_mille > 0 {
+                until_tick.min(Duration::from_micros(500))
+            } else {
+                until_tick
+            }
         };
         if !wait.is_zero() {
             thread::park_timeout(wait);
