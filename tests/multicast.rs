@@ -6,7 +6,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ipiq::host::{HostConfig, HostMachine, HostPlatform};
 use ipiq::{CpuSet, Ipiq, Stats};
@@ -30,6 +30,27 @@ fn quiet_machine(cpus: usize) -> HostMachine {
     HostMachine::start(config)
 }
 
+/// Waits until every accepted message has run and every core not in `busy` is halted in its idle
+/// loop, so none of them is still inside a drain with `npoll` set (which would let a multicast
+/// avoid it): the exact counts below need every target to want an IPI.
+fn settle(machine: &HostMachine, busy: &[usize]) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    if !machine.quiesce(Duration::from_secs(5)) {
+        return false;
+    }
+    let q = machine.ipiq();
+    while Instant::now() < deadline {
+        let halted = (0..q.cpu_count())
+            .filter(|c| !busy.contains(c))
+            .all(|c| q.core_status(c).is_some_and(|s| s.halted));
+        if halted {
+            return true;
+        }
+        std::thread::yield_now();
+    }
+    false
+}
+
 fn ran() -> Vec<usize> {
     RAN.iter().map(|r| r.load(Ordering::Acquire)).collect()
 }
@@ -47,7 +68,7 @@ fn a_multicast_to_every_other_core_signals_each_target_once_through_one_platform
     let machine = quiet_machine(CPUS);
     let q = machine.ipiq().clone();
     for sender in 0..CPUS {
-        assert!(machine.quiesce(Duration::from_secs(5)));
+        assert!(settle(&machine, &[]));
         let mut others = CpuSet::all(CPUS).unwrap();
         others.remove(sender);
         let p = machine.platform();
@@ -95,7 +116,7 @@ fn a_multicast_to_a_subset_is_one_platform_call_with_a_write_per_target() {
     }
     let machine = quiet_machine(CPUS);
     let q = machine.ipiq().clone();
-    assert!(machine.quiesce(Duration::from_secs(5)));
+    assert!(settle(&machine, &[]));
     let targets = CpuSet::from_cpus([1, 3, 6]).unwrap();
     let before = q.stats(0).unwrap();
     let calls = machine.platform().multicast_calls(0);
@@ -126,6 +147,7 @@ fn only_the_targets_that_need_an_ipi_reach_the_platform() {
     // platform gets only cores 2 and 3 (not every other core: no shorthand).
     let busy = Arc::new(AtomicBool::new(true));
     let target = machine.occupy(1, &busy).unwrap();
+    assert!(settle(&machine, &[1]));
     let calls = machine.platform().multicast_calls(0);
     let stats = machine
         .run_on(0, |core| {
@@ -158,7 +180,7 @@ fn a_cpusync_gathers_every_other_core_through_one_platform_call() {
     }
     let machine = quiet_machine(CPUS);
     let q = machine.ipiq().clone();
-    assert!(machine.quiesce(Duration::from_secs(5)));
+    assert!(settle(&machine, &[]));
     let before = q.stats(0).unwrap();
     let calls = machine.platform().multicast_calls(0);
     let n = machine
