@@ -740,7 +740,12 @@ fn a_batch_longer_than_the_fifo_runs_in_order_with_few_ipis() {
     let sender = q.stats(0).unwrap();
     assert_eq!((sender.sent, sender.local), (1000, 3));
     // One IPI per batch at most, plus the FIFO-full path's (the FIFO holds 16 of the 1000).
-    assert!(sender.ipis <= 1 + sender.fifo_full, "{sender:?}");
+    // A watchdog's re-send (the host slow to run core 1) is counted in `ipis` too and is not
+    // the batch's decision.
+    assert!(
+        sender.ipis - sender.ipi_resent <= 1 + sender.fifo_full,
+        "{sender:?}"
+    );
     machine.shutdown();
 }
 
