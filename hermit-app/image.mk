@@ -99,8 +99,9 @@ IMAGE_PRISTINE   := $(IMAGE_BUILD)/registry/hermit-kernel-$(HERMIT_KERNEL_VERSIO
 IMAGE_KERNEL_DIR := $(IMAGE_BUILD)/kernel-$(KERNEL)
 # Patch directories, applied in this order, each in the order of its `series` file. patched:
 # the ipiq kernel series, then the project's test probes; stock-probe: stock plus test-only
-# probes (a swap-pages syscall with stock's own TLB handling, IPI counters); stock: none.
-IMAGE_PATCH_DIRS := $(addprefix $(IMAGE_HERMIT_APP)/kernel/,$(if $(filter patched,$(KERNEL)),patches probe-patches,$(if $(filter stock-probe,$(KERNEL)),stock-probe-patches)))
+# probes (a swap-pages syscall with stock's own TLB handling, IPI counters); both then get the
+# same event probe (the hypervisor bill's counters); stock: none.
+IMAGE_PATCH_DIRS := $(addprefix $(IMAGE_HERMIT_APP)/kernel/,$(if $(filter patched,$(KERNEL)),patches probe-patches event-probe-patches,$(if $(filter stock-probe,$(KERNEL)),stock-probe-patches event-probe-patches)))
 IMAGE_PATCHES    := $(wildcard $(addsuffix /series,$(IMAGE_PATCH_DIRS)) $(addsuffix /*.patch,$(IMAGE_PATCH_DIRS)))
 IMAGE_APP_DIR     = $(IMAGE_HERMIT_APP)/apps/$(APP)
 APP_FEATURES     ?=
@@ -150,13 +151,13 @@ $(IMAGE_KERNEL_DIR)/.prepared: $(IMAGE_PRISTINE)/.fetched $(IMAGE_KERNEL_DIR)/pa
 ## pristine kernel source (kernel patches, then the probes; the stock probes on their own)
 kernel-series-check: $(IMAGE_PRISTINE)/.fetched
 	@echo "==> git am of the kernel patch series onto hermit-kernel $(HERMIT_KERNEL_VERSION)"
-	@$(IMAGE_SCRIPTS)/kernel-series.sh am $(IMAGE_PRISTINE) $(IMAGE_HERMIT_APP)/kernel/patches $(IMAGE_HERMIT_APP)/kernel/probe-patches
-	@$(IMAGE_SCRIPTS)/kernel-series.sh am $(IMAGE_PRISTINE) $(IMAGE_HERMIT_APP)/kernel/stock-probe-patches
+	@$(IMAGE_SCRIPTS)/kernel-series.sh am $(IMAGE_PRISTINE) $(IMAGE_HERMIT_APP)/kernel/patches $(IMAGE_HERMIT_APP)/kernel/probe-patches $(IMAGE_HERMIT_APP)/kernel/event-probe-patches
+	@$(IMAGE_SCRIPTS)/kernel-series.sh am $(IMAGE_PRISTINE) $(IMAGE_HERMIT_APP)/kernel/stock-probe-patches $(IMAGE_HERMIT_APP)/kernel/event-probe-patches
 
 ## kernel-series-repo: the patched kernel as a git repository to change the series in
 ## (build/kernel-series; tags pristine, patches, probe-patches; see README-image.md)
 kernel-series-repo: $(IMAGE_PRISTINE)/.fetched
-	@$(IMAGE_SCRIPTS)/kernel-series.sh repo $(IMAGE_PRISTINE) $(IMAGE_BUILD)/kernel-series $(IMAGE_HERMIT_APP)/kernel/patches $(IMAGE_HERMIT_APP)/kernel/probe-patches
+	@$(IMAGE_SCRIPTS)/kernel-series.sh repo $(IMAGE_PRISTINE) $(IMAGE_BUILD)/kernel-series $(IMAGE_HERMIT_APP)/kernel/patches $(IMAGE_HERMIT_APP)/kernel/probe-patches $(IMAGE_HERMIT_APP)/kernel/event-probe-patches
 
 # Cargo decides what to recompile; the export steps run only when an archive changed.
 hermit-kernel: $(IMAGE_KERNEL_DIR)/.prepared hermit-toolchain

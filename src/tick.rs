@@ -49,6 +49,10 @@ pub struct TickTimer {
     /// Per core: the deadline of the last setting handed out (`u64::MAX`: none), which the
     /// kernel programs; `wake` leaves the timer alone when it already fires first. Same rule.
     programmed: Box<[AtomicU64]>,
+    /// Per core: whether that setting was the tick's alone (the tick-only vector). With
+    /// `programmed`, what the timer holds: `program` skips a request that would write the same
+    /// thing again. Same rule.
+    programmed_tick_only: Box<[AtomicBool]>,
     /// Per core: set while `idle` has stopped the tick and no `wake` has resumed it (a core never
     /// started is not idle: `wake` does not start it). Same rule.
     idle: Box<[AtomicBool]>,
@@ -82,14 +86,18 @@ impl TickTimer {
                 .collect::<Vec<_>>()
                 .into()
         };
+        let per_core_flag = || -> Box<[AtomicBool]> {
+            (0..cpu_count.max(1))
+                .map(|_| AtomicBool::new(false))
+                .collect()
+        };
         Self {
             period_us,
             scheduler_deadline: per_core(),
             next_tick: per_core(),
             programmed: per_core(),
-            idle: (0..cpu_count.max(1))
-                .map(|_| AtomicBool::new(false))
-                .collect(),
+            programmed_tick_only: per_core_flag(),
+            idle: per_core_flag(),
         }
     }
 
@@ -110,12 +118,33 @@ impl TickTimer {
     }
 
     /// The scheduler asked core `cpu` for a one-shot timer at `deadline` (`None`: no timer).
-    pub fn program(&self, cpu: CpuId, deadline: Option<u64>) -> TimerSetting {
+    /// Returns what to program, or `None` when the timer already holds exactly that (the same
+    /// deadline on the same vector, not yet fired: a fired timer's interrupt has gone through
+    /// [`TickTimer::fired`], whose setting the kernel programmed): the scheduler asks again at
+    /// every task switch, mostly for what is armed already, and each timer write costs a VM
+    /// exit under a hypervisor without APIC virtualization.
+    ///
+    /// Context: the kernel's timer request, interrupts disabled, on core `cpu`.
+    pub fn program(&self, cpu: CpuId, deadline: Option<u64>) -> Option<TimerSetting> {
         if let Some(slot) = self.scheduler_deadline.get(cpu) {
             // Relaxed: core-local.
             slot.store(deadline.unwrap_or(u64::MAX), Ordering::Relaxed);
         }
-        self.setting(cpu)
+        let (Some(programmed), Some(tick_only)) =
+            (self.programmed.get(cpu), self.programmed_tick_only.get(cpu))
+        else {
+            return Some(self.setting(cpu));
+        };
+        // Relaxed: core-local.
+        let held = (
+            programmed.load(Ordering::Relaxed),
+            tick_only.load(Ordering::Relaxed),
+        );
+        let wanted = self.wanted(cpu);
+        if (wanted.deadline.unwrap_or(u64::MAX), wanted.tick_only) == held {
+            return None;
+        }
+        Some(self.setting(cpu))
     }
 
     /// A timer vector fired on `cpu` at `now`: advances the next tick past `now`, runs `tick`
@@ -225,7 +254,9 @@ impl TickTimer {
         due
     }
 
-    fn setting(&self, cpu: CpuId) -> TimerSetting {
+    /// What core `cpu`'s timer should hold now: the earlier of the scheduler's deadline and
+    /// the next tick.
+    fn wanted(&self, cpu: CpuId) -> TimerSetting {
         // Relaxed: core-local.
         let scheduler = self
             .scheduler_deadline
@@ -239,14 +270,23 @@ impl TickTimer {
             u64::MAX
         };
         let deadline = scheduler.min(tick);
-        if let Some(programmed) = self.programmed.get(cpu) {
-            // Relaxed: core-local. The caller programs what this returns.
-            programmed.store(deadline, Ordering::Relaxed);
-        }
         TimerSetting {
             deadline: (deadline != u64::MAX).then_some(deadline),
             tick_only: tick < scheduler,
         }
+    }
+
+    /// [`TickTimer::wanted`], recorded as what the timer holds: the caller programs it.
+    fn setting(&self, cpu: CpuId) -> TimerSetting {
+        let setting = self.wanted(cpu);
+        if let (Some(programmed), Some(tick_only)) =
+            (self.programmed.get(cpu), self.programmed_tick_only.get(cpu))
+        {
+            // Relaxed: core-local.
+            programmed.store(setting.deadline.unwrap_or(u64::MAX), Ordering::Relaxed);
+            tick_only.store(setting.tick_only, Ordering::Relaxed);
+        }
+        setting
     }
 }
 
@@ -266,17 +306,17 @@ mod tests {
         );
         assert_eq!(
             timer.program(1, Some(5_000)),
-            TimerSetting {
+            Some(TimerSetting {
                 deadline: Some(5_000),
                 tick_only: false
-            }
+            })
         );
         assert_eq!(
             timer.program(1, None),
-            TimerSetting {
+            Some(TimerSetting {
                 deadline: Some(10_000),
                 tick_only: true
-            }
+            })
         );
         // A late interrupt skips missed ticks.
         let mut due = false;
@@ -294,7 +334,7 @@ mod tests {
         let next = timer.fired(1, 36_000, TimerVector::Scheduler, || panic!("no tick due"));
         assert_eq!(next.deadline, Some(40_000));
         // Out-of-range cores and a disabled tick do not panic.
-        assert_eq!(timer.program(7, Some(1)).deadline, None);
+        assert_eq!(timer.program(7, Some(1)).map(|s| s.deadline), Some(None));
         let off = TickTimer::new(1, 0);
         assert_eq!(off.start(0, 5).deadline, None);
         off.fired(0, 5, TimerVector::Scheduler, || panic!("the tick is off"));
@@ -420,5 +460,56 @@ mod tests {
         unstarted.idle(0);
         assert_eq!(unstarted.wake(0, 5), None);
         assert!(unstarted.is_stopped(0));
+    }
+
+    #[test]
+    fn a_request_for_what_the_timer_holds_writes_nothing() {
+        let timer = TickTimer::new(1, 10_000);
+        timer.start(0, 0);
+        // The scheduler asks at every task switch, mostly for what is armed: the tick alone.
+        assert_eq!(timer.program(0, None), None);
+        assert_eq!(
+            timer.program(0, Some(20_000)),
+            None,
+            "the tick (10_000) still comes first"
+        );
+        // A deadline before the tick changes the timer, once.
+        let sooner = Some(TimerSetting {
+            deadline: Some(4_000),
+            tick_only: false,
+        });
+        assert_eq!(timer.program(0, Some(4_000)), sooner);
+        assert_eq!(timer.program(0, Some(4_000)), None);
+        // Dropping it brings the tick back, on its own vector.
+        assert_eq!(
+            timer.program(0, None),
+            Some(TimerSetting {
+                deadline: Some(10_000),
+                tick_only: true
+            })
+        );
+        // The same deadline on the other vector is a change: the tick-only vector would not wake
+        // the scheduler's task.
+        assert_eq!(
+            timer.program(0, Some(10_000)),
+            Some(TimerSetting {
+                deadline: Some(10_000),
+                tick_only: false
+            })
+        );
+        // Once the timer fired, the handler programs the next setting; a request for it after
+        // that writes nothing, a different one does.
+        let next = timer.fired(0, 10_000, TimerVector::Scheduler, || {});
+        assert_eq!(next.deadline, Some(20_000));
+        assert_eq!(timer.program(0, None), None);
+        assert_eq!(
+            timer.program(0, Some(15_000)).map(|s| s.deadline),
+            Some(Some(15_000))
+        );
+        // An idle core's masked timer stays masked without a write.
+        let idle = TickTimer::new(1, 10_000);
+        idle.start(0, 0);
+        assert_eq!(idle.idle(0).deadline, None);
+        assert_eq!(idle.program(0, None), None);
     }
 }

@@ -112,6 +112,7 @@ impl<P: Platform> Ipiq<P> {
     pub(crate) fn signal_fenced(&self, me: CpuId, target: CpuId, when: Ipi) {
         if self.claim_ipi(me, target, when) {
             self.count(me, |c| &c.ipis, 1);
+            self.count(me, |c| &c.icr_unicast, 1);
             self.platform.send_ipi(target);
         }
     }

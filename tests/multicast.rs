@@ -200,3 +200,48 @@ fn a_cpusync_gathers_every_other_core_through_one_platform_call() {
     assert!(after.ipis - before.ipis >= (CPUS - 1) as u64, "{after:?}");
     machine.shutdown();
 }
+
+#[test]
+fn every_hardware_write_is_counted_once_unicast_or_multicast() {
+    fn nothing(_: &Q, _: usize, _: usize) {}
+    let machine = quiet_machine(CPUS);
+    let q = machine.ipiq().clone();
+    assert!(settle(&machine, &[]));
+    let before = q.stats(0).unwrap();
+    // A unicast to a halted core: one IPI, one single-target write, no multicast write.
+    machine
+        .run_on(0, |core| core.ipiq().send(1, nothing, 0, 0))
+        .unwrap()
+        .unwrap();
+    assert!(settle(&machine, &[]));
+    let after_unicast = q.stats(0).unwrap();
+    assert_eq!(
+        (
+            after_unicast.ipis - before.ipis,
+            after_unicast.icr_unicast - before.icr_unicast,
+            after_unicast.icr_writes - before.icr_writes
+        ),
+        (1, 1, 0),
+        "(ipis, icr_unicast, icr_writes) after a unicast"
+    );
+    // A multicast to every other core: one (modelled shorthand) write, no unicast write.
+    machine
+        .run_on(0, |core| {
+            core.ipiq()
+                .send_many(&CpuSet::from_cpus(1..CPUS).unwrap(), nothing, 0, 0)
+        })
+        .unwrap()
+        .unwrap();
+    assert!(machine.quiesce(Duration::from_secs(5)));
+    let after = q.stats(0).unwrap();
+    assert_eq!(
+        (
+            after.ipis - after_unicast.ipis,
+            after.icr_unicast - after_unicast.icr_unicast,
+            after.icr_writes - after_unicast.icr_writes
+        ),
+        ((CPUS - 1) as u64, 0, 1),
+        "(ipis, icr_unicast, icr_writes) after a multicast"
+    );
+    machine.shutdown();
+}

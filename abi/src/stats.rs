@@ -55,10 +55,14 @@ macro_rules! for_each_counter {
             /// Hardware writes (ICR writes on x86) this core's multicast wake-ups took, as the
             /// kernel's platform reported them (`ipiq::Platform::send_ipi_many`): `send_many`,
             /// cpusync enter messages and TLB shootdowns. `ipis` counts the targets those
-            /// writes interrupted; a unicast wake-up is one write per IPI and is counted in
-            /// `ipis` only. Appended last, so [`Stats::NAMES`] and the kernel's
+            /// writes interrupted; a unicast wake-up is one write per IPI, counted in
+            /// `icr_unicast`. Appended last, so [`Stats::NAMES`] and the kernel's
             /// `sys_ipiq_stats` words keep their order.
             icr_writes,
+            /// Hardware writes of this core's single-target IPIs (`ipiq::Platform::send_ipi`, one
+            /// each): wake-ups and watchdog re-sends. With `icr_writes`, every ICR write ipiq made
+            /// on this core: the wake-up part of its hypervisor bill.
+            icr_unicast,
 
         }
     };

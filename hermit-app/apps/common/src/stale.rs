@@ -72,6 +72,8 @@ pub struct Outcome {
     pub spinners: usize,
     /// Time from the first swap to the last swap's return (gaps included).
     pub elapsed: Duration,
+    /// The hypervisor bill over the same span, where the kernel has the event probe.
+    pub bill: Option<crate::bill::Bill>,
     /// Reads inside a stable epoch (after a swap returned, before the next began).
     pub checks: u64,
     /// Of those, reads that returned the old frame's value.
@@ -279,6 +281,7 @@ pub fn run_plan(me: usize, cpus: usize, rounds: u64, plan: Plan, spawn: Spawn, j
         std::hint::spin_loop();
     }
     let mut error = None;
+    let bill_before = crate::bill::now().ok();
     let start = Instant::now();
     for _ in 0..rounds {
         // AcqRel: the odd epoch is visible before the swap touches the page tables.
@@ -301,6 +304,7 @@ pub fn run_plan(me: usize, cpus: usize, rounds: u64, plan: Plan, spawn: Spawn, j
         }
     }
     let elapsed = start.elapsed();
+    let bill = crate::bill::now().ok().zip(bill_before).map(|(after, before)| after.since(&before));
     // Release: the readers' final reads happen before the unmap the caller does next.
     STOP.store(true, Ordering::Release);
     unpark_readers();
@@ -319,6 +323,7 @@ pub fn run_plan(me: usize, cpus: usize, rounds: u64, plan: Plan, spawn: Spawn, j
         readers: reader_count,
         spinners: spinner_count,
         elapsed,
+        bill,
         checks: CHECKS.load(Ordering::Relaxed),
         stale: by_round.iter().sum(),
         stale_rounds: by_round.iter().filter(|&&n| n > 0).count() as u64,

@@ -17,10 +17,13 @@
 //!
 //! With the cargo feature `ipiq-stats` (only linkable against the patched kernel) the ipiq
 //! statistics delta of each run is reported (messages, IPIs, IPIs avoided); otherwise "n/a".
+//! With `ipiq-stats` or `probe-stats` (the stock-probe kernel) each parallel run's hypervisor
+//! bill is printed too (`bill:` lines, `hermit_apps::bill`).
 //! Times are emulated time under QEMU TCG. Exits 1 if any result is wrong, 2 on a bad argument.
 
 use std::time::Instant;
 
+use hermit_apps::bill::{self, Bill};
 use rayon::prelude::*;
 use rayon::ThreadPool;
 
@@ -129,7 +132,14 @@ struct Outcome {
     par_ms: f64,
     seq_ipis: Option<IpiCounts>,
     par_ipis: Option<IpiCounts>,
+    /// The parallel run's hypervisor bill, where the kernel has the event probe.
+    par_bill: Option<Bill>,
     problems: Vec<String>,
+}
+
+/// The bill since `before` (`None` on a kernel without the event probe).
+fn bill_since(before: Option<Bill>) -> Option<Bill> {
+    Some(bill::now().ok()?.since(&before?))
 }
 
 fn ms(start: Instant) -> f64 {
@@ -194,9 +204,11 @@ fn sort_workload(pool: Option<&ThreadPool>, len: usize) -> Result<Outcome, Strin
 
     let mut par = input;
     let before = ipi_counts()?;
+    let bill_before = bill::now().ok();
     let start = Instant::now();
     in_pool(pool, || par.par_sort_unstable());
     let par_ms = ms(start);
+    let par_bill = bill_since(bill_before);
     let par_ipis = ipi_delta(before)?;
     check_sorted("par_sort_unstable", &par, &want, &mut problems);
     if par != seq {
@@ -209,6 +221,7 @@ fn sort_workload(pool: Option<&ThreadPool>, len: usize) -> Result<Outcome, Strin
         par_ms,
         seq_ipis,
         par_ipis,
+        par_bill,
         problems,
     })
 }
@@ -304,9 +317,11 @@ fn stencil_workload(pool: Option<&ThreadPool>, n: usize, iters: usize) -> Result
     check_grid(&seq, n, &mut problems);
 
     let before = ipi_counts()?;
+    let bill_before = bill::now().ok();
     let start = Instant::now();
     let par = in_pool(pool, || jacobi_par(n, iters));
     let par_ms = ms(start);
+    let par_bill = bill_since(bill_before);
     let par_ipis = ipi_delta(before)?;
     if let Some(k) = seq.iter().zip(&par).position(|(a, b)| a.to_bits() != b.to_bits()) {
         problems.push(format!(
@@ -329,6 +344,7 @@ fn stencil_workload(pool: Option<&ThreadPool>, n: usize, iters: usize) -> Result
         par_ms,
         seq_ipis,
         par_ipis,
+        par_bill,
         problems,
     })
 }
@@ -419,6 +435,10 @@ fn run() -> Result<bool, String> {
             o.par_ms,
             if o.problems.is_empty() { "ok" } else { "wrong" }
         );
+        if let Some(b) = o.par_bill {
+            let who = if kernel == "patched" { "ipiq" } else { "stock" };
+            println!("{}", b.line(&format!("app=rayon kernel={who} smp={vcpus} case={} unit=run", o.name), 1));
+        }
         for p in &o.problems {
             println!("rayon-work: WRONG: {p}");
         }

@@ -279,6 +279,10 @@ fn rate(me: usize, cpus: usize, swaps: u64) -> Result<(), String> {
             out.checks,
             out.readers - out.readers_finished
         ));
+        if let Some(bill) = out.bill {
+            let what = format!("app=shootdown kernel={} smp={cpus} case={others} unit=swap", kernel::NAME);
+            lines.push(bill.line(&what, out.rounds));
+        }
         if cfg!(feature = "ipiq-stats") && (out.stale != 0 || out.readers_finished != out.readers) {
             println!(">>>report");
             return Err(format!(

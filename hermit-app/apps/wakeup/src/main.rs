@@ -9,7 +9,9 @@
 //! on the ipiq kernel (feature `ipiq-stats`) ipiq's IPIs and messages from its statistics
 //! syscall; on the stock-probe kernel (`probe-stats`) the wake-up (121) and TLB-flush (112)
 //! IPIs stock sent, from the probe's counters; with neither feature (plain stock) n/a.
-//! The same source builds for every kernel; only the feature picks the counters.
+//! The same source builds for every kernel; only the feature picks the counters. With either
+//! feature each primitive's hypervisor bill is printed too (`bill:` lines per hand-off, two per
+//! round trip; `hermit_apps::bill`).
 //!
 //! Argument (after `--` on the kernel command line): round trips per primitive (default 2000).
 //! Output: one `<<<report` block and one `wakeup:` line per primitive; exits 0 only if every
@@ -24,6 +26,7 @@ const DEFAULT_ROUNDS: u64 = 2_000;
 /// Round trips run before measuring (the partner's stack and the scheduler's paths are warm).
 const WARMUP: u64 = 100;
 
+use hermit_apps::bill::{self, Bill};
 use hermit_apps::pinned;
 
 use pinned::{apic_id, join, spawn_on};
@@ -77,6 +80,8 @@ struct Result1 {
     samples: Vec<u64>,
     ipis: Option<u64>,
     messages: Option<u64>,
+    /// The measured round trips' hypervisor bill, where the kernel has the event probe.
+    bill: Option<Bill>,
 }
 
 /// Runs `rounds` measured round trips (after `WARMUP`) with `ping` doing one round trip.
@@ -86,6 +91,7 @@ fn measure(primitive: &'static str, rounds: u64, mut ping: impl FnMut()) -> Resu
     }
     let mut samples = Vec::with_capacity(rounds as usize);
     let before = kernel::counts();
+    let bill_before = bill::now().ok();
     let began = Instant::now();
     for _ in 0..rounds {
         let t0 = Instant::now();
@@ -93,6 +99,7 @@ fn measure(primitive: &'static str, rounds: u64, mut ping: impl FnMut()) -> Resu
         samples.push(t0.elapsed().as_nanos() as u64);
     }
     let took = began.elapsed();
+    let bill = bill::now().ok().zip(bill_before).map(|(after, before)| after.since(&before));
     let after = kernel::counts();
     let delta = |a: Option<u64>, b: Option<u64>| Some(b? - a?);
     Result1 {
@@ -102,6 +109,7 @@ fn measure(primitive: &'static str, rounds: u64, mut ping: impl FnMut()) -> Resu
         samples,
         ipis: delta(before.ipis, after.ipis),
         messages: delta(before.messages, after.messages),
+        bill,
     }
 }
 
@@ -278,6 +286,11 @@ fn main() {
             opt(r.ipis),
             opt(r.messages)
         );
+        if let Some(b) = r.bill {
+            let case = if r.primitive.starts_with("Mutex") { "condvar" } else { "park" };
+            let what = format!("app=wakeup kernel={} smp={cpus} case={case} unit=hand-off", kernel::NAME);
+            println!("{}", b.line(&what, 2 * r.rounds));
+        }
     }
     println!("wakeup: ok, every hand-off arrived");
 }
