@@ -76,6 +76,18 @@ SHOOTDOWN_REPEATS ?= 3
 SHOOTDOWN_TIMEOUT ?= 300
 SHOOTDOWN_IMAGES   = $(foreach k,patched stock-probe,$(k)=$(IMAGE_BUILD)/kernel-$(k)/apps/x86_64-unknown-hermit/release/tlb-stale)
 
+# guest-bill: the hypervisor bill (bill.sh), in the repeatable mode unless BILL_REPEATABLE=0.
+BILL_REPEATABLE    ?= 1
+BILL_WAKEUP_SMP    ?= 2 4
+BILL_WAKEUP_ROUNDS ?= 500
+BILL_SHOOTDOWN_SMP ?= 2 4
+BILL_SWAPS         ?= 100
+BILL_RAYON_SMP     ?= 4 8
+BILL_RAYON_ARGS    ?= smoke
+BILL_OUT           ?= $(GUEST_LOGS)/bill$(if $(filter-out 0,$(BILL_REPEATABLE)),-repeatable)
+BILL_IMAGES         = $(foreach a,wakeup=wakeup shootdown=tlb-stale rayon=rayon-work,$(foreach k,patched stock-probe,\
+	$(firstword $(subst =, ,$(a))).$(k)=$(IMAGE_BUILD)/kernel-$(k)/apps/x86_64-unknown-hermit/release/$(lastword $(subst =, ,$(a)))))
+
 SPREAD_RUNS          ?= 3
 SPREAD_SMP           ?= 2 4
 SPREAD_WAKEUP_SMP    ?= 2 4
@@ -85,15 +97,15 @@ SPREAD_PHASES        ?=
 SPREAD_OUT           ?= $(GUEST_LOGS)/spread$(if $(filter-out 0,$(REPEATABLE)),-repeatable$(if $(SPREAD_PHASES),-phases))
 
 .PHONY: guest-shootdown shootdown-images
-.PHONY: bench bench-host bench-smoke guest-rayon guest-rayon-smoke rayon-images guest-wakeup wakeup-smoke wakeup-images guest-tlb-stale guest-spread
+.PHONY: bench bench-host bench-smoke guest-bill bill-images guest-rayon guest-rayon-smoke rayon-images guest-wakeup wakeup-smoke wakeup-images guest-tlb-stale guest-spread
 
 ## bench: every benchmark, host and guest, gathered into results/report.md (~10 min here)
-bench: bench-host guest-bench-all guest-wakeup guest-tlb-stale guest-shootdown guest-rayon
+bench: bench-host guest-bench-all guest-wakeup guest-tlb-stale guest-shootdown guest-rayon guest-bill
 	@$(IMAGE_SCRIPTS)/bench-report.sh results \
 		$(foreach n,$(GUEST_BENCH_SMPS),$(GUEST_LOGS)/ipiq-bench-$(n).log) \
 		$(GUEST_LOGS)/wakeup-summary.log $(GUEST_LOGS)/tlb-stale-summary.log \
 		$(GUEST_LOGS)/shootdown-summary.log \
-		$(GUEST_LOGS)/rayon-summary.md
+		$(GUEST_LOGS)/rayon-summary.md $(BILL_OUT)/bill.md
 
 ## bench-host: host benchmarks against peers; writes results/bench-report.md and the CSV and SVG
 ## files beside it
@@ -165,6 +177,21 @@ guest-shootdown: shootdown-images $(IMAGE_LOADER_DEP) qemu-install
 	@mkdir -p $(GUEST_LOGS)
 	@REPEATS=$(SHOOTDOWN_REPEATS) SUMMARY=$(GUEST_LOGS)/shootdown-summary.log $(IMAGE_SCRIPTS)/shootdown-rate.sh \
 		$(LOADER) $(GUEST_LOGS)/shootdown $(SHOOTDOWN_TIMEOUT) "$(SHOOTDOWN_SMP)" $(SHOOTDOWN_SWAPS) $(SHOOTDOWN_IMAGES)
+
+bill-images:
+	@for a in wakeup tlb-stale rayon-work; do for k in patched stock-probe; do \
+		$(MAKE) --no-print-directory -f $(IMAGE_MK) image APP=$$a KERNEL=$$k || exit 1; \
+	done; done
+
+## guest-bill: the hypervisor bill, ipiq kernel against stock-probe: events that cost a VM exit
+## (ICR, EOI, timer writes, halts) per wake-up hand-off, per swap under a reader, per rayon run,
+## counted in the repeatable mode (BILL_REPEATABLE=0: normal); table in BILL_OUT/bill.md
+guest-bill: bill-images $(IMAGE_LOADER_DEP) qemu-install
+	@$(if $(filter-out 0,$(BILL_REPEATABLE)),QEMU_ICOUNT_SHIFT=$(ICOUNT_SHIFT) QEMU_ICOUNT_PHASE=$(ICOUNT_PHASE)) \
+		BILL_WAKEUP_SMP="$(BILL_WAKEUP_SMP)" BILL_WAKEUP_ROUNDS=$(BILL_WAKEUP_ROUNDS) \
+		BILL_SHOOTDOWN_SMP="$(BILL_SHOOTDOWN_SMP)" BILL_SWAPS=$(BILL_SWAPS) \
+		BILL_RAYON_SMP="$(BILL_RAYON_SMP)" BILL_RAYON_ARGS="$(BILL_RAYON_ARGS)" \
+		$(IMAGE_SCRIPTS)/bill.sh $(LOADER) $(BILL_OUT) $(BILL_IMAGES)
 
 ## guest-spread: the headline guest ratios SPREAD_RUNS times with their spread across runs (add
 ## REPEATABLE=1 for the instruction-counting mode); table in SPREAD_OUT/spread.md

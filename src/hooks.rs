@@ -1,6 +1,7 @@
 //! The kernel's hooks: what the interrupt handler, the idle loop, the timer tick and a voluntary
 //! reschedule call ([`Ipiq::process`], [`Ipiq::poll`], [`Ipiq::prepare_halt`],
-//! [`Ipiq::end_halt`], [`Ipiq::interrupt_entry`], [`Ipiq::tick`], [`Ipiq::pending`]).
+//! [`Ipiq::end_halt`], [`Ipiq::interrupt_entry`], [`Ipiq::tick`], [`Ipiq::pending`],
+//! [`Ipiq::prepare_tick_stop`], [`Ipiq::take_tick_request`]).
 //!
 //! Each one disables interrupts for its duration, and each that can end a halt ends it first:
 //! the core stops counting as halted for lazy senders (`wakeup.rs`), and a TLB flush that a
@@ -64,7 +65,11 @@ impl<P: Platform> Ipiq<P> {
     /// can arrive: the idle loop calls it with interrupts off). Does not block; re-entrant.
     pub fn pending(&self) -> bool {
         let _irq = IrqOff::new(&self.platform);
-        let me = self.platform.current_cpu();
+        self.pending_on(self.platform.current_cpu())
+    }
+
+    /// [`Ipiq::pending`] for core `me`, interrupts disabled, on core `me`.
+    fn pending_on(&self, me: CpuId) -> bool {
         let pending = self.cpus.get(me).is_some_and(|cpu| {
             self.has_incoming(me)
                 // SAFETY: our own core (interrupts are disabled above, so neither a migration nor
@@ -104,6 +109,55 @@ impl<P: Platform> Ipiq<P> {
             self.end_halt_on(me);
             return false;
         }
+        true
+    }
+
+    /// The calling core's periodic tick is about to stop (a tick that drained nothing, or the
+    /// idle loop about to halt): returns whether it may. The tick exists for passive messages
+    /// (and, while a cpusync holds the core or its own spilled messages wait, as a drain that
+    /// comes back). This sets `tick_stopped`, fences and looks at the core's queues, its holds
+    /// and its spill list once more: the tick's side of the handshake in passive sends
+    /// (`wakeup.rs`). If anything is there the mark is taken back and the tick must keep
+    /// running; otherwise a passive message sent from here on comes with an IPI (which asks for
+    /// the tick again: [`Ipiq::take_tick_request`]).
+    ///
+    /// Context: the timer interrupt or the idle loop, on the core itself; interrupts are
+    /// disabled inside (the caller keeps them disabled until it has stopped the timer).
+    pub fn prepare_tick_stop(&self) -> bool {
+        let _irq = IrqOff::new(&self.platform);
+        let me = self.platform.current_cpu();
+        let Some(cpu) = self.cpus.get(me) else {
+            return true;
+        };
+        // Relaxed RMW, then the SeqCst fence: the mirror image of the passive sender's
+        // "publish; fence; load `tick_stopped`".
+        cpu.tick_stopped.set();
+        fence(Ordering::SeqCst);
+        if self.pending_on(me) {
+            cpu.tick_stopped.clear();
+            return false;
+        }
+        true
+    }
+
+    /// Whether a passive sender asked the calling core, whose tick had stopped, to run it again
+    /// (it sent a passive message, and more may follow). If so the request is taken and the
+    /// core counts as ticking from here (`tick_stopped` cleared): the caller starts the tick at
+    /// once, before interrupts are enabled. Context: the kernel's interrupt entry and idle
+    /// wake-up, on the core itself; interrupts are disabled inside; one load when nothing was
+    /// asked.
+    pub fn take_tick_request(&self) -> bool {
+        let _irq = IrqOff::new(&self.platform);
+        let me = self.platform.current_cpu();
+        let Some(cpu) = self.cpus.get(me) else {
+            return false;
+        };
+        // Relaxed: a request is a hint (a missed one only leaves the tick stopped, and passive
+        // sends keep coming with IPIs); RMWs as for every wake-up flag.
+        if !(cpu.tick_wanted.is_set() && cpu.tick_wanted.clear()) {
+            return false;
+        }
+        cpu.tick_stopped.clear();
         true
     }
 

@@ -48,6 +48,14 @@ pub(crate) struct PerCpu<P: Platform> {
     /// the first lazy sender that sees it (which then wakes the core) or by the core when it stops
     /// halting ([`Ipiq::end_halt`]) (`wakeup.rs`).
     pub(crate) halted: WakeFlag,
+    /// Set by this core when its periodic tick stops ([`Ipiq::prepare_tick_stop`]: nothing was
+    /// queued, or it halts), cleared when the tick runs again ([`Ipiq::take_tick_request`]).
+    /// While it is set a passive sender wakes the core with an IPI (`wakeup.rs`).
+    pub(crate) tick_stopped: WakeFlag,
+    /// Set by a passive sender that woke this core because its tick had stopped: more passive
+    /// messages may follow, so the core should run its tick again. Taken by this core
+    /// ([`Ipiq::take_tick_request`]).
+    pub(crate) tick_wanted: WakeFlag,
     /// The FIFO from each sender, null until that sender first talks to this core. Written once
     /// (Release) by the sender, read (Acquire) by this core and the sender.
     pub(crate) incoming: Box<[AtomicPtr<Fifo<P>>]>,
@@ -83,6 +91,8 @@ impl<P: Platform> PerCpu<P> {
         Self {
             npoll: WakeFlag::new(),
             halted: WakeFlag::new(),
+            tick_stopped: WakeFlag::new(),
+            tick_wanted: WakeFlag::new(),
             incoming: (0..ncpu).map(|_| AtomicPtr::new(ptr::null_mut())).collect(),
             senders: (0..ncpu.div_ceil(64)).map(|_| AtomicU64::new(0)).collect(),
             online: AtomicBool::new(false),

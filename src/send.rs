@@ -330,9 +330,9 @@ impl<P: Platform> Ipiq<P> {
         };
         self.count(me, |c| &c.sent, 1);
         if kind == Kind::Passive && (used + 1) * 4 < capacity {
-            // No IPI to a running core (its tick or next drain takes the message); one to a
-            // halted core, whose tick may be stopped.
-            if !(signal && self.signal_if_halted(me, target)) {
+            // No IPI to a core whose tick runs (the tick or its next drain takes the message);
+            // one to a halted core or a core whose tick stopped, which nothing would drain.
+            if !(signal && self.signal_if_unattended(me, target)) {
                 self.count(me, |c| &c.passive, 1);
             }
         } else if kind == Kind::Lazy && signal {

@@ -1,19 +1,23 @@
 //! The periodic tick on a one-shot timer: [`TickTimer`], the per-core bookkeeping that lets the
-//! kernel's one-shot timer serve both its scheduler and ipiq's tick, and stop the tick while a
-//! core idles.
+//! kernel's one-shot timer serve both its scheduler and ipiq's tick, and stop the tick while
+//! nothing needs it.
 //!
 //! It remembers the scheduler's own deadline per core and has the kernel program the earlier of
 //! it and the core's next tick, telling it which vector to use (a tick-only vector when the tick
 //! comes first, so that interrupt drains passive messages without rescheduling).
 //!
-//! # No tick on an idle core
-//! The tick exists for passive messages (and as a backstop for a lost IPI). A core halted in its
-//! idle loop with nothing queued needs none of that: a passive send to a halted core wakes it
-//! with an IPI (`Ipiq::send_passive`, decided by the lazy senders' handshake), and hardware does
-//! not lose IPIs. So the idle loop stops the tick once `Ipiq::prepare_halt` has said the core
-//! may halt ([`TickTimer::idle`]) and resumes it when the halt ends ([`TickTimer::wake`]),
-//! reprogramming the timer only when the scheduler's deadline is not already earlier than the
-//! resumed tick. An idle core then takes no timer interrupt but the scheduler's own.
+//! # No tick where nothing needs it
+//! The tick exists for passive messages: they are queued without an IPI and wait for the
+//! target's next drain, which the tick bounds. Hardware does not lose IPIs, waits re-send their
+//! own (`wait.rs`), and a held cpusync target spins in its drain loop, so nothing else needs it.
+//! The kernel stops a core's tick ([`TickTimer::stop`]) when `Ipiq::prepare_tick_stop` says it
+//! may: at a tick that drained nothing, and when the idle loop halts. From then on a passive
+//! send to that core comes with an IPI (decided with the same store; fence; load handshake as
+//! the lazy sends, `wakeup.rs`) and asks for the tick again, which the core's next interrupt
+//! entry grants (`Ipiq::take_tick_request`, then [`TickTimer::resume`], reprogramming the timer
+//! only when the scheduler's deadline is not already earlier than the resumed tick). A core
+//! that receives no passive messages, busy or idle, takes no timer interrupt but the
+//! scheduler's own; under a stream of passive messages the tick runs and they cost no IPI.
 //!
 //! All times are in the kernel's timer unit (microseconds). Per-core fields are touched only by
 //! their own core with interrupts disabled (the timer interrupt, the idle loop, the scheduler's
@@ -35,27 +39,27 @@ use crate::platform::CpuId;
 /// vector). The tick-only interrupt calls [`TickTimer::fired`] and re-programs.
 ///
 /// Bound: while the tick runs, a passive message waits at most one tick period (plus the
-/// interrupt's latency) before its target drains it; while the core idles with its tick
-/// stopped, a passive send wakes it with an IPI instead.
+/// interrupt's latency) before its target drains it; while the core's tick is stopped, a
+/// passive send wakes it with an IPI instead.
 pub struct TickTimer {
     /// Tick period in microseconds.
     period_us: u64,
     /// Per core: the scheduler's requested deadline (`u64::MAX` = none). Only its own core
     /// writes or reads it, with interrupts disabled; Relaxed.
     scheduler_deadline: Box<[AtomicU64]>,
-    /// Per core: the next tick's time (`u64::MAX`: stopped, before `start` and while idle).
+    /// Per core: the next tick's time (`u64::MAX`: before `start`, and while stopped).
     /// Same access rule.
     next_tick: Box<[AtomicU64]>,
     /// Per core: the deadline of the last setting handed out (`u64::MAX`: none), which the
-    /// kernel programs; `wake` leaves the timer alone when it already fires first. Same rule.
+    /// kernel programs; `resume` leaves the timer alone when it already fires first. Same rule.
     programmed: Box<[AtomicU64]>,
     /// Per core: whether that setting was the tick's alone (the tick-only vector). With
     /// `programmed`, what the timer holds: `program` skips a request that would write the same
     /// thing again. Same rule.
     programmed_tick_only: Box<[AtomicBool]>,
-    /// Per core: set while `idle` has stopped the tick and no `wake` has resumed it (a core never
-    /// started is not idle: `wake` does not start it). Same rule.
-    idle: Box<[AtomicBool]>,
+    /// Per core: set while `stop` has stopped the tick and no `resume` has resumed it (a core
+    /// never started is not stopped: `resume` does not start it). Same rule.
+    stopped: Box<[AtomicBool]>,
 }
 
 /// Which timer vector fired ([`TickTimer::fired`]).
@@ -97,7 +101,7 @@ impl TickTimer {
             next_tick: per_core(),
             programmed: per_core(),
             programmed_tick_only: per_core_flag(),
-            idle: per_core_flag(),
+            stopped: per_core_flag(),
         }
     }
 
@@ -174,41 +178,40 @@ impl TickTimer {
         self.setting(cpu)
     }
 
-    /// Core `cpu`'s idle loop is about to halt with nothing queued for it (after
-    /// `Ipiq::prepare_halt` said it may): the tick stops until [`TickTimer::wake`]. Returns what
-    /// to program: the scheduler's deadline alone, or nothing.
+    /// Core `cpu` needs no tick (after `Ipiq::prepare_tick_stop` said so: at a tick that
+    /// drained nothing, or before the idle loop halts): the tick stops until
+    /// [`TickTimer::resume`]. Returns what to program: the scheduler's deadline alone, or
+    /// nothing.
     ///
-    /// Context: the idle loop, interrupts disabled, on core `cpu`.
-    pub fn idle(&self, cpu: CpuId) -> TimerSetting {
-        if let (Some(next), Some(idle)) = (self.next_tick.get(cpu), self.idle.get(cpu)) {
+    /// Context: the timer interrupt or the idle loop, interrupts disabled, on core `cpu`.
+    pub fn stop(&self, cpu: CpuId) -> TimerSetting {
+        if let (Some(next), Some(stopped)) = (self.next_tick.get(cpu), self.stopped.get(cpu)) {
             // Relaxed: core-local.
             if self.period_us > 0 && next.load(Ordering::Relaxed) != u64::MAX {
                 next.store(u64::MAX, Ordering::Relaxed);
-                idle.store(true, Ordering::Relaxed);
+                stopped.store(true, Ordering::Relaxed);
             }
         }
         self.setting(cpu)
     }
 
-    /// Core `cpu` stopped halting at `now` (woken, or turning to a task; the kernel calls this
-    /// from the idle loop and at the start of every interrupt handler that can end a halt, since
-    /// a handler may switch straight to a task): the tick resumes, its next one a period from
-    /// `now`. Returns a setting to program only when the timer must
-    /// change: not when the tick was running anyway, nor when the programmed deadline (the
-    /// scheduler's) already comes first (its interrupt then programs the tick through
-    /// [`TickTimer::fired`]).
+    /// Core `cpu` needs its tick again at `now` (a passive sender asked,
+    /// `Ipiq::take_tick_request`): the tick resumes, its next one a period from `now`. Returns
+    /// a setting to program only when the timer must change: not when the tick was running
+    /// anyway, nor when the programmed deadline (the scheduler's) already comes first (its
+    /// interrupt then programs the tick through [`TickTimer::fired`]).
     ///
-    /// Context: the idle loop or an interrupt handler, interrupts disabled, on core `cpu`.
-    pub fn wake(&self, cpu: CpuId, now: u64) -> Option<TimerSetting> {
-        let (Some(next), Some(programmed), Some(idle)) = (
+    /// Context: an interrupt handler or the idle loop, interrupts disabled, on core `cpu`.
+    pub fn resume(&self, cpu: CpuId, now: u64) -> Option<TimerSetting> {
+        let (Some(next), Some(programmed), Some(stopped)) = (
             self.next_tick.get(cpu),
             self.programmed.get(cpu),
-            self.idle.get(cpu),
+            self.stopped.get(cpu),
         ) else {
             return None;
         };
         // Relaxed: core-local.
-        if !idle.swap(false, Ordering::Relaxed) {
+        if !stopped.swap(false, Ordering::Relaxed) {
             return None;
         }
         let tick = now.saturating_add(self.period_us);
@@ -219,7 +222,7 @@ impl TickTimer {
         Some(self.setting(cpu))
     }
 
-    /// Whether core `cpu`'s tick is stopped (it idles, or was never started).
+    /// Whether core `cpu`'s tick is stopped (nothing needs it, or it was never started).
     pub fn is_stopped(&self, cpu: CpuId) -> bool {
         // Relaxed: core-local.
         self.period_us == 0
@@ -397,35 +400,35 @@ mod tests {
     }
 
     #[test]
-    fn an_idle_core_takes_no_tick_and_resumes_it_on_waking() {
+    fn a_stopped_tick_takes_no_interrupt_and_resumes_on_request() {
         let timer = TickTimer::new(1, 10_000);
         timer.start(0, 0);
-        // Idle with no scheduler deadline: nothing to program at all.
+        // Stopped with no scheduler deadline: nothing to program at all.
         assert_eq!(
-            timer.idle(0),
+            timer.stop(0),
             TimerSetting {
                 deadline: None,
                 tick_only: false
             }
         );
         assert!(timer.is_stopped(0));
-        // A scheduler interrupt while idle (a sleep ends) runs no tick and programs no tick.
+        // A scheduler interrupt while stopped (a sleep ends) runs no tick and programs no tick.
         timer.program(0, Some(50_000));
         let next = timer.fired(0, 50_000, TimerVector::Scheduler, || {
-            panic!("idle: no tick")
+            panic!("stopped: no tick")
         });
         assert_eq!(next.deadline, None);
-        // Woken at 50_000: the tick resumes a period later and must be programmed.
+        // Asked for at 50_000: the tick resumes a period later and must be programmed.
         assert_eq!(
-            timer.wake(0, 50_000),
+            timer.resume(0, 50_000),
             Some(TimerSetting {
                 deadline: Some(60_000),
                 tick_only: true
             })
         );
         assert!(!timer.is_stopped(0));
-        // Waking again while running changes nothing.
-        assert_eq!(timer.wake(0, 51_000), None);
+        // Resuming again while it runs changes nothing.
+        assert_eq!(timer.resume(0, 51_000), None);
         let mut due = false;
         timer.fired(0, 60_000, TimerVector::TickOnly, || due = true);
         assert!(due, "the resumed tick fires");
@@ -437,10 +440,10 @@ mod tests {
         timer.start(0, 0);
         // A sleeping task's deadline at 3_000 is programmed; the core idles with it.
         timer.program(0, Some(3_000));
-        assert_eq!(timer.idle(0).deadline, Some(3_000));
+        assert_eq!(timer.stop(0).deadline, Some(3_000));
         // Woken early by an IPI at 1_000: the programmed deadline (3_000) comes before the
         // resumed tick (11_000), so nothing is reprogrammed; that interrupt brings the tick back.
-        assert_eq!(timer.wake(0, 1_000), None);
+        assert_eq!(timer.resume(0, 1_000), None);
         let next = timer.fired(0, 3_000, TimerVector::Scheduler, || {
             panic!("no tick due yet")
         });
@@ -454,11 +457,11 @@ mod tests {
         // A disabled tick never stops or resumes, and waking never starts a tick that was never
         // started (an interrupt on a core before its bring-up finished).
         let off = TickTimer::new(1, 0);
-        off.idle(0);
-        assert_eq!(off.wake(0, 5), None);
+        off.stop(0);
+        assert_eq!(off.resume(0, 5), None);
         let unstarted = TickTimer::new(1, 10_000);
-        unstarted.idle(0);
-        assert_eq!(unstarted.wake(0, 5), None);
+        unstarted.stop(0);
+        assert_eq!(unstarted.resume(0, 5), None);
         assert!(unstarted.is_stopped(0));
     }
 
@@ -509,7 +512,7 @@ mod tests {
         // An idle core's masked timer stays masked without a write.
         let idle = TickTimer::new(1, 10_000);
         idle.start(0, 0);
-        assert_eq!(idle.idle(0).deadline, None);
+        assert_eq!(idle.stop(0).deadline, None);
         assert_eq!(idle.program(0, None), None);
     }
 }

@@ -22,8 +22,16 @@
 //! handshake against a deferral count (`tlb.rs`): a halted core gets no IPI and flushes in
 //! [`Ipiq::end_halt`] / [`Ipiq::interrupt_entry`] before it runs anything.
 //!
+//! # The `tick_stopped` handshake
+//! The tick exists for passive messages. A core stops it ([`Ipiq::prepare_tick_stop`]: at a
+//! tick that drained nothing, or before it halts) by setting `tick_stopped`, fencing and looking
+//! at its queues once more; a passive sender publishes, fences and looks at `tick_stopped` (and
+//! `halted`). Either the core sees the message and keeps its tick, or the sender sees the mark
+//! and sends the IPI, setting `tick_wanted` first so the core runs its tick again
+//! ([`Ipiq::take_tick_request`]): the passive messages that follow ride the tick, not IPIs.
+//!
 //! # Why every write is a read-modify-write
-//! Both flags are written only through [`WakeFlag`]'s `set` and `clear`, which swap. RMWs on
+//! Every such flag is written only through [`WakeFlag`]'s `set` and `clear`, which swap. RMWs on
 //! one location form a single chain in which each reads the last value: a target's clear can
 //! never be ordered before a sender's set that it did not see, which the proofs above assume
 //! (loom, like C11, orders a plain store against RMWs it did not observe more loosely).
@@ -42,10 +50,10 @@ pub(crate) enum Ipi {
     Always,
 }
 
-/// A wake-up flag (`npoll` or `halted`) on a cache line pair of its own. Reads are Relaxed loads;
-/// writes are Relaxed swaps only (see the module docs): the ordering the handshakes need comes
-/// from the SeqCst fences each side runs between its publishing store and its look at the other
-/// side, never from the flag's own accesses.
+/// A wake-up flag (`npoll`, `halted`, `tick_stopped`, `tick_wanted`) on a cache line pair of its
+/// own. Reads are Relaxed loads; writes are Relaxed swaps only (see the module docs): the
+/// ordering the handshakes need comes from the SeqCst fences each side runs between its
+/// publishing store and its look at the other side, never from the flag's own accesses.
 #[derive(Debug, Default)]
 pub(crate) struct WakeFlag(CachePadded<AtomicBool>);
 
@@ -105,6 +113,34 @@ impl<P: Platform> Ipiq<P> {
             self.signal_fenced(me, target, Ipi::UnlessSignalled);
         }
         wake
+    }
+
+    /// Wakes `target` after a passive message was published, only if nothing else would drain
+    /// it: the target is halted (as [`Ipiq::signal_if_halted`]) or its tick has stopped
+    /// (`tick_stopped`, set by the target's [`Ipiq::prepare_tick_stop`], which then fences and
+    /// looks at its queues: the same store; SeqCst fence; load handshake, so either the target
+    /// sees the message and keeps its tick, or we see the flag and send the IPI). Then the
+    /// target is also asked to run its tick again (`tick_wanted`): more passive messages may
+    /// follow, and they should ride the tick, not IPIs. Returns whether it woke the target (an
+    /// IPI, or one avoided because the target is already signalled or draining).
+    ///
+    /// Context: a passive send, interrupts disabled by the caller.
+    pub(crate) fn signal_if_unattended(&self, me: CpuId, target: CpuId) -> bool {
+        // SeqCst fence: the store-load barrier between our `windex` store and our loads of
+        // `halted` and `tick_stopped`.
+        fence(Ordering::SeqCst);
+        let cpu = &self.cpus[target];
+        // Relaxed loads, and RMWs where we act: ordering comes from the fence above. Taking
+        // `halted` makes one sender the one that wakes the halt.
+        let halted = cpu.halted.is_set() && cpu.halted.clear();
+        if !halted && !cpu.tick_stopped.is_set() {
+            return false;
+        }
+        // Relaxed RMW before the IPI: a request the target misses leaves its tick stopped, and
+        // the next passive send asks again; the message itself is drained by the IPI's drain.
+        cpu.tick_wanted.set();
+        self.signal_fenced(me, target, Ipi::UnlessSignalled);
+        true
     }
 
     /// [`Ipiq::signal`] after the caller's fence: an IPI unless `when` allows avoiding it and

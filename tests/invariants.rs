@@ -857,3 +857,74 @@ fn quiet_sends_wake_only_a_halted_core(quiet: Quiet) {
     assert_eq!(woken, 1, "one IPI woke the halted core");
     machine.shutdown();
 }
+
+/// A passive send to a busy core whose tick stopped (`prepare_tick_stop`: nothing was queued)
+/// wakes it with one IPI and asks for the tick; once the core has taken the request (the kernel
+/// does at its next interrupt entry), passive sends to it go without an IPI again.
+#[test]
+fn a_passive_send_to_a_core_whose_tick_stopped_costs_one_ipi_and_asks_for_the_tick() {
+    let machine = machine(2, 256);
+    let q = machine.ipiq();
+    let counter = leak(AtomicUsize::new(0));
+    let wait_for = |n: usize| {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while arg::<AtomicUsize>(counter).load(Ordering::Acquire) < n && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(arg::<AtomicUsize>(counter).load(Ordering::Acquire), n);
+    };
+    let send_three = move |core: &ipiq::host::HostCore<'_>| {
+        for _ in 0..3 {
+            core.ipiq().send_passive(1, count_one, counter, 0).unwrap();
+        }
+    };
+    assert!(machine
+        .run_on(1, |core| core.ipiq().prepare_tick_stop())
+        .unwrap());
+    let busy = Arc::new(AtomicBool::new(true));
+    let task = machine.occupy(1, &busy).unwrap();
+    let before = q.stats(0).unwrap();
+    machine.run_on(0, send_three).unwrap();
+    let after = q.stats(0).unwrap();
+    busy.store(false, Ordering::Release);
+    task.join();
+    // The first send finds the tick stopped: one IPI; the next two find core 1 signalled by it
+    // and avoid theirs. None went as a plain passive send.
+    assert_eq!(
+        (
+            after.ipis - before.ipis,
+            after.avoided - before.avoided,
+            after.passive - before.passive
+        ),
+        (1, 2, 0),
+        "(ipis, avoided, passive) with the tick stopped"
+    );
+    wait_for(3);
+    assert!(
+        machine
+            .run_on(1, |core| core.ipiq().take_tick_request())
+            .unwrap(),
+        "the IPI came with a request for the tick"
+    );
+    assert!(
+        !machine
+            .run_on(1, |core| core.ipiq().take_tick_request())
+            .unwrap(),
+        "a request is taken once"
+    );
+    // Its tick running again, the busy core gets passive messages without an IPI.
+    busy.store(true, Ordering::Release);
+    let task = machine.occupy(1, &busy).unwrap();
+    let before = q.stats(0).unwrap();
+    machine.run_on(0, send_three).unwrap();
+    let after = q.stats(0).unwrap();
+    busy.store(false, Ordering::Release);
+    task.join();
+    assert_eq!(
+        (after.ipis - before.ipis, after.passive - before.passive),
+        (0, 3),
+        "(ipis, passive) with the tick running"
+    );
+    wait_for(6);
+    machine.shutdown();
+}

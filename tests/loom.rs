@@ -1,8 +1,8 @@
 //! Loom models of the wake-up handshake (FIFO + npoll, 2 cores; also with a polling idle loop
 //! and with a lazy send against a halting core), of FIFO-full progress (2 cores, 2-slot FIFOs),
 //! of cpusync (3 cores), of the kernel's idle loop against a lazy and an active sender
-//! (3 cores), of a TLB shootdown against a halting core, and of `outstanding()` read beside a
-//! sender and a drain (also spilled).
+//! (3 cores), of a passive send against a core stopping its tick, of a TLB shootdown against a
+//! halting core, and of `outstanding()` read beside a sender and a drain (also spilled).
 //!
 //! Run with `RUSTFLAGS="--cfg ipiq_loom" cargo test --release --features loom --test loom` (`make loom`).
 //! `LOOM_MAX_PREEMPTIONS` overrides each model's preemption bound (1 to 3; 0 for cpusync).
@@ -200,6 +200,45 @@ fn lazy_send_never_strands_a_message_behind_a_halt() {
 #[test]
 fn passive_send_never_strands_a_message_behind_a_tickless_halt() {
     quiet_send_against_a_halt(true);
+}
+
+/// A passive send against a core stopping its tick (a tick that drained nothing): the target
+/// marks `tick_stopped`, fences and looks once more (`prepare_tick_stop`); the sender publishes,
+/// fences and looks at the mark. Either the target sees the message and keeps its tick, or the
+/// sender sends the IPI, and then it has also asked for the tick again.
+#[test]
+fn passive_send_never_strands_a_message_behind_a_stopped_tick() {
+    builder(3).check(|| {
+        let q = new_ipiq(2, 8);
+        let ran = Arc::new(AtomicUsize::new(0));
+        let counter = &*ran as *const AtomicUsize as usize;
+        let sender = {
+            let q = q.clone();
+            thread::spawn(move || {
+                CPU.with(|c| c.set(1));
+                q.send_passive(0, inc, counter, 0).unwrap();
+            })
+        };
+        CPU.with(|c| c.set(0));
+        q.process();
+        let stops = q.prepare_tick_stop();
+        sender.join().unwrap();
+        let done = ran.load(Ordering::Relaxed);
+        let pending = q.platform().pending[0].load(Ordering::Acquire);
+        assert!(
+            done == 1 || pending || !stops,
+            "message stranded behind a stopped tick: ran {done}, no IPI, tick stopped"
+        );
+        // An IPI from a passive send always comes with the request for the tick.
+        assert!(
+            !pending || q.take_tick_request(),
+            "an IPI without a tick request"
+        );
+        // Whatever woke it (the IPI, or the tick it kept), core 0 drains.
+        q.process();
+        assert_eq!(ran.load(Ordering::Relaxed), 1);
+        drop(ran);
+    });
 }
 
 /// Core 1 sends lazily (or passively) to core 0 while core 0 drains and runs `prepare_halt`.

@@ -72,7 +72,8 @@ pub struct Outcome {
     pub spinners: usize,
     /// Time from the first swap to the last swap's return (gaps included).
     pub elapsed: Duration,
-    /// The hypervisor bill over the same span, where the kernel has the event probe.
+    /// The hypervisor bill from the first swap until every reader and spinner has stopped, where
+    /// the kernel has the event probe.
     pub bill: Option<crate::bill::Bill>,
     /// Reads inside a stable epoch (after a swap returned, before the next began).
     pub checks: u64,
@@ -304,7 +305,6 @@ pub fn run_plan(me: usize, cpus: usize, rounds: u64, plan: Plan, spawn: Spawn, j
         }
     }
     let elapsed = start.elapsed();
-    let bill = crate::bill::now().ok().zip(bill_before).map(|(after, before)| after.since(&before));
     // Release: the readers' final reads happen before the unmap the caller does next.
     STOP.store(true, Ordering::Release);
     unpark_readers();
@@ -312,6 +312,9 @@ pub fn run_plan(me: usize, cpus: usize, rounds: u64, plan: Plan, spawn: Spawn, j
     for tid in readers.into_iter().chain(spinners) {
         join(tid);
     }
+    // Read once every reader has stopped: a fire-and-forget flush IPI is taken (and its EOI
+    // written) whenever its target next runs, which may be after the last swap returned.
+    let bill = crate::bill::now().ok().zip(bill_before).map(|(after, before)| after.since(&before));
     let pages = Pages { a, b };
     if let Some(e) = error {
         let _ = pages.unmap();

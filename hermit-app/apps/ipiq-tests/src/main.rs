@@ -496,7 +496,9 @@ impl Drop for Spinner {
 }
 
 /// Passive messages to a busy core (a spinning thread: no syscalls, no idle drain) run at its
-/// next tick (or any earlier drain of that core), with no IPI sent for them.
+/// next tick (or any earlier drain of that core). A core's tick runs only while passive
+/// messages come: a send that finds it stopped (the first, typically) wakes the core with one
+/// IPI and asks for the tick, and the rest ride the tick with no IPI.
 fn test_passive_tick(me: usize, cpus: usize) -> Result<String, String> {
     let t = if cpus > 1 { (me + 1) % cpus } else { me };
     if t == me {
@@ -532,25 +534,29 @@ fn test_passive_tick(me: usize, cpus: usize) -> Result<String, String> {
     let ipis = sender_after.ipis - sender_before.ipis;
     let passive = sender_after.passive - sender_before.passive;
     let by_tick = target_after.tick_drained - target_before.tick_drained;
-    ensure(ipis == 0, || format!("{ipis} IPIs sent for passive messages"))?;
-    ensure(passive == count, || format!("{passive} of {count} counted passive"))?;
-    // Most are drained by the tick; one may be drained by any other drain of the busy core (an
-    // IPI another core sent it, a shootdown), which is as good. None may have cost an IPI.
+    // Each send took one path: an IPI (the tick had stopped) or none (the tick runs). A slow
+    // host may delay the sender past a whole tick period, which then finds nothing and stops,
+    // so more than one IPI is possible; but once asked for, the tick carries messages.
+    ensure(ipis + passive == count, || format!("{ipis} IPIs and {passive} counted passive for {count} sends"))?;
+    ensure(passive >= 1, || format!("none of {count} went without an IPI ({ipis} IPIs): the tick never ran"))?;
+    // Those are drained by the tick, or by any other drain of the busy core (an IPI another
+    // core sent it, a shootdown), which is as good.
     ensure(by_tick >= 1, || format!("none of {count} drained by the tick"))?;
     ensure(worst <= PASSIVE_BOUND, || format!("worst latency {worst:?} over the bound {PASSIVE_BOUND:?}"))?;
     Ok(format!(
-        "{count} passive to busy core {t}: 0 IPIs, {by_tick} drained by tick, worst {:.1} ms (tick {} ms, bound {} ms)",
+        "{count} passive to busy core {t}: {ipis} IPIs (tick stopped), {passive} without, {by_tick} drained by tick, worst {:.1} ms (tick {} ms, bound {} ms)",
         worst.as_secs_f64() * 1e3,
         TICK_PERIOD.as_millis(),
         PASSIVE_BOUND.as_millis()
     ))
 }
 
-/// An idle core takes no tick: over a second in which nothing is sent, the other cores (halted in
-/// their idle loops, their ticks stopped) take at most one tick each, while a busy core (a
-/// spinning thread) ticks every period. Then passive messages to an idle core run within the
-/// bound: each either wakes the halted core with one IPI or, if it found the core awake, waits
-/// for its drain with none.
+/// A core nothing is sent to takes no tick: over a second in which nothing is sent, the other
+/// cores (halted in their idle loops, their ticks stopped) take at most one tick each, and so
+/// does a busy core (a spinning thread) over half a second: its tick stops at the first tick
+/// that finds nothing queued. Then passive messages to an idle core run within the bound: each
+/// either wakes the core with one IPI (halted, or its tick stopped) or, if it found the core
+/// awake with its tick running, waits for its drain with none.
 fn test_idle_tick(me: usize, cpus: usize) -> Result<String, String> {
     let idle: Vec<usize> = others(me, cpus);
     let Some(&busy) = idle.first() else {
@@ -565,7 +571,7 @@ fn test_idle_tick(me: usize, cpus: usize) -> Result<String, String> {
     let secs = start.elapsed().as_secs_f64();
     let after: Vec<u64> = idle.iter().map(|&c| ticks(c)).collect::<Result<_, _>>()?;
     let worst_idle = before.iter().zip(&after).map(|(b, a)| a - b).max().unwrap_or(0);
-    // The same core, busy: its tick runs.
+    // The same core, busy, with nothing sent to it: its tick stops too.
     let spinner = Spinner::start(busy);
     let busy_before = ticks(busy)?;
     let busy_start = Instant::now();
@@ -574,8 +580,7 @@ fn test_idle_tick(me: usize, cpus: usize) -> Result<String, String> {
     let busy_ticks = ticks(busy)? - busy_before;
     spinner.stop();
     ensure(worst_idle <= 1, || format!("an idle core took {worst_idle} ticks in {secs:.2} s"))?;
-    let busy_rate = busy_ticks as f64 / busy_secs;
-    ensure(busy_rate >= 20.0, || format!("a busy core took only {busy_rate:.0} ticks/s"))?;
+    ensure(busy_ticks <= 1, || format!("a busy core nothing was sent to took {busy_ticks} ticks in {busy_secs:.2} s"))?;
     // Passive messages to the idle core.
     let t = busy;
     let (mut woken, mut worst) = (0u64, Duration::ZERO);
@@ -599,7 +604,7 @@ fn test_idle_tick(me: usize, cpus: usize) -> Result<String, String> {
     ensure(woken > 0, || format!("none of {count} passive messages found core {t} halted"))?;
     ensure(worst <= PASSIVE_BOUND, || format!("worst latency {worst:?} over the bound {PASSIVE_BOUND:?}"))?;
     Ok(format!(
-        "idle cores: at most {worst_idle} ticks in {secs:.2} s; busy core {busy}: {busy_rate:.0} ticks/s; \
+        "idle cores: at most {worst_idle} ticks in {secs:.2} s; busy core {busy}: {busy_ticks} in {busy_secs:.2} s; \
          {count} passive to idle core {t}: {woken} woke it with an IPI, worst {:.1} ms",
         worst.as_secs_f64() * 1e3
     ))
