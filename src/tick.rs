@@ -134,21 +134,7 @@ impl TickTimer {
             // Relaxed: core-local.
             slot.store(deadline.unwrap_or(u64::MAX), Ordering::Relaxed);
         }
-        let (Some(programmed), Some(tick_only)) =
-            (self.programmed.get(cpu), self.programmed_tick_only.get(cpu))
-        else {
-            return Some(self.setting(cpu));
-        };
-        // Relaxed: core-local.
-        let held = (
-            programmed.load(Ordering::Relaxed),
-            tick_only.load(Ordering::Relaxed),
-        );
-        let wanted = self.wanted(cpu);
-        if (wanted.deadline.unwrap_or(u64::MAX), wanted.tick_only) == held {
-            return None;
-        }
-        Some(self.setting(cpu))
+        self.changed_setting(cpu)
     }
 
     /// A timer vector fired on `cpu` at `now`: advances the next tick past `now`, runs `tick`
@@ -180,11 +166,12 @@ impl TickTimer {
 
     /// Core `cpu` needs no tick (after `Ipiq::prepare_tick_stop` said so: at a tick that
     /// drained nothing, or before the idle loop halts): the tick stops until
-    /// [`TickTimer::resume`]. Returns what to program: the scheduler's deadline alone, or
-    /// nothing.
+    /// [`TickTimer::resume`]. Returns what to program (the scheduler's deadline alone, or a
+    /// masked timer), or `None` when the timer already holds that (the tick had stopped before:
+    /// an idle loop halting again).
     ///
     /// Context: the timer interrupt or the idle loop, interrupts disabled, on core `cpu`.
-    pub fn stop(&self, cpu: CpuId) -> TimerSetting {
+    pub fn stop(&self, cpu: CpuId) -> Option<TimerSetting> {
         if let (Some(next), Some(stopped)) = (self.next_tick.get(cpu), self.stopped.get(cpu)) {
             // Relaxed: core-local.
             if self.period_us > 0 && next.load(Ordering::Relaxed) != u64::MAX {
@@ -192,7 +179,7 @@ impl TickTimer {
                 stopped.store(true, Ordering::Relaxed);
             }
         }
-        self.setting(cpu)
+        self.changed_setting(cpu)
     }
 
     /// Core `cpu` needs its tick again at `now` (a passive sender asked,
@@ -277,6 +264,27 @@ impl TickTimer {
             deadline: (deadline != u64::MAX).then_some(deadline),
             tick_only: tick < scheduler,
         }
+    }
+
+    /// [`TickTimer::setting`] when it differs from what the timer holds (the last setting handed
+    /// out, not yet fired: a fired timer's handler has programmed [`TickTimer::fired`]'s
+    /// setting since), else `None`.
+    fn changed_setting(&self, cpu: CpuId) -> Option<TimerSetting> {
+        let (Some(programmed), Some(tick_only)) =
+            (self.programmed.get(cpu), self.programmed_tick_only.get(cpu))
+        else {
+            return Some(self.setting(cpu));
+        };
+        // Relaxed: core-local.
+        let held = (
+            programmed.load(Ordering::Relaxed),
+            tick_only.load(Ordering::Relaxed),
+        );
+        let wanted = self.wanted(cpu);
+        if (wanted.deadline.unwrap_or(u64::MAX), wanted.tick_only) == held {
+            return None;
+        }
+        Some(self.setting(cpu))
     }
 
     /// [`TickTimer::wanted`], recorded as what the timer holds: the caller programs it.
@@ -406,12 +414,14 @@ mod tests {
         // Stopped with no scheduler deadline: nothing to program at all.
         assert_eq!(
             timer.stop(0),
-            TimerSetting {
+            Some(TimerSetting {
                 deadline: None,
                 tick_only: false
-            }
+            })
         );
         assert!(timer.is_stopped(0));
+        // Stopping again (an idle loop halting again) writes nothing.
+        assert_eq!(timer.stop(0), None);
         // A scheduler interrupt while stopped (a sleep ends) runs no tick and programs no tick.
         timer.program(0, Some(50_000));
         let next = timer.fired(0, 50_000, TimerVector::Scheduler, || {
@@ -440,8 +450,9 @@ mod tests {
         timer.start(0, 0);
         // A sleeping task's deadline at 3_000 is programmed; the core idles with it.
         timer.program(0, Some(3_000));
-        assert_eq!(timer.stop(0).deadline, Some(3_000));
-        // Woken early by an IPI at 1_000: the programmed deadline (3_000) comes before the
+        // The scheduler's 3_000 is what the timer holds already: nothing to write.
+        assert_eq!(timer.stop(0), None);
+        // Asked for the tick early, at 1_000: the programmed deadline (3_000) comes before the
         // resumed tick (11_000), so nothing is reprogrammed; that interrupt brings the tick back.
         assert_eq!(timer.resume(0, 1_000), None);
         let next = timer.fired(0, 3_000, TimerVector::Scheduler, || {
@@ -512,7 +523,7 @@ mod tests {
         // An idle core's masked timer stays masked without a write.
         let idle = TickTimer::new(1, 10_000);
         idle.start(0, 0);
-        assert_eq!(idle.stop(0).deadline, None);
+        assert_eq!(idle.stop(0).map(|s| s.deadline), Some(None));
         assert_eq!(idle.program(0, None), None);
     }
 }
