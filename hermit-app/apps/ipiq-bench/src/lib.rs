@@ -5,7 +5,8 @@
 //! 1. streaming: IPIs (ICR writes) per message, core 0 -> core 1 while core 1 idles;
 //! 2. passive: IPIs for passive sends below a quarter of the FIFO (expected 0);
 //! 3. round trip: send + wait to core 1 against a raw ICR ping-pong (a bare IPI on vector 125
-//!    whose handler only counts; the sender spins until the count moves), p50 / p99;
+//!    whose handler only counts; the sender spins until the count moves), p50 / p99, and each
+//!    path's hypervisor bill per round trip (`hermit_apps::bill`: ICR, EOI, timer writes, halts);
 //! 4. shootdown: ranged (invlpg per page) against forced full over k = 1, 4, 16, 32 pages on
 //!    1..cpus-1 other cores; then each followed by the other cores re-touching a working set;
 //! 5. statistics on against off: streaming throughput and round trip, interleaved rounds;
@@ -25,6 +26,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use hermit_apps::bill::{self, Bill};
 use ipiq_abi::hermit;
 use ipiq_abi::{CpuSet, Stats};
 
@@ -446,6 +448,29 @@ fn passive(cpus: usize) -> Result<(), String> {
 
 // ----- 3. round trip against a raw ICR ping-pong -------------------------------------------------
 
+/// Runs `f` and adds the hypervisor bill it ran up to `total` (outside any timed region: the
+/// reads are syscalls, no exits).
+fn billed<T>(total: &mut Bill, f: impl FnOnce() -> Result<T, String>) -> Result<T, String> {
+    let before = bill::now()?;
+    let out = f()?;
+    let spent = bill::now()?.since(&before);
+    total.icr += spent.icr;
+    total.eoi += spent.eoi;
+    total.timer += spent.timer;
+    total.halt += spent.halt;
+    total.other += spent.other;
+    Ok(out)
+}
+
+/// A bill per round trip: exits, then ICR / EOI / timer / halt.
+fn per_round_trip(bill: &Bill, n: usize) -> [String; 2] {
+    let per = |v: u64| v as f64 / n.max(1) as f64;
+    [
+        f2(per(bill.exits())),
+        format!("{} / {} / {} / {}", f2(per(bill.icr)), f2(per(bill.eoi)), f2(per(bill.timer)), f2(per(bill.halt))),
+    ]
+}
+
 /// One ipiq send + wait to core 1, in TSC ticks.
 fn ipiq_round_trip(i: usize) -> Result<u64, String> {
     let start = rdtsc();
@@ -485,25 +510,30 @@ fn round_trip(cpus: usize, scale: &Scale) -> Result<(), String> {
     let limit = ticks_in_ms(1000);
     let raw_before = probe::raw_count(1).map_err(errno("raw count"))?;
     let (mut ipiq, mut raw) = (Vec::new(), Vec::new());
+    let (mut ipiq_bill, mut raw_bill) = (Bill::default(), Bill::default());
     // One of each per step, the order alternating, so host noise hits both paths alike.
     for i in 0..scale.round_trips {
         if i % 2 == 0 {
-            ipiq.push(ipiq_round_trip(i)?);
-            raw.push(raw_round_trip(limit)?);
+            ipiq.push(billed(&mut ipiq_bill, || ipiq_round_trip(i))?);
+            raw.push(billed(&mut raw_bill, || raw_round_trip(limit))?);
         } else {
-            raw.push(raw_round_trip(limit)?);
-            ipiq.push(ipiq_round_trip(i)?);
+            raw.push(billed(&mut raw_bill, || raw_round_trip(limit))?);
+            ipiq.push(billed(&mut ipiq_bill, || ipiq_round_trip(i))?);
         }
     }
+    // The probe writes the raw IPI's ICR itself, outside ipiq's statistics: one write each.
+    raw_bill.icr += raw.len() as u64;
     let taken = probe::raw_count(1).map_err(errno("raw count"))? - raw_before;
     if taken != raw.len() as u64 {
         return Err(format!("raw IPIs: {taken} taken, {} sent", raw.len()));
     }
-    let (ipiq_row, ipiq_p50) = summary("ipiq send + wait", &mut ipiq);
-    let (raw_row, raw_p50) = summary("raw ICR ping-pong (vector 125)", &mut raw);
+    let (mut ipiq_row, ipiq_p50) = summary("ipiq send + wait", &mut ipiq);
+    let (mut raw_row, raw_p50) = summary("raw ICR ping-pong (vector 125)", &mut raw);
+    ipiq_row.extend(per_round_trip(&ipiq_bill, ipiq.len()));
+    raw_row.extend(per_round_trip(&raw_bill, raw.len()));
     report(
         &format!("Guest round trip 0 -> 1 -> 0 against a raw ICR ping-pong ({cpus} vCPUs)"),
-        &["path", "samples", "p50 (us)", "p99 (us)", "p99/p50"],
+        &["path", "samples", "p50 (us)", "p99 (us)", "p99/p50", "exits per round trip", "ICR / EOI / timer / halt"],
         &[ipiq_row, raw_row],
         &[format!(
             "ipiq p50 / raw p50 = {:.2} (target: at most 1.2). The two paths alternate sample by sample; raw IPIs taken: {taken} of {}.",
