@@ -152,10 +152,12 @@ guest-wakeup: wakeup-images $(IMAGE_LOADER_DEP) qemu-install
 	@REPEATS=$(WAKEUP_REPEATS) SUMMARY=$(GUEST_LOGS)/wakeup-summary.log $(IMAGE_SCRIPTS)/wakeup.sh $(LOADER) $(GUEST_LOGS) \
 		$(WAKEUP_TIMEOUT) "$(WAKEUP_SMP)" "$(WAKEUP_ROUNDS)" $(WAKEUP_IMAGES)
 
-## wakeup-smoke: the same, WAKEUP_SMOKE_ROUNDS round trips, 2 vCPUs, one boot per kernel (make test)
+## wakeup-smoke: the same, WAKEUP_SMOKE_ROUNDS round trips, 2 vCPUs, one boot per kernel, and
+## the hypervisor bill of both boots (bill-report.sh fails without both kernels' lines) (make test)
 wakeup-smoke: wakeup-images $(IMAGE_LOADER_DEP) qemu-install
 	@$(IMAGE_SCRIPTS)/wakeup.sh $(LOADER) $(IMAGE_BUILD)/test-logs/wakeup-smoke $(WAKEUP_TIMEOUT) 2 "$(WAKEUP_SMOKE_ROUNDS)" \
 		$(WAKEUP_IMAGES)
+	@$(IMAGE_SCRIPTS)/bill-report.sh $(foreach k,patched stock-probe,$(IMAGE_BUILD)/test-logs/wakeup-smoke/wakeup-$(k)-2.log)
 
 ## guest-tlb-stale: stale-TLB experiment on the ipiq kernel and stock-probe, 2/4/8 vCPUs, x2APIC
 ## and xAPIC; table in results/guest-logs/tlb-stale-summary.log, boots in results/guest-logs/tlb-stale/
