@@ -148,3 +148,40 @@ pub fn smp_list(setting: &str, words: &[String]) -> Result<Vec<u32>> {
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn words(s: &[&str]) -> Vec<String> {
+        s.iter().map(|w| w.to_string()).collect()
+    }
+
+    #[test]
+    fn options_lists_and_the_rest() {
+        let argv = words(&[
+            "--smp", "2 4", "--smp=8", "--cpu", "qemu64", "--", "-accel", "tcg",
+        ]);
+        let mut a = Args::parse("t", &argv).unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!(a.list("smp"), ["2", "4", "8"]);
+        assert_eq!(a.optional("cpu").as_deref(), Some("qemu64"));
+        assert_eq!(a.rest, ["-accel", "tcg"]);
+        assert!(a.finish().is_ok());
+    }
+
+    #[test]
+    fn unknown_missing_and_valueless_options_are_errors() {
+        let a = Args::parse("t", &words(&["--smpp", "2"])).unwrap_or_else(|e| panic!("{e:?}"));
+        assert!(a
+            .finish()
+            .is_err_and(|e| e.message.contains("unknown option --smpp")));
+        assert!(Args::parse("t", &words(&["--smp"])).is_err_and(|e| e.status == 2));
+        let mut a = Args::parse("t", &[]).unwrap_or_else(|e| panic!("{e:?}"));
+        assert!(a
+            .required("loader")
+            .is_err_and(|e| e.message == "t: --loader is required"));
+        let a = Args::parse("t", &words(&["stray"])).unwrap_or_else(|e| panic!("{e:?}"));
+        assert!(a.finish().is_err());
+        assert!(smp_list("FPU_TEST_SMP", &words(&["2", "0"])).is_err());
+    }
+}

@@ -462,3 +462,55 @@ pub fn uhyve(image: &Path, smp: u32, timeout_s: u64, version: &str) -> Result<()
         }),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refusal(smp: &str, cpu: &str, mem: &str, timeout: &str) -> String {
+        match BootArgs::check(smp, cpu, mem, timeout) {
+            Ok(b) => panic!("accepted {b:?}"),
+            Err(e) => {
+                assert_eq!(e.status, 2);
+                e.message
+            }
+        }
+    }
+
+    #[test]
+    fn boot_settings_are_checked_with_the_setting_named() {
+        let cpu = "qemu64,+x2apic,+fsgsbase";
+        for smp in ["abc", "0", "256", "", "99999999999999999999999"] {
+            assert!(
+                refusal(smp, cpu, "512M", "30").starts_with("SMP must be"),
+                "{smp}"
+            );
+        }
+        assert!(refusal("2", "", "512M", "30").starts_with("CPU must be"));
+        assert!(refusal("2", "qemu64 x", "512M", "30").starts_with("CPU must be"));
+        for mem in ["lots", "", "512X", "M"] {
+            assert!(
+                refusal("2", cpu, mem, "30").starts_with("MEM must be a size"),
+                "{mem}"
+            );
+        }
+        assert!(refusal("2", cpu, "1K", "30").starts_with("MEM=1K is too small"));
+        assert!(refusal("2", cpu, "31", "30").starts_with("MEM=31 is too small"));
+        assert!(refusal("2", cpu, "512M", "soon").starts_with("the timeout"));
+        assert!(refusal("2", cpu, "512M", "0").starts_with("the timeout"));
+    }
+
+    #[test]
+    fn good_boot_settings_pass() {
+        for (smp, mem) in [
+            ("1", "32M"),
+            ("255", "1G"),
+            ("08", "32768K"),
+            ("4", "512"),
+            ("2", "1t"),
+        ] {
+            let b = BootArgs::check(smp, "qemu64", mem, "60").unwrap_or_else(|e| panic!("{e:?}"));
+            assert_eq!(b.smp, smp.parse::<u32>().unwrap_or(0));
+        }
+    }
+}
