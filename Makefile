@@ -44,12 +44,14 @@ test: lint test-host test-flood loom check-kernel-target doc bench-smoke kernel-
 ## test-host: unit tests, invariant tests I1-I7, bad input, stalls (watchdogs, shootdown
 ## policy, cpusync holds), defects found by review, multicast wake-ups (one platform call,
 ## exact IPI and ICR-write counts), doctests (host platform), and the
-## invariants under arbitrary preemption (tests/preempt.rs: IPIs and ticks as POSIX signals)
+## invariants under arbitrary preemption (tests/preempt.rs: IPIs and ticks as POSIX signals);
+## the xtask's own unit tests (its log checks, archive export rules, command lines)
 test-host:
 	$(CARGO) test --release --features std --lib --test invariants --test bad_input --test stalls --test defects --test multicast
 	$(CARGO) test --release --features std --test preempt -- --test-threads 1
 	$(CARGO) test --release --features std --doc
 	$(CARGO) test --release -p ipiq-abi
+	$(CARGO) test --manifest-path xtask/Cargo.toml
 
 ## test-flood: 10^6+ messages all-to-all through 4-slot FIFOs, then with lost and late IPIs
 test-flood:
@@ -86,8 +88,8 @@ guest-bench-run:
 	@$(MAKE) --no-print-directory image $(IMAGE_LOADER_DEP) qemu-install APP=ipiq-bench
 	@mkdir -p $(GUEST_BENCH_LOGS)
 	@echo "==> booting $(GUEST_BENCH_NAME) under QEMU: $(SMP) cores, cpu $(CPU); log $(GUEST_BENCH_LOGS)/$(GUEST_BENCH_NAME)-$(SMP).log"
-	@bash -o pipefail -c '$(IMAGE_SCRIPTS)/qemu.sh $(LOADER) $(GUEST_BENCH_BIN)/$(GUEST_BENCH_NAME) $(SMP) $(CPU) $(MEM) \
-		$(GUEST_BENCH_TIMEOUT) $(if $(APP_ARGS),-- -append "-- $(APP_ARGS)") 2>&1 | tee $(GUEST_BENCH_LOGS)/$(GUEST_BENCH_NAME)-$(SMP).log'
+	@bash -o pipefail -c '$(IMAGE_XTASK) qemu --loader $(LOADER) --image $(GUEST_BENCH_BIN)/$(GUEST_BENCH_NAME) --smp "$(SMP)" --cpu "$(CPU)" \
+		--mem "$(MEM)" --timeout "$(GUEST_BENCH_TIMEOUT)" --append "$(APP_ARGS)" 2>&1 | tee $(GUEST_BENCH_LOGS)/$(GUEST_BENCH_NAME)-$(SMP).log'
 
 ## loom: model checks of the npoll handshake, FIFO-full progress, cpusync and the kernel's idle
 ## loop against lazy and active senders
@@ -103,10 +105,12 @@ check-kernel-target: hermit-toolchain
 		cargo +$(HERMIT_TOOLCHAIN) build --release --target x86_64-unknown-none \
 		-Zbuild-std=core,alloc -Zbuild-std-features=compiler-builtins-mem
 
-## lint: rustfmt and clippy, warnings are errors
+## lint: rustfmt and clippy (the crate, ipiq-abi, the xtask), warnings are errors
 lint: ci-tools
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --features std --all-targets -- -D warnings
+	$(CARGO) fmt --manifest-path xtask/Cargo.toml --check
+	$(CARGO) clippy --manifest-path xtask/Cargo.toml --all-targets -- -D warnings
 
 ## doc: rustdoc without warnings
 doc:

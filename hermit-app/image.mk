@@ -2,7 +2,8 @@
 #
 # Included by the top-level Makefile (`include hermit-app/image.mk`) or used on its own
 # (`make -f hermit-app/image.mk image`). Every path below is derived from this file's own
-# location, so both work from any directory. Long steps live in hermit-app/scripts/.
+# location, so both work from any directory. Each step is a call into the xtask (xtask/, `cargo
+# xtask help`); the experiments' boots and the bare-machine installers live in hermit-app/scripts/.
 # See hermit-app/README-image.md for what each step does and how long it takes.
 #
 # Targets:  image loader qemu qemu-debug qemu-debug-test lock-inject-test uhyve image-test
@@ -26,10 +27,10 @@
 #   QEMU_DEBUG_TIMEOUT=60  qemu-debug: seconds before a guest that has not exited counts as hung
 #                          and every vCPU's backtrace is printed
 #   QEMU_EXTRA=...         extra QEMU arguments for qemu and qemu-debug (e.g. -accel tcg,thread=multi)
-#   REPEATABLE=1           every boot through scripts/qemu.sh or qemu-debug.sh (qemu, qemu-debug,
+#   REPEATABLE=1           every boot through the xtask's runner, scripts/qemu.sh or qemu-debug.sh (qemu, qemu-debug,
 #                          the guest-* benchmarks, the tests) runs with QEMU's instruction counting:
 #                          -icount shift=ICOUNT_SHIFT,sleep=off -accel tcg,one-insn-per-tb=on and the
-#                          RTC on virtual time from a fixed date; qemu.sh also starts QEMU from a
+#                          RTC on virtual time from a fixed date; the runner also starts QEMU from a
 #                          scratch folder of links (the guest's command line names the loader). Every
 #                          boot then repeats exactly whatever the host's load, at several times the
 #                          wall time (README-image.md, "Repeatable figures")
@@ -47,6 +48,11 @@ IMAGE_HERMIT_APP := $(patsubst %/,%,$(dir $(abspath $(lastword $(MAKEFILE_LIST))
 IMAGE_SCRIPTS    := $(IMAGE_HERMIT_APP)/scripts
 IMAGE_BUILD      := $(IMAGE_HERMIT_APP)/build
 IMAGE_MK         := $(IMAGE_HERMIT_APP)/image.mk
+IMAGE_XTASK_DIR  := $(patsubst %/,%,$(dir $(IMAGE_HERMIT_APP)))/xtask
+# The build, boot and check tasks (xtask/: std only, built by the stable toolchain on first use).
+# The outer build's settings are not passed on (make may run inside another cargo).
+IMAGE_XTASK      := env -u RUSTFLAGS -u CARGO_TARGET_DIR -u CARGO_BUILD_TARGET cargo run --quiet \
+	--manifest-path $(IMAGE_XTASK_DIR)/Cargo.toml --
 
 HERMIT_TOOLCHAIN      ?= nightly-2025-03-15
 HERMIT_KERNEL_VERSION ?= 0.11.0
@@ -63,8 +69,9 @@ QEMU_EXTRA      ?=
 REPEATABLE      ?=
 ICOUNT_SHIFT    ?= 0
 ICOUNT_PHASE    ?= 0
-# qemu.sh and qemu-debug.sh read it from the environment, so every script that boots through them
-# (wakeup.sh, guest-rayon.sh, tlb-stale.sh, ...) follows REPEATABLE without an argument of its own.
+# The runners (cargo xtask qemu, qemu.sh, qemu-debug.sh) read it from the environment, so every
+# boot (the checks, wakeup.sh, guest-rayon.sh, tlb-stale.sh, ...) follows REPEATABLE without an
+# argument of its own.
 ifneq ($(filter-out 0,$(REPEATABLE)),)
 export QEMU_ICOUNT_SHIFT := $(ICOUNT_SHIFT)
 export QEMU_ICOUNT_PHASE := $(ICOUNT_PHASE)
@@ -122,15 +129,15 @@ IMAGE_LOADER_DEP := $(if $(filter $(IPIQ_LOADER),$(LOADER)),loader)
 
 ## image: kernel archive (patched or stock) + application image
 image: hermit-kernel
-	@$(IMAGE_SCRIPTS)/build-app.sh $(HERMIT_TOOLCHAIN) $(IMAGE_APP_DIR) $(IMAGE_KERNEL_DIR) $(IMAGE_KERNEL_DIR)/apps "$(IMAGE_APP_FEATURES)"
+	@$(IMAGE_XTASK) build-app --toolchain $(HERMIT_TOOLCHAIN) --app-dir $(IMAGE_APP_DIR) --kernel-dir $(IMAGE_KERNEL_DIR) --target-dir $(IMAGE_KERNEL_DIR)/apps --features "$(IMAGE_APP_FEATURES)"
 	@echo "==> image: $(IMAGE)"
 
 hermit-toolchain:
 	@$(IMAGE_SCRIPTS)/toolchain.sh nightly $(HERMIT_TOOLCHAIN)
 
 # Pristine registry source, fetched once per kernel version.
-$(IMAGE_PRISTINE)/.fetched: $(IMAGE_SCRIPTS)/fetch-kernel.sh | hermit-toolchain
-	@$(IMAGE_SCRIPTS)/fetch-kernel.sh $(HERMIT_TOOLCHAIN) $(HERMIT_KERNEL_VERSION) $(IMAGE_PRISTINE)
+$(IMAGE_PRISTINE)/.fetched: | hermit-toolchain
+	@$(IMAGE_XTASK) fetch-kernel --toolchain $(HERMIT_TOOLCHAIN) --version $(HERMIT_KERNEL_VERSION) --dest $(IMAGE_PRISTINE)
 	@touch $@
 
 # The patch directories and files in use: rewritten only when they change, so removing a
@@ -142,31 +149,31 @@ $(IMAGE_KERNEL_DIR)/patches.list: image-force
 
 # Kernel source for this variant: a fresh copy with each directory's series applied in order
 # (a patch missing from its `series`, or a name there without its file, stops here).
-$(IMAGE_KERNEL_DIR)/.prepared: $(IMAGE_PRISTINE)/.fetched $(IMAGE_KERNEL_DIR)/patches.list $(IMAGE_PATCHES) $(IMAGE_SCRIPTS)/prepare-kernel.sh $(IMAGE_SCRIPTS)/kernel-series.sh
+$(IMAGE_KERNEL_DIR)/.prepared: $(IMAGE_PRISTINE)/.fetched $(IMAGE_KERNEL_DIR)/patches.list $(IMAGE_PATCHES) $(IMAGE_XTASK_DIR)/src/kernel.rs $(IMAGE_XTASK_DIR)/src/series.rs
 	@echo "==> preparing $(KERNEL) kernel source ($(if $(IMAGE_PATCH_DIRS),series of $(notdir $(IMAGE_PATCH_DIRS)),no patches))"
-	@$(IMAGE_SCRIPTS)/prepare-kernel.sh $(IMAGE_PRISTINE) $(IMAGE_KERNEL_DIR)/src $(IMAGE_PATCH_DIRS)
+	@$(IMAGE_XTASK) prepare-kernel --pristine $(IMAGE_PRISTINE) --src $(IMAGE_KERNEL_DIR)/src $(addprefix --patch-dir ,$(IMAGE_PATCH_DIRS))
 	@touch $@
 
 ## kernel-series-check: every patch directory's series applies with plain `git am` to the
 ## pristine kernel source (kernel patches, then the probes; the stock probes on their own)
 kernel-series-check: $(IMAGE_PRISTINE)/.fetched
 	@echo "==> git am of the kernel patch series onto hermit-kernel $(HERMIT_KERNEL_VERSION)"
-	@$(IMAGE_SCRIPTS)/kernel-series.sh am $(IMAGE_PRISTINE) $(IMAGE_HERMIT_APP)/kernel/patches $(IMAGE_HERMIT_APP)/kernel/probe-patches $(IMAGE_HERMIT_APP)/kernel/event-probe-patches
-	@$(IMAGE_SCRIPTS)/kernel-series.sh am $(IMAGE_PRISTINE) $(IMAGE_HERMIT_APP)/kernel/stock-probe-patches $(IMAGE_HERMIT_APP)/kernel/event-probe-patches
+	@$(IMAGE_XTASK) kernel-series am --pristine $(IMAGE_PRISTINE) $(IMAGE_HERMIT_APP)/kernel/patches $(IMAGE_HERMIT_APP)/kernel/probe-patches $(IMAGE_HERMIT_APP)/kernel/event-probe-patches
+	@$(IMAGE_XTASK) kernel-series am --pristine $(IMAGE_PRISTINE) $(IMAGE_HERMIT_APP)/kernel/stock-probe-patches $(IMAGE_HERMIT_APP)/kernel/event-probe-patches
 
 ## kernel-series-repo: the patched kernel as a git repository to change the series in
-## (build/kernel-series; tags pristine, patches, probe-patches; see README-image.md)
+## (build/kernel-series; tags pristine, patches, probe-patches, event-probe-patches; see README-image.md)
 kernel-series-repo: $(IMAGE_PRISTINE)/.fetched
-	@$(IMAGE_SCRIPTS)/kernel-series.sh repo $(IMAGE_PRISTINE) $(IMAGE_BUILD)/kernel-series $(IMAGE_HERMIT_APP)/kernel/patches $(IMAGE_HERMIT_APP)/kernel/probe-patches $(IMAGE_HERMIT_APP)/kernel/event-probe-patches
+	@$(IMAGE_XTASK) kernel-series repo --pristine $(IMAGE_PRISTINE) --dest $(IMAGE_BUILD)/kernel-series $(IMAGE_HERMIT_APP)/kernel/patches $(IMAGE_HERMIT_APP)/kernel/probe-patches $(IMAGE_HERMIT_APP)/kernel/event-probe-patches
 
 # Cargo decides what to recompile; the export steps run only when an archive changed.
 hermit-kernel: $(IMAGE_KERNEL_DIR)/.prepared hermit-toolchain
-	@$(IMAGE_SCRIPTS)/build-kernel.sh $(HERMIT_TOOLCHAIN) $(IMAGE_KERNEL_DIR)/src $(IMAGE_KERNEL_DIR) \
-		$(KERNEL_FEATURES) $(IMAGE_HERMIT_APP)/builtins $(IMAGE_BUILD)/builtins
+	@$(IMAGE_XTASK) build-kernel --toolchain $(HERMIT_TOOLCHAIN) --src $(IMAGE_KERNEL_DIR)/src --out $(IMAGE_KERNEL_DIR) \
+		--features $(KERNEL_FEATURES) --builtins-src $(IMAGE_HERMIT_APP)/builtins --builtins-target $(IMAGE_BUILD)/builtins
 
 ## loader: the project's multiboot loader (stable toolchain)
 loader:
-	@$(IMAGE_SCRIPTS)/build-loader.sh $(IMAGE_HERMIT_APP)/loader $(IMAGE_BUILD)/loader
+	@$(IMAGE_XTASK) build-loader --loader-dir $(IMAGE_HERMIT_APP)/loader --target-dir $(IMAGE_BUILD)/loader
 
 qemu-install:
 	@$(IMAGE_SCRIPTS)/install-qemu.sh
@@ -174,20 +181,20 @@ qemu-install:
 gdb-install:
 	@$(IMAGE_SCRIPTS)/install-gdb.sh
 
-# SMP, CPU, MEM and the timeout checked before anything is built (scripts/common.sh).
+# SMP, CPU, MEM and the timeout checked before anything is built.
 boot-args:
-	@bash -c '. $(IMAGE_SCRIPTS)/common.sh && check_boot_args "$$0" "$$1" "$$2" "$$3"' '$(SMP)' '$(CPU)' '$(MEM)' '$(QEMU_TIMEOUT)'
+	@$(IMAGE_XTASK) boot-args --smp '$(SMP)' --cpu '$(CPU)' --mem '$(MEM)' --timeout '$(QEMU_TIMEOUT)'
 
 ## boot-args-test: bad SMP/CPU/MEM/timeout values are refused with a clear error before QEMU
 ## runs, and QEMU's own refusal is not reported as a guest failure (part of make test)
 boot-args-test: $(IMAGE_LOADER_DEP) qemu-install
 	@$(MAKE) --no-print-directory -f $(IMAGE_MK) APP=cores image
-	@$(IMAGE_SCRIPTS)/boot-args-test.sh $(LOADER) $(IMAGE_KERNEL_DIR)/apps/x86_64-unknown-hermit/release/cores
+	@$(IMAGE_XTASK) boot-args-test --loader $(LOADER) --image $(IMAGE_KERNEL_DIR)/apps/x86_64-unknown-hermit/release/cores
 
 ## qemu: boot APP under QEMU with SMP cores on CPU; succeeds only if the application exits 0
 qemu: boot-args image $(IMAGE_LOADER_DEP) qemu-install
 	@echo "==> booting $(APP) under QEMU: $(SMP) cores, cpu $(CPU), $(MEM)"
-	@$(IMAGE_SCRIPTS)/qemu.sh $(LOADER) $(IMAGE) $(SMP) $(CPU) $(MEM) $(QEMU_TIMEOUT) -- $(QEMU_EXTRA) $(if $(APP_ARGS),-append "-- $(APP_ARGS)")
+	@$(IMAGE_XTASK) qemu --loader $(LOADER) --image $(IMAGE) --smp '$(SMP)' --cpu '$(CPU)' --mem '$(MEM)' --timeout '$(QEMU_TIMEOUT)' --append '$(APP_ARGS)' -- $(QEMU_EXTRA)
 
 ## qemu-debug: boot APP like qemu, with QEMU's gdb stub and monitor on loopback; if the guest has
 ## not exited after QEMU_DEBUG_TIMEOUT s, print every vCPU's RIP (monitor) and symbolized
@@ -203,30 +210,28 @@ qemu-debug: boot-args image $(IMAGE_LOADER_DEP) qemu-install gdb-install
 ## happens and the stress passes (patched kernel; part of make test; without the lock-order patch it hung)
 lock-inject-test: $(IMAGE_LOADER_DEP) qemu-install gdb-install
 	@$(MAKE) --no-print-directory -f $(IMAGE_MK) KERNEL=patched APP=ipiq-tests image
-	@$(IMAGE_SCRIPTS)/lock-inject-test.sh $(LOADER) $(IMAGE_BUILD)/kernel-patched/apps/x86_64-unknown-hermit/release/ipiq-tests \
-		$(IMAGE_BUILD)/qemu-debug/lock-inject-test
+	@$(IMAGE_XTASK) lock-inject-test --loader $(LOADER) --image $(IMAGE_BUILD)/kernel-patched/apps/x86_64-unknown-hermit/release/ipiq-tests \
+		--out $(IMAGE_BUILD)/qemu-debug/lock-inject-test
 
 ## qemu-debug-test: qemu-debug on the spin app (loops forever on 2 cores on purpose): the target
 ## must report a hang and both vCPUs' backtraces must name spin_on_purpose (part of make test)
 qemu-debug-test: $(IMAGE_LOADER_DEP) qemu-install gdb-install
 	@$(MAKE) --no-print-directory -f $(IMAGE_MK) APP=spin image
-	@$(IMAGE_SCRIPTS)/qemu-debug-test.sh $(LOADER) $(IMAGE_KERNEL_DIR)/apps/x86_64-unknown-hermit/release/spin \
-		$(IMAGE_BUILD)/qemu-debug/spin-test
+	@$(IMAGE_XTASK) qemu-debug-test --loader $(LOADER) --image $(IMAGE_KERNEL_DIR)/apps/x86_64-unknown-hermit/release/spin \
+		--out $(IMAGE_BUILD)/qemu-debug/spin-test
 
 ## uhyve: run APP under uhyve with SMP cores (needs KVM with VMX/SVM)
 uhyve: image
-	@$(IMAGE_SCRIPTS)/uhyve.sh $(IMAGE) $(SMP) $(UHYVE_TIMEOUT) $(UHYVE_VERSION)
+	@$(IMAGE_XTASK) uhyve --image $(IMAGE) --smp '$(SMP)' --timeout '$(UHYVE_TIMEOUT)' --version $(UHYVE_VERSION)
 
 ## image-test: boot the cores app (and, patched, ipiq-tests) with 1, 2, 4, 8 cores, x2APIC and xAPIC, check the output
 image-test: override APP := cores
 image-test: image $(IMAGE_LOADER_DEP) qemu-install
 ifeq ($(KERNEL),patched)
-	@$(IMAGE_SCRIPTS)/build-app.sh $(HERMIT_TOOLCHAIN) $(IMAGE_HERMIT_APP)/apps/ipiq-tests $(IMAGE_KERNEL_DIR) $(IMAGE_KERNEL_DIR)/apps
-	@IPIQ_TESTS_SMP="$(IPIQ_TESTS_SMP)" $(IMAGE_SCRIPTS)/image-test.sh $(LOADER) $(IMAGE) $(KERNEL) $(IMAGE_KERNEL_DIR)/test-logs $(QEMU_TIMEOUT) \
-		$(IMAGE_KERNEL_DIR)/apps/x86_64-unknown-hermit/release/ipiq-tests
-else
-	@$(IMAGE_SCRIPTS)/image-test.sh $(LOADER) $(IMAGE) $(KERNEL) $(IMAGE_KERNEL_DIR)/test-logs $(QEMU_TIMEOUT)
+	@$(IMAGE_XTASK) build-app --toolchain $(HERMIT_TOOLCHAIN) --app-dir $(IMAGE_HERMIT_APP)/apps/ipiq-tests --kernel-dir $(IMAGE_KERNEL_DIR) --target-dir $(IMAGE_KERNEL_DIR)/apps
 endif
+	@$(IMAGE_XTASK) image-test --loader $(LOADER) --image $(IMAGE) --kernel $(KERNEL) --logs $(IMAGE_KERNEL_DIR)/test-logs --timeout '$(QEMU_TIMEOUT)' \
+		$(if $(filter patched,$(KERNEL)),--ipiq-tests $(IMAGE_KERNEL_DIR)/apps/x86_64-unknown-hermit/release/ipiq-tests --ipiq-tests-smp '$(IPIQ_TESTS_SMP)')
 	@$(MAKE) --no-print-directory -f $(IMAGE_MK) kernel-tests
 
 ## kernel-tests: build hermit-kernel's own tests/ on each KERNEL_TESTS_KERNELS source and boot
@@ -235,9 +240,9 @@ kernel-tests: $(IMAGE_LOADER_DEP) qemu-install hermit-toolchain
 	@for k in $(KERNEL_TESTS_KERNELS); do \
 		$(MAKE) --no-print-directory -f $(IMAGE_MK) KERNEL=$$k $(IMAGE_BUILD)/kernel-$$k/.prepared || exit 1; \
 	done
-	@$(IMAGE_SCRIPTS)/kernel-tests.sh $(HERMIT_TOOLCHAIN) $(LOADER) $(KERNEL_FEATURES) $(IMAGE_BUILD)/kernel-test-logs \
-		$(QEMU_TIMEOUT) "$(KERNEL_TESTS_SMP)" \
-		$(foreach k,$(KERNEL_TESTS_KERNELS),$(k)=$(IMAGE_BUILD)/kernel-$(k)/src:$(IMAGE_BUILD)/kernel-$(k)/test-target)
+	@$(IMAGE_XTASK) kernel-tests --toolchain $(HERMIT_TOOLCHAIN) --loader $(LOADER) --features $(KERNEL_FEATURES) --logs $(IMAGE_BUILD)/kernel-test-logs \
+		--timeout '$(QEMU_TIMEOUT)' --smp '$(KERNEL_TESTS_SMP)' \
+		$(foreach k,$(KERNEL_TESTS_KERNELS),--kernel $(k)=$(IMAGE_BUILD)/kernel-$(k)/src:$(IMAGE_BUILD)/kernel-$(k)/test-target)
 
 ## tlb-stale-test: the stale-TLB experiment (apps/tlb-stale) on TLB_STALE_KERNELS with
 ## TLB_STALE_SMP vCPUs: on stock-probe it reports what readers see after stock's remap (the ipiq
@@ -256,13 +261,13 @@ tlb-stale-test: $(IMAGE_LOADER_DEP) qemu-install
 fpu-test: $(IMAGE_LOADER_DEP) qemu-install
 	@$(MAKE) --no-print-directory -f $(IMAGE_MK) KERNEL=patched APP=fpu-stress image
 	@echo "==> fpu-stress on $(FPU_TEST_SMP) vCPUs, $(FPU_TEST_MODES); AVX on $(FPU_TEST_AVX_MODELS); logs in $(FPU_TEST_LOGS)"
-	@$(IMAGE_SCRIPTS)/fpu-test.sh $(LOADER) $(IMAGE_BUILD)/kernel-patched/apps/x86_64-unknown-hermit/release/fpu-stress \
-		$(FPU_TEST_LOGS) $(QEMU_TIMEOUT) "$(FPU_TEST_SMP)" "$(FPU_TEST_MODES)" "$(FPU_TEST_AVX_MODELS)" "$(FPU_TEST_ARGS)"
+	@$(IMAGE_XTASK) fpu-test --loader $(LOADER) --image $(IMAGE_BUILD)/kernel-patched/apps/x86_64-unknown-hermit/release/fpu-stress \
+		--logs $(FPU_TEST_LOGS) --timeout '$(QEMU_TIMEOUT)' --smp '$(FPU_TEST_SMP)' --modes '$(FPU_TEST_MODES)' --avx-models '$(FPU_TEST_AVX_MODELS)' --args '$(FPU_TEST_ARGS)'
 
 ## image-run: build everything and boot the first application with 4 cores
 image-run: image $(IMAGE_LOADER_DEP) qemu-install
 	@echo "==> booting $(APP) under QEMU: 4 cores, cpu $(CPU), $(MEM)"
-	@$(IMAGE_SCRIPTS)/qemu.sh $(LOADER) $(IMAGE) 4 $(CPU) $(MEM) $(QEMU_TIMEOUT)
+	@$(IMAGE_XTASK) qemu --loader $(LOADER) --image $(IMAGE) --smp 4 --cpu '$(CPU)' --mem '$(MEM)' --timeout '$(QEMU_TIMEOUT)'
 
 ## image-clean: remove every build output of the pipeline
 image-clean:

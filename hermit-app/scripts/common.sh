@@ -1,21 +1,5 @@
-# Shared helpers for the image scripts (sourced, not run).
-
-# A cargo started from make inside another cargo (or from a shell with RUSTFLAGS set) would
-# inherit the outer build's settings; the nested builds here must see only their own.
-clean_cargo_env() {
-    local v
-    for v in $(compgen -e); do
-        case "$v" in
-            CARGO_HOME | RUSTUP_HOME) ;;
-            CARGO* | RUSTC* | RUSTFLAGS | RUSTDOC* | RUSTUP_TOOLCHAIN | __CARGO*) unset "$v" ;;
-        esac
-    done
-}
-
-# The llvm-tools binaries (llvm-nm, llvm-objcopy, llvm-ar) of a toolchain.
-llvm_bin_dir() {
-    echo "$(rustup run "$1" rustc --print sysroot)/lib/rustlib/x86_64-unknown-linux-gnu/bin"
-}
+# Shared helpers for the scripts that stay shell (sourced, not run): qemu.sh and the guest
+# experiments. The build, boot checks and the Makefile's runner are in xtask/ (cargo xtask help).
 
 # Checks a boot's settings before QEMU sees them, with an error that names the setting (QEMU's own
 # refusal would otherwise look like a guest failure, and a tiny MEM like a hang).

@@ -14,7 +14,7 @@
 # machine without nm; default IMAGE.nm where that file exists), QEMU_DEBUG_GDB_HOOK (a gdb
 # command file run against the guest once the loader has placed the image, for fault injection:
 # symbols, `$base` and the connection are set up before it; it should end by detaching; see
-# preempt-inject.sh). Without gdb (a machine that cannot install it) step 2 is skipped, with a
+# `cargo xtask preempt-inject`). Without gdb (a machine that cannot install it) step 2 is skipped, with a
 # warning; the monitor's view needs only bash.
 # Exit status: 0 the guest exited successfully, 1 it failed or QEMU could not run, 2 it hung (the
 # state above was printed).
@@ -57,7 +57,7 @@ pick_port() {
 gdb_port=$(pick_port gdb)
 mon_port=$(pick_port monitor "$gdb_port")
 
-# Repeatable mode (QEMU_ICOUNT_SHIFT, make REPEATABLE=1): the same QEMU options as qemu.sh.
+# Repeatable mode (QEMU_ICOUNT_SHIFT, make REPEATABLE=1): the same QEMU options as qemu.sh and cargo xtask qemu.
 repeatable_args=()
 [ -z "${QEMU_ICOUNT_SHIFT:-}" ] || repeatable_args=(-icount "shift=$QEMU_ICOUNT_SHIFT,sleep=off" -accel tcg,one-insn-per-tb=on
         -rtc base=2026-01-01T00:00:00,clock=vm)

@@ -2,7 +2,7 @@
 //!
 //! One line per test (`PASS name: detail` / `FAIL name: reason`), the statistics per core, and
 //! `ipiq-tests: N passed, M failed`; exits 0 only if every test passed. Checked by
-//! `hermit-app/scripts/check-ipiq-tests.sh` from `make -f hermit-app/image.mk image-test`.
+//! `checks::ipiq_tests` (xtask/src/checks.rs) from `make -f hermit-app/image.mk image-test`.
 //!
 //! Message functions run on the target core in interrupt context: they only touch atomics.
 

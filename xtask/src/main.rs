@@ -1,0 +1,353 @@
+//! ipiq's build, boot and check tasks: `cargo xtask COMMAND --option value ...` from the
+//! repository root (the Makefile's targets call these; `cargo xtask help` lists them).
+//!
+//! Build: fetch-kernel, prepare-kernel, kernel-series, build-kernel, build-loader, build-app,
+//! bundle-qemu. Boot: boot-args, qemu, uhyve. Checks: image-test, fpu-test, kernel-tests,
+//! boot-args-test, qemu-debug-test, lock-inject-test, preempt-inject.
+
+mod archive;
+mod boot_tests;
+mod build;
+mod checks;
+mod cli;
+mod debug_tests;
+mod error;
+mod kernel;
+mod kernel_tests;
+mod qemu;
+mod series;
+mod util;
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use checks::{ApicMode, KernelKind};
+use cli::Args;
+use error::{Error, Result};
+
+const HELP: &str = "\
+usage: cargo xtask COMMAND [--option value]... [-- extra arguments]
+
+build
+  fetch-kernel   --toolchain T --version V --dest DIR
+  prepare-kernel --pristine DIR --src DIR [--patch-dir DIR]...
+  kernel-series  list DIR... | am --pristine DIR DIR... | repo --pristine DIR --dest DIR DIR...
+                 | export --repo DIR --from REV --to REV --dir DIR
+  build-kernel   --toolchain T --src DIR --out DIR --features F --builtins-src DIR --builtins-target DIR
+  build-loader   --loader-dir DIR --target-dir DIR
+  build-app      --toolchain T --app-dir DIR --kernel-dir DIR --target-dir DIR [--features F]
+  bundle-qemu    --out DIR
+boot
+  boot-args      --smp N --cpu MODEL --mem SIZE --timeout S      (checks them, boots nothing)
+  qemu           --loader F --image F --smp N --cpu MODEL --mem SIZE --timeout S [--append ARGS]
+                 [-- QEMU arguments]   (QEMU_ICOUNT_SHIFT / QEMU_ICOUNT_PHASE: repeatable mode)
+  uhyve          --image F --smp N --timeout S --version V
+checks
+  image-test     --loader F --image F --kernel K --logs DIR --timeout S
+                 [--ipiq-tests IMAGE --ipiq-tests-smp \"1 2 4 8\"]
+  fpu-test       --loader F --image F --logs DIR --timeout S --smp \"2 4\" --modes \"x2APIC xAPIC\"
+                 [--avx-models M] [--args A]
+  kernel-tests   --toolchain T --loader F --features F --logs DIR --timeout S --smp \"1 4\"
+                 --kernel NAME=SRC[:TARGET]...
+  boot-args-test --loader F --image F
+  qemu-debug-test --loader F --image SPIN_IMAGE --out DIR
+  lock-inject-test --loader F --image IPIQ_TESTS_IMAGE --out DIR [--seconds 5]
+  preempt-inject --image F [--vcpu N]      (writes the gdb hook to stdout)
+";
+
+fn main() -> ExitCode {
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    match run(&argv) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let _ = std::io::stdout().flush();
+            if !e.message.is_empty() {
+                eprintln!("error: {}", e.message);
+            }
+            ExitCode::from(e.status)
+        }
+    }
+}
+
+fn timeout(a: &mut Args) -> Result<u64> {
+    let value = a.required("timeout")?;
+    qemu::BootArgs::check("1", "qemu64", "512M", &value).map(|b| b.timeout_s)
+}
+
+fn kernel_kind(a: &mut Args) -> Result<KernelKind> {
+    let value = a.required("kernel")?;
+    KernelKind::parse(&value).ok_or_else(|| {
+        Error::usage(format!(
+            "KERNEL must be 'patched', 'stock' or 'stock-probe', not '{value}'"
+        ))
+    })
+}
+
+fn run(argv: &[String]) -> Result<()> {
+    let Some((command, rest)) = argv.split_first() else {
+        print!("{HELP}");
+        return Err(Error::exit(2));
+    };
+    let mut a = Args::parse(command, rest)?;
+    match command.as_str() {
+        "help" | "--help" | "-h" => {
+            print!("{HELP}");
+            Ok(())
+        }
+
+        "fetch-kernel" => {
+            let (toolchain, version, dest) = (
+                a.required("toolchain")?,
+                a.required("version")?,
+                a.path("dest")?,
+            );
+            a.finish()?;
+            kernel::fetch(&toolchain, &version, &dest)
+        }
+        "prepare-kernel" => {
+            let (pristine, src) = (a.path("pristine")?, a.path("src")?);
+            let dirs: Vec<PathBuf> = a.list("patch-dir").into_iter().map(PathBuf::from).collect();
+            a.finish()?;
+            kernel::prepare(&pristine, &src, &dirs)
+        }
+        "kernel-series" => kernel_series(a),
+        "build-kernel" => {
+            let b = archive::KernelBuild {
+                toolchain: a.required("toolchain")?,
+                src: a.path("src")?,
+                out: a.path("out")?,
+                features: a.required("features")?,
+                builtins_src: a.path("builtins-src")?,
+                builtins_target: a.path("builtins-target")?,
+            };
+            a.finish()?;
+            archive::build(&b)
+        }
+        "build-loader" => {
+            let (dir, target) = (a.path("loader-dir")?, a.path("target-dir")?);
+            a.finish()?;
+            build::loader(&dir, &target)
+        }
+        "build-app" => {
+            let toolchain = a.required("toolchain")?;
+            let (app, kernel, target) = (
+                a.path("app-dir")?,
+                a.path("kernel-dir")?,
+                a.path("target-dir")?,
+            );
+            let features = a.optional("features").unwrap_or_default();
+            a.finish()?;
+            build::app(&toolchain, &app, &kernel, &target, &features)
+        }
+        "bundle-qemu" => {
+            let out = a.path("out")?;
+            a.finish()?;
+            build::bundle_qemu(&out)
+        }
+
+        "boot-args" => {
+            let (smp, cpu, mem, timeout) = (
+                a.required("smp")?,
+                a.required("cpu")?,
+                a.required("mem")?,
+                a.required("timeout")?,
+            );
+            a.finish()?;
+            qemu::BootArgs::check(&smp, &cpu, &mem, &timeout).map(|_| ())
+        }
+        "qemu" => {
+            let (smp, cpu, mem, timeout) = (
+                a.required("smp")?,
+                a.required("cpu")?,
+                a.required("mem")?,
+                a.required("timeout")?,
+            );
+            let args = qemu::BootArgs::check(&smp, &cpu, &mem, &timeout)?;
+            let (loader, image) = (a.path("loader")?, a.path("image")?);
+            let mut extra = std::mem::take(&mut a.rest);
+            if let Some(append) = a.optional("append").filter(|s| !s.is_empty()) {
+                extra.extend(["-append".to_string(), format!("-- {append}")]);
+            }
+            a.finish()?;
+            let boot = qemu::Boot {
+                loader: &loader,
+                image: &image,
+                args: &args,
+                extra: &extra,
+            };
+            match qemu::run(&boot, qemu::Sink::Terminal)? {
+                qemu::Verdict::Passed => Ok(()),
+                _ => Err(Error::exit(1)),
+            }
+        }
+        "uhyve" => {
+            let image = a.path("image")?;
+            let smp = qemu::BootArgs::check(&a.required("smp")?, "host", "512M", "1")?.smp;
+            let timeout = timeout(&mut a)?;
+            let version = a.required("version")?;
+            a.finish()?;
+            qemu::uhyve(&image, smp, timeout, &version)
+        }
+
+        "image-test" => {
+            let t = boot_tests::ImageTest {
+                loader: a.path("loader")?,
+                image: a.path("image")?,
+                kernel: kernel_kind(&mut a)?,
+                logs: a.path("logs")?,
+                timeout_s: timeout(&mut a)?,
+                ipiq_tests: match a.optional("ipiq-tests").filter(|s| !s.is_empty()) {
+                    None => None,
+                    Some(image) => {
+                        let mut smp = a.list("ipiq-tests-smp");
+                        if smp.is_empty() {
+                            smp = cli::split_list("1 2 4");
+                        }
+                        Some((PathBuf::from(image), cli::smp_list("IPIQ_TESTS_SMP", &smp)?))
+                    }
+                },
+            };
+            a.finish()?;
+            boot_tests::image_test(&t)
+        }
+        "fpu-test" => {
+            let modes = a
+                .list("modes")
+                .iter()
+                .map(|m| {
+                    ApicMode::parse(m).ok_or_else(|| {
+                        Error::usage(format!(
+                            "FPU_TEST_MODES: unknown APIC mode '{m}' (x2APIC or xAPIC)"
+                        ))
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let t = boot_tests::FpuTest {
+                loader: a.path("loader")?,
+                image: a.path("image")?,
+                logs: a.path("logs")?,
+                timeout_s: timeout(&mut a)?,
+                smp: cli::smp_list("FPU_TEST_SMP", &a.list("smp"))?,
+                modes,
+                avx_models: a.list("avx-models"),
+                app_args: a.optional("args").unwrap_or_default(),
+            };
+            a.finish()?;
+            boot_tests::fpu_test(&t)
+        }
+        "kernel-tests" => {
+            let variants = a
+                .values_of("kernel")
+                .iter()
+                .map(|v| kernel_tests::Variant::parse(v))
+                .collect::<Result<Vec<_>>>()?;
+            if variants.is_empty() {
+                return Err(Error::usage(
+                    "kernel-tests: give at least one --kernel NAME=SRC[:TARGET]",
+                ));
+            }
+            let t = kernel_tests::KernelTests {
+                toolchain: a.required("toolchain")?,
+                loader: a.path("loader")?,
+                features: a.required("features")?,
+                logs: a.path("logs")?,
+                timeout_s: timeout(&mut a)?,
+                smp: cli::smp_list("KERNEL_TESTS_SMP", &a.list("smp"))?,
+                variants,
+            };
+            a.finish()?;
+            kernel_tests::run(&t)
+        }
+        "boot-args-test" => {
+            let (loader, image) = (a.path("loader")?, a.path("image")?);
+            a.finish()?;
+            boot_tests::boot_args_test(&loader, &image)
+        }
+        "qemu-debug-test" => {
+            let (loader, image, out) = (a.path("loader")?, a.path("image")?, a.path("out")?);
+            a.finish()?;
+            debug_tests::qemu_debug_test(&loader, &image, &out)
+        }
+        "lock-inject-test" => {
+            let (loader, image, out) = (a.path("loader")?, a.path("image")?, a.path("out")?);
+            let seconds = a.parsed("seconds", 5u32)?;
+            a.finish()?;
+            debug_tests::lock_inject_test(&loader, &image, &out, seconds)
+        }
+        "preempt-inject" => {
+            let image = a.path("image")?;
+            let vcpu = match a.optional("vcpu") {
+                None => None,
+                Some(v) => Some(v.parse::<u32>().map_err(|_| {
+                    Error::usage(format!("--vcpu must be a vCPU index, not '{v}'"))
+                })?),
+            };
+            a.finish()?;
+            print!("{}", debug_tests::preempt_inject(&image, vcpu)?.script);
+            Ok(())
+        }
+        other => Err(Error::usage(format!(
+            "unknown command '{other}' (cargo xtask help lists them)"
+        ))),
+    }
+}
+
+fn kernel_series(mut a: Args) -> Result<()> {
+    let words = a.positional();
+    let Some((sub, dirs)) = words.split_first() else {
+        return Err(Error::usage(
+            "kernel-series: list DIR... | am --pristine DIR DIR... | repo --pristine DIR --dest DIR DIR... | export --repo DIR --from REV --to REV --dir DIR",
+        ));
+    };
+    let dirs: Vec<PathBuf> = dirs.iter().map(PathBuf::from).collect();
+    let need_dirs = |what: &str| {
+        if dirs.is_empty() {
+            Err(Error::usage(format!(
+                "kernel-series {what}: name at least one patch directory"
+            )))
+        } else {
+            Ok(())
+        }
+    };
+    match sub.as_str() {
+        "list" => {
+            a.finish()?;
+            need_dirs("list")?;
+            for p in series::list(&dirs)? {
+                println!("{}", p.display());
+            }
+            Ok(())
+        }
+        "am" => {
+            let pristine = a.path("pristine")?;
+            a.finish()?;
+            need_dirs("am")?;
+            series::am(&pristine, &dirs)
+        }
+        "repo" => {
+            let (pristine, dest) = (a.path("pristine")?, a.path("dest")?);
+            a.finish()?;
+            need_dirs("repo")?;
+            series::repo(&pristine, &dest, &dirs)
+        }
+        "export" => {
+            let (repo, from, to, dir) = (
+                a.path("repo")?,
+                a.required("from")?,
+                a.required("to")?,
+                a.path("dir")?,
+            );
+            a.finish()?;
+            if !dirs.is_empty() {
+                return Err(Error::usage(
+                    "kernel-series export: the directory is --dir DIR",
+                ));
+            }
+            series::export(&repo, &from, &to, &dir)
+        }
+        other => Err(Error::usage(format!(
+            "kernel-series: unknown step '{other}' (list, am, repo or export)"
+        ))),
+    }
+}
