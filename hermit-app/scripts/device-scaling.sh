@@ -13,7 +13,7 @@
 # Environment: SMP_LIST ("1 2 4 8 16"), MEM (1G), CPU (qemu64,+x2apic,+fsgsbase), TIMEOUT (120 s
 # per boot), BUDGET (total seconds, 0 = none: no boot starts after it and each boot's limit is cut
 # to what is left; boots go by vCPU count, both kernels each), GUEST_ARGS ("": the full workload;
-# "smoke" for a quick try). Without a QEMU there, make one here: scripts/bundle-qemu.sh DIR.
+# "smoke" for a quick try). Without a QEMU there, make one here: cargo xtask bundle-qemu --out DIR.
 # RAYON_QEMU_DEBUG=1: a boot that hangs ends with every vCPU's symbolized RIP in its log
 # (scripts/qemu-debug.sh; gdb backtraces too where gdb exists). For a machine without nm, put
 # each image's symbols beside it first: nm -n -C --defined-only IMAGE >IMAGE.nm
