@@ -15,6 +15,11 @@
 //! (`IPIQ_BENCH_TARGETS` names another file; format in `targets.rs`), checked against the case
 //! ids before anything is measured.
 //!
+//! `IPIQ_BENCH_CASES` (a comma-separated list of case-id prefixes, e.g.
+//! `stream.ipiq.send.polls,stream.ring,rt.`) runs only the cases whose id starts with one of
+//! them: for profiling one path without the whole suite. Targets whose figure or baseline did
+//! not run are reported as not measured; the latency table's ratio needs a `rt.raw.` case.
+//!
 //! This file only wires the parts together.
 
 mod cases;
@@ -75,9 +80,9 @@ fn run() -> Result<(), String> {
     let text = std::fs::read_to_string(&targets_path)
         .map_err(|e| format!("cannot read {}: {e}", targets_path.display()))?;
     let targets = targets::parse(&text).map_err(|e| format!("{}: {e}", targets_path.display()))?;
-    let streaming = cases::streaming::cases(&p);
-    let round_trip = cases::round_trip::cases(&p);
-    let all_to_all = cases::all_to_all::cases(&p);
+    let mut streaming = cases::streaming::cases(&p);
+    let mut round_trip = cases::round_trip::cases(&p);
+    let mut all_to_all = cases::all_to_all::cases(&p);
     let ids: Vec<&str> = streaming
         .iter()
         .chain(&all_to_all)
@@ -85,6 +90,22 @@ fn run() -> Result<(), String> {
         .chain(round_trip.iter().map(|c| c.id))
         .collect();
     targets::check(&targets, &ids).map_err(|e| format!("{}: {e}", targets_path.display()))?;
+    // The optional case filter, applied after the targets file was checked against every id.
+    if let Some(filter) = std::env::var("IPIQ_BENCH_CASES")
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+    {
+        let prefixes: Vec<String> = filter
+            .split(',')
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect();
+        let wanted = |id: &str| prefixes.iter().any(|p| id.starts_with(p.as_str()));
+        streaming.retain(|c| wanted(c.id));
+        round_trip.retain(|c| wanted(c.id));
+        all_to_all.retain(|c| wanted(c.id));
+        eprintln!("ipiq bench: only the cases starting with {prefixes:?} (IPIQ_BENCH_CASES)");
+    }
 
     // A smoke run writes beside, not over, the last full report.
     let mut dir = env_path("IPIQ_BENCH_OUT", manifest.join("results"));
@@ -156,8 +177,7 @@ fn run() -> Result<(), String> {
         .min_by(|a, b| {
             let p50 = |f: &Figure| f.metric(Metric::P50).map_or(f64::INFINITY, |s| s.median);
             p50(a).total_cmp(&p50(b))
-        })
-        .ok_or("no raw ping-pong figure")?;
+        });
     let outcomes = targets::evaluate(&targets, &figures);
     let tables = report::Tables {
         streaming: report::throughput_table(
