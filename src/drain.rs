@@ -87,7 +87,7 @@ impl<P: Platform> Ipiq<P> {
             let spilling = self.flush_spills(me);
             total += ran;
             if ran > 0 {
-                cpu.diag.progressed(self.platform.now_ns());
+                cpu.diag.progressed(ran as u64);
                 // Still working; `npoll` is still set unless a nested drain (inside a message
                 // function) cleared it on its way out, which costs senders an IPI, never a message:
                 // the exit below runs the handshake either way.

@@ -1,15 +1,16 @@
 //! What each core is doing, kept cheaply so that a stall can be diagnosed from one log.
 //!
 //! Each core keeps a few words about itself ([`CoreDiag`]): whether it is draining or polling,
-//! which cpusyncs hold it, whether it leads one, what it is waiting for and on whom, and when it
-//! last ran a message. Only the core itself writes them (plain Relaxed load-and-store, no RMW);
+//! which cpusyncs hold it, whether it leads one, what it is waiting for and on whom, and how
+//! many messages it has run (a count, not a time: successive warnings show whether it moves). Only the core itself writes them (plain Relaxed load-and-store, no RMW);
 //! any core may read them for [`Ipiq::core_status`], which is a racy snapshot meant for humans
 //! and for tests that wait for a state, never for the protocol's decisions. Watchdogs print every
 //! core's status when a wait passes its warning bound (see `watchdog.rs`).
 //!
-//! Cost: two stores when a drain starts and stops, one clock read and store per drain pass that
-//! ran messages, two stores when a cpusync holds or releases the core, and a few when a wait
-//! goes past its first spin. Nothing per message.
+//! Cost: two stores when a drain starts and stops, one core-local add per drain pass that ran
+//! messages (no clock read: a drain pass is the hot path of a polling core, and a clock read
+//! there cost more than the pass's protocol work on the host), two stores when a cpusync holds
+//! or releases the core, and a few when a wait goes past its first spin. Nothing per message.
 
 use core::fmt;
 
@@ -90,8 +91,8 @@ pub(crate) struct CoreDiag {
     waiting_for: AtomicUsize,
     /// The core it waits on, plus one (0: several or none).
     waiting_on: AtomicUsize,
-    /// `now_ns` of the last drain pass that ran a message (0: none yet).
-    progress_ns: AtomicU64,
+    /// Messages run by this core's drains so far (wrapping; advisory, like every field here).
+    messages_run: AtomicU64,
 }
 
 /// A flag this core set and will clear (see [`CoreDiag::set_flag`]).
@@ -206,9 +207,16 @@ impl CoreDiag {
         self.waiting_on.store(previous.1, Ordering::Relaxed);
     }
 
-    pub(crate) fn progressed(&self, now_ns: u64) {
-        // Relaxed: a timestamp for humans.
-        self.progress_ns.store(now_ns.max(1), Ordering::Relaxed);
+    /// A drain pass ran `n` messages.
+    #[inline]
+    pub(crate) fn progressed(&self, n: u64) {
+        // Relaxed load and store, no RMW: only this core writes the count (module docs); a
+        // figure for humans.
+        let run = &self.messages_run;
+        run.store(
+            run.load(Ordering::Relaxed).wrapping_add(n),
+            Ordering::Relaxed,
+        );
     }
 }
 
@@ -237,8 +245,9 @@ pub struct CoreStatus {
     pub leading: bool,
     /// What its innermost watchdog'd wait waits for, and on which core if one.
     pub waiting: Option<(Waiting, Option<CpuId>)>,
-    /// When it last ran a message ([`crate::Platform::now_ns`]), if ever.
-    pub last_progress_ns: Option<u64>,
+    /// How many messages its drains have run so far (wrapping). A stalled core's count stays
+    /// put from one watchdog warning to the next.
+    pub messages_run: u64,
 }
 
 impl fmt::Display for CoreStatus {
@@ -274,10 +283,7 @@ impl fmt::Display for CoreStatus {
                 write!(f, " on cpu {cpu}")?;
             }
         }
-        match self.last_progress_ns {
-            Some(ns) => write!(f, ", last ran a message at {ns} ns"),
-            None => f.write_str(", never ran a message"),
-        }
+        write!(f, ", {} messages run", self.messages_run)
     }
 }
 
@@ -293,7 +299,6 @@ impl<P: Platform> Ipiq<P> {
             let on = diag.waiting_on.load(Ordering::Relaxed);
             (w, on.checked_sub(1))
         });
-        let progress = diag.progress_ns.load(Ordering::Relaxed);
         Some(CoreStatus {
             cpu,
             online: self.is_online(cpu),
@@ -305,28 +310,15 @@ impl<P: Platform> Ipiq<P> {
             held_by: diag.held_by.load(Ordering::Relaxed).checked_sub(1),
             leading: flags & LEADING != 0,
             waiting,
-            last_progress_ns: (progress != 0).then_some(progress),
+            messages_run: diag.messages_run.load(Ordering::Relaxed),
         })
     }
 
     /// Logs every core's [`CoreStatus`] at warning level, one line each (what the watchdogs
     /// print when a wait passes its warning bound). Context: any; formats and logs only.
     pub fn log_core_states(&self) {
-        let now = self.platform().now_ns();
-        for cpu in 0..self.cpu_count() {
-            match self.core_status(cpu) {
-                Some(
-                    status @ CoreStatus {
-                        last_progress_ns: Some(ns),
-                        ..
-                    },
-                ) => {
-                    let ago = now.saturating_sub(ns) / 1_000;
-                    log::warn!("ipiq:   {status} ({ago} us ago)");
-                }
-                Some(status) => log::warn!("ipiq:   {status}"),
-                None => {}
-            }
+        for status in (0..self.cpu_count()).filter_map(|cpu| self.core_status(cpu)) {
+            log::warn!("ipiq:   {status}");
         }
     }
 }
