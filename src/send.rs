@@ -12,7 +12,6 @@
 
 use alloc::boxed::Box;
 
-use crate::drain::Hold;
 use crate::fifo::Fifo;
 use crate::irq::IrqOff;
 use crate::matrix::Ipiq;
@@ -333,7 +332,7 @@ impl<P: Platform> Ipiq<P> {
                 fifo.xindex(),
             );
             while self.flush_spill(me, target) > 0 {
-                self.drain(me, Hold::PollOnce);
+                self.serve_own(me);
                 watchdog.check(fifo.xindex(), || core::iter::once(target))?;
                 self.platform.relax();
             }
@@ -372,7 +371,7 @@ impl<P: Platform> Ipiq<P> {
             let mut watchdog =
                 self.watchdog(me, Waiting::FifoRoom, Some(target), patience, fifo.xindex());
             while fifo.used() * 4 >= capacity {
-                self.drain(me, Hold::PollOnce);
+                self.serve_own(me);
                 if fifo.used() * 4 < capacity {
                     break;
                 }
