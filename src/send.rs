@@ -256,7 +256,9 @@ impl<P: Platform> Ipiq<P> {
     /// further functions that block in turn: under a flood the nesting grows without bound (a
     /// kernel stack overflow) and the outermost wait can never finish. With the spill list a
     /// send nests at most one drain deep, and cores flooding each other still progress (I4).
-    #[inline]
+    // Always inlined: the fast path is a few lines and every send runs it; a call passing
+    // eight arguments cost as much as the path itself.
+    #[inline(always)]
     pub(crate) fn enqueue(
         &self,
         me: CpuId,
