@@ -135,7 +135,9 @@ impl<P: Platform> Ipiq<P> {
             }
             break;
         }
-        drop((spill_watchdog, hold_watchdog));
+        // One at a time, not as a tuple (which copied both): each ends its wait record.
+        drop(spill_watchdog);
+        drop(hold_watchdog);
         cpu.diag.done_draining(draining);
         self.count(me, |c| &c.processed, total as u64);
         total

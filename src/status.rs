@@ -105,6 +105,7 @@ pub(crate) struct PreviousWait(usize, usize);
 impl CoreDiag {
     /// Sets `flag` unless already set; the returned token clears it only if this call set it, so
     /// nested drains leave the outer one's flag alone.
+    #[inline]
     fn set_flag(&self, flag: usize) -> FlagSet {
         // Relaxed load and store: only this core writes the word (module docs).
         let old = self.flags.load(Ordering::Relaxed);
@@ -115,6 +116,7 @@ impl CoreDiag {
         FlagSet(true)
     }
 
+    #[inline]
     fn clear_flag(&self, flag: usize, token: FlagSet) {
         if token.0 {
             // Relaxed: as in `set_flag`.
@@ -123,14 +125,17 @@ impl CoreDiag {
         }
     }
 
+    #[inline]
     pub(crate) fn draining(&self) -> FlagSet {
         self.set_flag(DRAINING)
     }
 
+    #[inline]
     pub(crate) fn done_draining(&self, token: FlagSet) {
         self.clear_flag(DRAINING, token);
     }
 
+    #[inline]
     pub(crate) fn polling(&self, on: bool) {
         // Relaxed: as in `set_flag`.
         let old = self.flags.load(Ordering::Relaxed);
@@ -140,6 +145,7 @@ impl CoreDiag {
         }
     }
 
+    #[inline]
     pub(crate) fn halting(&self, on: bool) {
         // Relaxed: as in `set_flag`.
         let old = self.flags.load(Ordering::Relaxed);
@@ -149,6 +155,7 @@ impl CoreDiag {
         }
     }
 
+    #[inline]
     pub(crate) fn is_halting(&self) -> bool {
         // Relaxed: own word.
         self.flags.load(Ordering::Relaxed) & HALTING != 0
@@ -189,6 +196,7 @@ impl CoreDiag {
         self.held_by.load(Ordering::Relaxed).checked_sub(1)
     }
 
+    #[inline]
     pub(crate) fn begin_wait(&self, waiting: Waiting, on: Option<CpuId>) -> PreviousWait {
         // Relaxed loads and stores: only this core writes these.
         let previous = PreviousWait(
@@ -201,6 +209,7 @@ impl CoreDiag {
         previous
     }
 
+    #[inline]
     pub(crate) fn end_wait(&self, previous: &PreviousWait) {
         // Relaxed: as in `begin_wait`.
         self.waiting_for.store(previous.0, Ordering::Relaxed);
