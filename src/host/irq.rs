@@ -47,8 +47,10 @@ pub(super) struct CoreState {
     pub(super) range_flushes: AtomicU64,
     pub(super) pages_flushed: AtomicU64,
     pub(super) full_flushes: AtomicU64,
-    /// IPIs that reached this core.
-    pub(super) ipis_delivered: AtomicU64,
+    /// IPIs that reached this core. Every sender's `send_ipi` adds to it, so it has a line of
+    /// its own: beside `irq_off`, which the core writes on every ipiq call, each IPI would take
+    /// that line from the core.
+    pub(super) ipis_delivered: CachePadded<AtomicU64>,
     /// `send_ipi_many` calls this core made (one per multicast that needed an IPI).
     pub(super) multicast_calls: AtomicU64,
     /// Times this core's interrupts went from disabled to enabled (`irq_restore`). Written only
