@@ -1,6 +1,6 @@
 # ipiq host benchmarks (issue 5): ipiq against crossbeam-channel, std mpsc, Mutex<VecDeque>, a
 # Linux-style llist, a bare SPSC ring and that ring plus one SeqCst fence per message or per batch
-# (the wake-up protocol's limit), all in one run. The bench is benches/ipiq_bench/ (peers/,
+# (the wake-up protocol's limit), a raw ping-pong with and without that fence, all in one run. The bench is benches/ipiq_bench/ (peers/,
 # cases/, main.rs wiring them); its targets are data, benches/targets.csv. Included from the
 # Makefile.
 #

@@ -6,7 +6,8 @@
 //! all-to-all on 4 cores. Peers (`peers/`): crossbeam-channel bounded, `std::sync::mpsc::
 //! sync_channel`, a `Mutex<VecDeque>` with thread unpark (Hermit's pattern), a Linux-style
 //! lock-free list, the bare SPSC ring (the limit), and the ring paying the wake-up protocol's
-//! SeqCst fence per message or per batch (the limit the protocol allows). Every case runs
+//! SeqCst fence per message or per batch (the limit the protocol allows); for round trips, a raw
+//! shared-flag ping-pong, also with that fence after each hand-over. Every case runs
 //! `Params::runs` times (`measure.rs`); each figure is its median with its spread (min–max).
 //!
 //! Output, in `IPIQ_BENCH_OUT` (default `results/`; a smoke run writes to its `smoke/`

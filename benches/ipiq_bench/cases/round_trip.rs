@@ -42,6 +42,11 @@ pub fn cases(p: &Params) -> Vec<LatencyCase> {
             Box::new(move || ping_pong::round_trips(k, Yield::Every1024)),
         ),
         case(
+            "rt.raw.fence",
+            "raw ping-pong + SeqCst fence per hand-over (send's limit)",
+            Box::new(move || ping_pong::round_trips_with(k, Yield::Every1024, true)),
+        ),
+        case(
             "rt.ipiq.polls",
             "ipiq send+wait, target polls",
             Box::new(move || ipiq_round_trips(k, Target::Polls)),
