@@ -1,6 +1,6 @@
 # ipiq host benchmarks (issue 5): ipiq against crossbeam-channel, std mpsc, Mutex<VecDeque>, a
 # Linux-style llist, a bare SPSC ring and that ring plus one SeqCst fence per message or per batch
-# (the wake-up protocol's limit), all in one run. The bench is benches/ipiq_bench/ (peers/,
+# (the wake-up protocol's limit), a raw ping-pong with and without that fence, all in one run. The bench is benches/ipiq_bench/ (peers/,
 # cases/, main.rs wiring them); its targets are data, benches/targets.csv. Included from the
 # Makefile.
 #
@@ -10,7 +10,8 @@
 #                     $IPIQ_BENCH_OUT) the report bench-report.md (every figure a median with its
 #                     min-max, every target met or not), the figures as CSV (bench-figures.csv,
 #                     bench-runs.csv, bench-latency.csv, bench-targets.csv, bench-meta.csv) and
-#                     SVG plots drawn with plotters
+#                     SVG plots drawn with plotters; IPIQ_BENCH_CASES=prefix,prefix runs only
+#                     the cases whose id starts with one of them (e.g. stream.ring,rt.)
 #   make bench-smoke  every host case with tiny counts (seconds), after the bench's self-checks
 #                     of its CSV and targets-file code; checks benches/targets.csv against the
 #                     case ids; writes to results/smoke/ (part of make test)

@@ -87,7 +87,7 @@ impl<P: Platform> Ipiq<P> {
             let spilling = self.flush_spills(me);
             total += ran;
             if ran > 0 {
-                cpu.diag.progressed(self.platform.now_ns());
+                cpu.diag.progressed(ran as u64);
                 // Still working; `npoll` is still set unless a nested drain (inside a message
                 // function) cleared it on its way out, which costs senders an IPI, never a message:
                 // the exit below runs the handshake either way.
@@ -135,10 +135,43 @@ impl<P: Platform> Ipiq<P> {
             }
             break;
         }
-        drop((spill_watchdog, hold_watchdog));
+        // One at a time, not as a tuple (which copied both): each ends its wait record.
+        drop(spill_watchdog);
+        drop(hold_watchdog);
         cpu.diag.done_draining(draining);
         self.count(me, |c| &c.processed, total as u64);
         total
+    }
+
+    /// Whether anything waits for core `me`'s drain: a message in one of its queues, a cpusync
+    /// it is held in, or a spilled message of its own. Reads only (the holds and spill count are
+    /// the core's own; the queues' write indices are the senders'). Context: core `me`,
+    /// interrupts disabled.
+    pub(crate) fn has_work(&self, me: CpuId) -> bool {
+        self.cpus.get(me).is_some_and(|cpu| {
+            self.has_incoming(me)
+                // SAFETY: our own core, interrupts disabled (the caller's contract), and the
+                // closure does not call back into ipiq.
+                || unsafe { cpu.holds.with(|q| !q.is_empty()) }
+                // Relaxed: written only by this core.
+                || cpu.spilled.load(Ordering::Relaxed) > 0
+        })
+    }
+
+    /// One step of a spinning caller's service of its own queues (a `wait`, a send waiting for
+    /// room, a shootdown waiting for acknowledgements): a [`Hold::PollOnce`] drain, but only
+    /// when [`Ipiq::has_work`] says there is something to do. An idle step then costs a few
+    /// loads instead of a drain's two RMWs on `npoll` and its SeqCst fence. Skipping the drain
+    /// leaves `npoll` as it was: clear (senders IPI us, and the next step finds their messages
+    /// anyway), or set by a sender that sent an IPI after setting it, or by an outer drain of
+    /// ours that runs the exit handshake itself (`wakeup.rs`); no message waits on the skip.
+    ///
+    /// Context: core `me`, interrupts disabled; may run message functions.
+    #[inline]
+    pub(crate) fn serve_own(&self, me: CpuId) {
+        if self.has_work(me) {
+            self.drain(me, Hold::PollOnce);
+        }
     }
 
     /// Marks a message function as running on `me` (called around every message).

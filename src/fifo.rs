@@ -32,6 +32,10 @@
 //!   lower bounds, since indices only grow, so acting on them is safe (a sender may think the
 //!   ring fuller than it is, a target emptier), and each side reads the other's cache line only
 //!   when its bound runs out.
+//! - The sender keeps its own copy of `windex` (`next`, always equal to it: both are written
+//!   only by the sender, in `push`) beside `rindex_seen`, on a line the target never reads. A
+//!   push then only *stores* to the line the target polls: loading it back cost the sender a
+//!   miss per message on the host, where the target's polling reads took the line away.
 
 use alloc::boxed::Box;
 use alloc::vec::Vec;
@@ -43,33 +47,42 @@ use crate::Platform;
 
 /// A ring of `capacity` (a power of two) message slots between one sender and one target core.
 ///
-/// Layout: the read-only fields, the sender's line (`windex`, `rindex_seen`, `spill_seq`) and
-/// the target's line (`rindex`, `xindex`, `xindex_nested`, `depth`) never share a cache line,
-/// and a push reads the target's line only when the ring may be full (the sender keeps the last
-/// `rindex` it saw).
+/// Layout: the read-only fields, the sender's published line (`windex`, `spill_seq`), the
+/// sender's private line (`next`, `rindex_seen`) and the target's line (`rindex`, `xindex`,
+/// `xindex_nested`, `depth`) never share a cache line; a push reads neither the target's line
+/// (unless the ring may be full: the sender keeps the last `rindex` it saw) nor its own
+/// published one (it keeps `next`).
 pub(crate) struct Fifo<P: Platform> {
     /// `capacity - 1`. Read-only.
     mask: u64,
     /// The slots. Read-only pointer; contents handed over by the index protocol.
     slots: Box<[UnsafeCell<MaybeUninit<Message<P>>>]>,
-    /// Everything the sender core writes.
+    /// What the sender core writes for others to read.
     sender: CachePadded<SenderSide>,
+    /// What the sender core writes for itself only.
+    sender_own: CachePadded<SenderOwn>,
     /// Everything the target core writes.
     target: CachePadded<TargetSide>,
 }
 
-/// The fields of a [`Fifo`] that only its sender core writes.
+/// The fields of a [`Fifo`] that only its sender core writes and others read.
 struct SenderSide {
     /// Next slot the sender writes; published with Release after the slot is written.
     windex: AtomicU64,
-    /// The last `rindex` the sender read: a lower bound of the real one (rindex only grows), so
-    /// `windex - rindex_seen` over-estimates how full the ring is. The sender reads the target's
-    /// line only when this estimate says the ring may be too full, not on every push. Private to
-    /// the sender core; atomic only so that the ring is `Sync` without unsafe.
-    rindex_seen: AtomicU64,
     /// The sequence number of the last message the sender spilled for this ring (module docs).
     /// Written only on the spill path, never on a plain push.
     spill_seq: AtomicU64,
+}
+
+/// The fields of a [`Fifo`] that only its sender core reads and writes. Atomic only so that the
+/// ring is `Sync` without unsafe; every access is Relaxed.
+struct SenderOwn {
+    /// The sender's copy of `windex` (module docs): equal to it at all times, read instead of it.
+    next: AtomicU64,
+    /// The last `rindex` the sender read: a lower bound of the real one (rindex only grows), so
+    /// `next - rindex_seen` over-estimates how full the ring is. The sender reads the target's
+    /// line only when this estimate says the ring may be too full, not on every push.
+    rindex_seen: AtomicU64,
 }
 
 /// The fields of a [`Fifo`] that only its target core writes.
@@ -115,8 +128,11 @@ impl<P: Platform> Fifo<P> {
             slots: slots.into_boxed_slice(),
             sender: CachePadded(SenderSide {
                 windex: AtomicU64::new(0),
-                rindex_seen: AtomicU64::new(0),
                 spill_seq: AtomicU64::new(0),
+            }),
+            sender_own: CachePadded(SenderOwn {
+                next: AtomicU64::new(0),
+                rindex_seen: AtomicU64::new(0),
             }),
             target: CachePadded(TargetSide {
                 rindex: AtomicU64::new(0),
@@ -136,8 +152,8 @@ impl<P: Platform> Fifo<P> {
     /// Sender side: messages queued and not yet taken (exact: reads the target's `rindex`).
     #[inline]
     pub(crate) fn used(&self) -> u64 {
-        // Relaxed for windex: only the sender (the caller) writes it.
-        self.sender.windex.load(Ordering::Relaxed) - self.refresh_rindex()
+        // Relaxed: `next` is the sender's own (the caller's).
+        self.sender_own.next.load(Ordering::Relaxed) - self.refresh_rindex()
     }
 
     /// Sender side: an upper bound of [`Fifo::used`] that does not touch the target's cache line
@@ -145,8 +161,9 @@ impl<P: Platform> Fifo<P> {
     /// `used` only when the bound reaches it.
     #[inline]
     pub(crate) fn used_at_most(&self) -> u64 {
-        // Relaxed: both fields are written by the sender (the caller) only.
-        self.sender.windex.load(Ordering::Relaxed) - self.sender.rindex_seen.load(Ordering::Relaxed)
+        // Relaxed: both fields are the sender's own (the caller's).
+        let own = &self.sender_own;
+        own.next.load(Ordering::Relaxed) - own.rindex_seen.load(Ordering::Relaxed)
     }
 
     /// Sender side: reads the target's `rindex` and remembers it; returns it.
@@ -156,7 +173,7 @@ impl<P: Platform> Fifo<P> {
         // sender may overwrite them.
         let r = self.target.rindex.load(Ordering::Acquire);
         // Relaxed: private to the sender core.
-        self.sender.rindex_seen.store(r, Ordering::Relaxed);
+        self.sender_own.rindex_seen.store(r, Ordering::Relaxed);
         r
     }
 
@@ -218,9 +235,9 @@ impl<P: Platform> Fifo<P> {
     /// sender on the same core interleaves).
     #[inline]
     pub(crate) fn push(&self, message: Message<P>) -> Option<u64> {
-        // Relaxed: only the sender (the caller) writes windex and rindex_seen.
-        let w = self.sender.windex.load(Ordering::Relaxed);
-        if w - self.sender.rindex_seen.load(Ordering::Relaxed) > self.mask
+        // Relaxed: `next` (equal to windex) and rindex_seen are the sender's own (the caller's).
+        let w = self.sender_own.next.load(Ordering::Relaxed);
+        if w - self.sender_own.rindex_seen.load(Ordering::Relaxed) > self.mask
             && w - self.refresh_rindex() > self.mask
         {
             return None;
@@ -236,6 +253,8 @@ impl<P: Platform> Fifo<P> {
         // Release: publishes the slot contents before the new index (pairs with the Acquire in
         // `take`).
         self.sender.windex.store(w + 1, Ordering::Release);
+        // Relaxed: the sender's own copy (module docs).
+        self.sender_own.next.store(w + 1, Ordering::Relaxed);
         Some(w + 1)
     }
 

@@ -65,21 +65,10 @@ impl<P: Platform> Ipiq<P> {
     /// can arrive: the idle loop calls it with interrupts off). Does not block; re-entrant.
     pub fn pending(&self) -> bool {
         let _irq = IrqOff::new(&self.platform);
-        self.pending_on(self.platform.current_cpu())
-    }
-
-    /// [`Ipiq::pending`] for core `me`, interrupts disabled, on core `me`.
-    fn pending_on(&self, me: CpuId) -> bool {
-        let pending = self.cpus.get(me).is_some_and(|cpu| {
-            self.has_incoming(me)
-                // SAFETY: our own core (interrupts are disabled above, so neither a migration nor
-                // an interrupt handler's ipiq call can come between), and the closure does not
-                // call back into ipiq.
-                || unsafe { cpu.holds.with(|q| !q.is_empty()) }
-                // Relaxed: written only by this core.
-                || cpu.spilled.load(Ordering::Relaxed) > 0
-        });
-        pending
+        // Interrupts are disabled above, so neither a migration nor an interrupt handler's
+        // ipiq call can come between the core's id and the look.
+        let me = self.platform.current_cpu();
+        self.has_work(me)
     }
 
     /// The idle loop's last step before it halts (after [`Ipiq::process`]; interrupts disabled inside):
@@ -133,7 +122,7 @@ impl<P: Platform> Ipiq<P> {
         // "publish; fence; load `tick_stopped`".
         cpu.tick_stopped.set();
         fence(Ordering::SeqCst);
-        if self.pending_on(me) {
+        if self.has_work(me) {
             cpu.tick_stopped.clear();
             return false;
         }

@@ -51,7 +51,7 @@
 //!   [`Ipiq::set_ipi_avoidance`], and [`Ipiq::shootdown_on`] (ranged or forced-full shootdown
 //!   on chosen cores, for measurements), and [`Ipiq::core_status`] / [`Ipiq::log_core_states`]
 //!   (what each core is doing: draining, polling, halted, held by whom, leading, waiting for
-//!   what, last progress), which every watchdog prints when a wait passes its warning bound.
+//!   what, messages run so far), which every watchdog prints when a wait passes its warning bound.
 //!
 //! ## Invariants (each checked by a test in `tests/`)
 //! - **I1 order**: messages from core A to core B run on B in the order A sent them.

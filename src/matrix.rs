@@ -245,22 +245,32 @@ impl<P: Platform> Ipiq<P> {
     }
 
     /// The FIFO from `me` to `target`, allocated on first use (an idle pair costs a pointer).
+    #[inline]
     pub(crate) fn fifo_to(&self, me: CpuId, target: CpuId) -> &Fifo<P> {
-        let slot = &self.cpus[target].incoming[me];
-        // Acquire: pairs with the Release store below (by this same core earlier, or—after a
-        // migration—by the task's previous core, which is still the same sender index).
-        let mut fifo = slot.load(Ordering::Acquire);
+        // Acquire: pairs with the Release store in `new_fifo` (by this same core earlier,
+        // or—after a migration—by the task's previous core, which is still the same sender
+        // index).
+        let mut fifo = self.cpus[target].incoming[me].load(Ordering::Acquire);
         if fifo.is_null() {
-            fifo = Box::into_raw(Box::new(Fifo::new(self.config.fifo_slots)));
-            // Release: the FIFO's initialised contents before the pointer. Only core `me` writes
-            // this slot, with interrupts disabled, so no other writer races with this store.
-            slot.store(fifo, Ordering::Release);
-            // Release: the pointer before the bit; the target reads the bit with Acquire.
-            self.cpus[target].senders[me / 64].fetch_or(1 << (me % 64), Ordering::Release);
+            fifo = self.new_fifo(me, target);
         }
         // SAFETY: non-null pointers in `incoming` come from `Box::into_raw` and are freed only in
         // `Drop`, which has `&mut self`.
         unsafe { &*fifo }
+    }
+
+    /// `fifo_to`'s first use of a pair: allocates the FIFO and publishes it. Out of line: once
+    /// per pair.
+    #[cold]
+    #[inline(never)]
+    fn new_fifo(&self, me: CpuId, target: CpuId) -> *mut Fifo<P> {
+        let fifo = Box::into_raw(Box::new(Fifo::new(self.config.fifo_slots)));
+        // Release: the FIFO's initialised contents before the pointer. Only core `me` writes
+        // this slot, with interrupts disabled, so no other writer races with this store.
+        self.cpus[target].incoming[me].store(fifo, Ordering::Release);
+        // Release: the pointer before the bit; the target reads the bit with Acquire.
+        self.cpus[target].senders[me / 64].fetch_or(1 << (me % 64), Ordering::Release);
+        fifo
     }
 
     /// The FIFO from `sender` to `target`, if they have talked.

@@ -12,7 +12,7 @@
 
 use alloc::boxed::Box;
 
-use crate::drain::Hold;
+use crate::fifo::Fifo;
 use crate::irq::IrqOff;
 use crate::matrix::Ipiq;
 use crate::message::{IpiFn, Message};
@@ -115,13 +115,26 @@ impl<P: Platform> Ipiq<P> {
         } else if !self.is_online(target) {
             Err(Error::CpuOffline(target))
         } else {
+            let fifo = self.fifo_to(me, target);
             let mut result = Ok(Seq(0));
+            let mut fast = 0;
             for &message in messages {
-                result = self.enqueue(me, target, message, Kind::Active, false, Patience::Bounded);
+                // The common case in one FIFO lookup; `enqueue` (which looks it up again) only
+                // for a message that finds the FIFO over half full or a spill waiting.
+                result = match self.push_fast(me, fifo, message) {
+                    Some(w) => {
+                        fast += 1;
+                        Ok(Seq(w))
+                    }
+                    None => {
+                        self.enqueue(me, target, message, Kind::Active, false, Patience::Bounded)
+                    }
+                };
                 if result.is_err() {
                     break;
                 }
             }
+            self.count(me, |c| &c.sent, fast);
             if !messages.is_empty() {
                 self.signal(me, target);
             }
@@ -243,6 +256,9 @@ impl<P: Platform> Ipiq<P> {
     /// further functions that block in turn: under a flood the nesting grows without bound (a
     /// kernel stack overflow) and the outermost wait can never finish. With the spill list a
     /// send nests at most one drain deep, and cores flooding each other still progress (I4).
+    // Always inlined: the fast path is a few lines and every send runs it; a call passing
+    // eight arguments cost as much as the path itself.
+    #[inline(always)]
     pub(crate) fn enqueue(
         &self,
         me: CpuId,
@@ -253,6 +269,51 @@ impl<P: Platform> Ipiq<P> {
         patience: Patience,
     ) -> Result<Seq, Error> {
         let fifo = self.fifo_to(me, target);
+        if kind == Kind::Active {
+            if let Some(w) = self.push_fast(me, fifo, message) {
+                self.count(me, |c| &c.sent, 1);
+                if signal {
+                    self.signal(me, target);
+                }
+                return Ok(Seq(w));
+            }
+        }
+        self.enqueue_slow(me, target, fifo, message, kind, signal, patience)
+    }
+
+    /// The active send's common case, exactly what `enqueue_slow` does for it: nothing spilled
+    /// on this core (so nothing for `target` waits ahead of `message`, I1) and the FIFO, by the
+    /// sender's own bound, under half full (so no drain is due). Pushes `message` and returns
+    /// its sequence number, or `None` (nothing queued) for `enqueue_slow` to decide. Reads only
+    /// the sender's own lines. The caller counts the message as sent and signals.
+    ///
+    /// Context: core `me`, interrupts disabled by the caller; `fifo` is the `me -> target` FIFO.
+    #[inline]
+    fn push_fast(&self, me: CpuId, fifo: &Fifo<P>, message: Message<P>) -> Option<u64> {
+        // Relaxed: written and read only by this core.
+        if self.cpus[me].spilled.load(Ordering::Relaxed) != 0
+            || fifo.used_at_most() * 2 >= fifo.capacity()
+        {
+            return None;
+        }
+        fifo.push(message)
+    }
+
+    /// [`Ipiq::enqueue`] past its fast path: spills, the FIFO-full policy, passive, lazy and
+    /// nowait sends. Out of line, so the fast path keeps a small frame.
+    #[cold]
+    #[inline(never)]
+    #[allow(clippy::too_many_arguments)]
+    fn enqueue_slow(
+        &self,
+        me: CpuId,
+        target: CpuId,
+        fifo: &Fifo<P>,
+        message: Message<P>,
+        kind: Kind,
+        signal: bool,
+        patience: Patience,
+    ) -> Result<Seq, Error> {
         let capacity = fifo.capacity();
         // Relaxed: core-local.
         let nested = self.cpus[me].running.load(Ordering::Relaxed) > 0;
@@ -273,7 +334,7 @@ impl<P: Platform> Ipiq<P> {
                 fifo.xindex(),
             );
             while self.flush_spill(me, target) > 0 {
-                self.drain(me, Hold::PollOnce);
+                self.serve_own(me);
                 watchdog.check(fifo.xindex(), || core::iter::once(target))?;
                 self.platform.relax();
             }
@@ -312,7 +373,7 @@ impl<P: Platform> Ipiq<P> {
             let mut watchdog =
                 self.watchdog(me, Waiting::FifoRoom, Some(target), patience, fifo.xindex());
             while fifo.used() * 4 >= capacity {
-                self.drain(me, Hold::PollOnce);
+                self.serve_own(me);
                 if fifo.used() * 4 < capacity {
                     break;
                 }

@@ -1,15 +1,16 @@
 //! What each core is doing, kept cheaply so that a stall can be diagnosed from one log.
 //!
 //! Each core keeps a few words about itself ([`CoreDiag`]): whether it is draining or polling,
-//! which cpusyncs hold it, whether it leads one, what it is waiting for and on whom, and when it
-//! last ran a message. Only the core itself writes them (plain Relaxed load-and-store, no RMW);
+//! which cpusyncs hold it, whether it leads one, what it is waiting for and on whom, and how
+//! many messages it has run (a count, not a time: successive warnings show whether it moves). Only the core itself writes them (plain Relaxed load-and-store, no RMW);
 //! any core may read them for [`Ipiq::core_status`], which is a racy snapshot meant for humans
 //! and for tests that wait for a state, never for the protocol's decisions. Watchdogs print every
 //! core's status when a wait passes its warning bound (see `watchdog.rs`).
 //!
-//! Cost: two stores when a drain starts and stops, one clock read and store per drain pass that
-//! ran messages, two stores when a cpusync holds or releases the core, and a few when a wait
-//! goes past its first spin. Nothing per message.
+//! Cost: two stores when a drain starts and stops, one core-local add per drain pass that ran
+//! messages (no clock read: a drain pass is the hot path of a polling core, and a clock read
+//! there cost more than the pass's protocol work on the host), two stores when a cpusync holds
+//! or releases the core, and a few when a wait goes past its first spin. Nothing per message.
 
 use core::fmt;
 
@@ -90,8 +91,8 @@ pub(crate) struct CoreDiag {
     waiting_for: AtomicUsize,
     /// The core it waits on, plus one (0: several or none).
     waiting_on: AtomicUsize,
-    /// `now_ns` of the last drain pass that ran a message (0: none yet).
-    progress_ns: AtomicU64,
+    /// Messages run by this core's drains so far (wrapping; advisory, like every field here).
+    messages_run: AtomicU64,
 }
 
 /// A flag this core set and will clear (see [`CoreDiag::set_flag`]).
@@ -104,6 +105,7 @@ pub(crate) struct PreviousWait(usize, usize);
 impl CoreDiag {
     /// Sets `flag` unless already set; the returned token clears it only if this call set it, so
     /// nested drains leave the outer one's flag alone.
+    #[inline]
     fn set_flag(&self, flag: usize) -> FlagSet {
         // Relaxed load and store: only this core writes the word (module docs).
         let old = self.flags.load(Ordering::Relaxed);
@@ -114,6 +116,7 @@ impl CoreDiag {
         FlagSet(true)
     }
 
+    #[inline]
     fn clear_flag(&self, flag: usize, token: FlagSet) {
         if token.0 {
             // Relaxed: as in `set_flag`.
@@ -122,14 +125,17 @@ impl CoreDiag {
         }
     }
 
+    #[inline]
     pub(crate) fn draining(&self) -> FlagSet {
         self.set_flag(DRAINING)
     }
 
+    #[inline]
     pub(crate) fn done_draining(&self, token: FlagSet) {
         self.clear_flag(DRAINING, token);
     }
 
+    #[inline]
     pub(crate) fn polling(&self, on: bool) {
         // Relaxed: as in `set_flag`.
         let old = self.flags.load(Ordering::Relaxed);
@@ -139,6 +145,7 @@ impl CoreDiag {
         }
     }
 
+    #[inline]
     pub(crate) fn halting(&self, on: bool) {
         // Relaxed: as in `set_flag`.
         let old = self.flags.load(Ordering::Relaxed);
@@ -148,6 +155,7 @@ impl CoreDiag {
         }
     }
 
+    #[inline]
     pub(crate) fn is_halting(&self) -> bool {
         // Relaxed: own word.
         self.flags.load(Ordering::Relaxed) & HALTING != 0
@@ -188,6 +196,7 @@ impl CoreDiag {
         self.held_by.load(Ordering::Relaxed).checked_sub(1)
     }
 
+    #[inline]
     pub(crate) fn begin_wait(&self, waiting: Waiting, on: Option<CpuId>) -> PreviousWait {
         // Relaxed loads and stores: only this core writes these.
         let previous = PreviousWait(
@@ -200,15 +209,23 @@ impl CoreDiag {
         previous
     }
 
+    #[inline]
     pub(crate) fn end_wait(&self, previous: &PreviousWait) {
         // Relaxed: as in `begin_wait`.
         self.waiting_for.store(previous.0, Ordering::Relaxed);
         self.waiting_on.store(previous.1, Ordering::Relaxed);
     }
 
-    pub(crate) fn progressed(&self, now_ns: u64) {
-        // Relaxed: a timestamp for humans.
-        self.progress_ns.store(now_ns.max(1), Ordering::Relaxed);
+    /// A drain pass ran `n` messages.
+    #[inline]
+    pub(crate) fn progressed(&self, n: u64) {
+        // Relaxed load and store, no RMW: only this core writes the count (module docs); a
+        // figure for humans.
+        let run = &self.messages_run;
+        run.store(
+            run.load(Ordering::Relaxed).wrapping_add(n),
+            Ordering::Relaxed,
+        );
     }
 }
 
@@ -237,8 +254,9 @@ pub struct CoreStatus {
     pub leading: bool,
     /// What its innermost watchdog'd wait waits for, and on which core if one.
     pub waiting: Option<(Waiting, Option<CpuId>)>,
-    /// When it last ran a message ([`crate::Platform::now_ns`]), if ever.
-    pub last_progress_ns: Option<u64>,
+    /// How many messages its drains have run so far (wrapping). A stalled core's count stays
+    /// put from one watchdog warning to the next.
+    pub messages_run: u64,
 }
 
 impl fmt::Display for CoreStatus {
@@ -274,10 +292,7 @@ impl fmt::Display for CoreStatus {
                 write!(f, " on cpu {cpu}")?;
             }
         }
-        match self.last_progress_ns {
-            Some(ns) => write!(f, ", last ran a message at {ns} ns"),
-            None => f.write_str(", never ran a message"),
-        }
+        write!(f, ", {} messages run", self.messages_run)
     }
 }
 
@@ -293,7 +308,6 @@ impl<P: Platform> Ipiq<P> {
             let on = diag.waiting_on.load(Ordering::Relaxed);
             (w, on.checked_sub(1))
         });
-        let progress = diag.progress_ns.load(Ordering::Relaxed);
         Some(CoreStatus {
             cpu,
             online: self.is_online(cpu),
@@ -305,28 +319,15 @@ impl<P: Platform> Ipiq<P> {
             held_by: diag.held_by.load(Ordering::Relaxed).checked_sub(1),
             leading: flags & LEADING != 0,
             waiting,
-            last_progress_ns: (progress != 0).then_some(progress),
+            messages_run: diag.messages_run.load(Ordering::Relaxed),
         })
     }
 
     /// Logs every core's [`CoreStatus`] at warning level, one line each (what the watchdogs
     /// print when a wait passes its warning bound). Context: any; formats and logs only.
     pub fn log_core_states(&self) {
-        let now = self.platform().now_ns();
-        for cpu in 0..self.cpu_count() {
-            match self.core_status(cpu) {
-                Some(
-                    status @ CoreStatus {
-                        last_progress_ns: Some(ns),
-                        ..
-                    },
-                ) => {
-                    let ago = now.saturating_sub(ns) / 1_000;
-                    log::warn!("ipiq:   {status} ({ago} us ago)");
-                }
-                Some(status) => log::warn!("ipiq:   {status}"),
-                None => {}
-            }
+        for status in (0..self.cpu_count()).filter_map(|cpu| self.core_status(cpu)) {
+            log::warn!("ipiq:   {status}");
         }
     }
 }

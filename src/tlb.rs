@@ -49,7 +49,6 @@
 
 use crate::cpusync::CoreBits;
 use crate::cpusync::SyncWork;
-use crate::drain::Hold;
 use crate::irq::IrqOff;
 use crate::matrix::Ipiq;
 use crate::message::Message;
@@ -255,7 +254,7 @@ impl<P: Platform> Ipiq<P> {
         );
         // Acquire: pairs with each target's Release increment after its flush.
         while slot.acked.load(Ordering::Acquire) < want {
-            self.drain(me, Hold::PollOnce);
+            self.serve_own(me);
             // Unbounded: never an error.
             let _ = watchdog.check(acked(), || {
                 sent.iter().filter(|&t| !slot.acked_bits.contains(t))

@@ -2,7 +2,6 @@
 //! ([`Ipiq::seq`], [`Ipiq::wait`]), and the read-only progress queries [`Ipiq::outstanding`]
 //! and [`Ipiq::is_done`].
 
-use crate::drain::Hold;
 use crate::fifo::Fifo;
 use crate::irq::IrqOff;
 use crate::matrix::Ipiq;
@@ -90,7 +89,7 @@ impl<P: Platform> Ipiq<P> {
             reached(),
         );
         while reached() < seq.0 {
-            self.drain(me, Hold::PollOnce);
+            self.serve_own(me);
             if reached() >= seq.0 {
                 break;
             }

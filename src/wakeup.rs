@@ -161,15 +161,16 @@ impl<P: Platform> Ipiq<P> {
     /// Context: interrupts disabled, after the caller's SeqCst fence.
     fn claim_ipi(&self, me: CpuId, target: CpuId, when: Ipi) -> bool {
         let npoll = &self.cpus[target].npoll;
-        // Relaxed load, then swap only if clear: ordering comes from the caller's SeqCst fence.
-        // Reading `true` is safe to act on: whoever set it either sends an IPI after setting it or
-        // is the target itself, which scans again after clearing it.
-        let avoid = self.ipi_avoidance.load(Ordering::Relaxed)
-            && when == Ipi::UnlessSignalled
-            && (npoll.is_set() || npoll.set());
-        if avoid {
-            self.count(me, |c| &c.avoided, 1);
-            return false;
+        if self.ipi_avoidance.load(Ordering::Relaxed) && when == Ipi::UnlessSignalled {
+            // Relaxed load, then swap only if clear: ordering comes from the caller's SeqCst
+            // fence. Reading `true` is safe to act on: whoever set it either sends an IPI after
+            // setting it or is the target itself, which scans again after clearing it. A swap
+            // that finds it clear has set it: ours is the IPI (one RMW, not a second `set`).
+            if npoll.is_set() || npoll.set() {
+                self.count(me, |c| &c.avoided, 1);
+                return false;
+            }
+            return true;
         }
         // Relaxed RMW: as above; set so later senders skip their IPI. Every `npoll` claimed is
         // set before the IPI goes out: a target that wakes early finds the flag set and clears

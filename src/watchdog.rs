@@ -8,6 +8,13 @@
 //! targets in). Every bound counts time **without progress**, not time since the start, so a
 //! long wait on a target that keeps working is never cut short.
 //!
+//! The clock is read on every `CLOCK_EVERY`th check without progress, not on every pass, and
+//! not when the watchdog is made: most waits end within a few passes (a round trip to a
+//! polling core takes a few hundred nanoseconds), and a clock read per pass cost them more than
+//! the protocol's own work on the host. A stall is therefore timed from the first clock read
+//! after the last progress, at most `CLOCK_EVERY` passes late: nanoseconds to microseconds
+//! against bounds of milliseconds and more.
+//!
 //! Past [`Config::resend_after_ns`] without progress the watchdog re-sends the IPI, but only to
 //! the cores still owing something (a cpusync target that already entered spins in its hold loop
 //! and needs no interrupt). Past [`Config::warn_after_ns`] it logs a warning naming what it waits
@@ -24,6 +31,9 @@ use crate::matrix::{Config, Ipiq};
 use crate::platform::{CpuId, Platform};
 use crate::status::{PreviousWait, Waiting};
 use crate::Error;
+
+/// Checks without progress between two clock reads (module docs). A power of two.
+const CLOCK_EVERY: u32 = 16;
 
 /// How long a spin loop keeps waiting for cores that make no progress.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -44,7 +54,12 @@ pub(crate) struct Watchdog<'a, P: Platform> {
     previous: PreviousWait,
     /// The last progress mark seen.
     mark: u64,
-    /// When `mark` last changed (or the wait began).
+    /// Checks without progress since `mark` last changed (or the wait began), wrapping.
+    checks: u32,
+    /// Whether `progress_at` and `resent_at` have been read from the clock since `mark` last
+    /// changed (or the wait began).
+    timed: bool,
+    /// The first clock reading after `mark` last changed (or the wait began).
     progress_at: u64,
     /// When IPIs were last (re-)sent, or progress last seen.
     resent_at: u64,
@@ -63,7 +78,6 @@ impl<P: Platform> Ipiq<P> {
         patience: Patience,
         mark: u64,
     ) -> Watchdog<'_, P> {
-        let now = self.platform().now_ns();
         let previous = self.diag(me).begin_wait(waiting, on);
         Watchdog {
             ipiq: self,
@@ -72,8 +86,10 @@ impl<P: Platform> Ipiq<P> {
             patience,
             previous,
             mark,
-            progress_at: now,
-            resent_at: now,
+            checks: 0,
+            timed: false,
+            progress_at: 0,
+            resent_at: 0,
             next_warning: self.config().warn_after_ns,
         }
     }
@@ -91,9 +107,21 @@ impl<P: Platform> Watchdog<'_, P> {
         I: Iterator<Item = CpuId>,
     {
         let ipiq = self.ipiq;
-        let now = ipiq.platform().now_ns();
         if mark != self.mark {
             self.mark = mark;
+            self.checks = 0;
+            self.timed = false;
+            return Ok(());
+        }
+        self.checks = self.checks.wrapping_add(1);
+        // A mask, not `is_multiple_of`: the kernel's toolchain predates it.
+        if self.checks & (CLOCK_EVERY - 1) != 0 {
+            return Ok(());
+        }
+        let now = ipiq.platform().now_ns();
+        if !self.timed {
+            // The stall (if it is one) is timed from here.
+            self.timed = true;
             self.progress_at = now;
             self.resent_at = now;
             self.next_warning = ipiq.config().warn_after_ns;

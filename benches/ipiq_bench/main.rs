@@ -6,7 +6,8 @@
 //! all-to-all on 4 cores. Peers (`peers/`): crossbeam-channel bounded, `std::sync::mpsc::
 //! sync_channel`, a `Mutex<VecDeque>` with thread unpark (Hermit's pattern), a Linux-style
 //! lock-free list, the bare SPSC ring (the limit), and the ring paying the wake-up protocol's
-//! SeqCst fence per message or per batch (the limit the protocol allows). Every case runs
+//! SeqCst fence per message or per batch (the limit the protocol allows); for round trips, a raw
+//! shared-flag ping-pong, also with that fence after each hand-over. Every case runs
 //! `Params::runs` times (`measure.rs`); each figure is its median with its spread (min–max).
 //!
 //! Output, in `IPIQ_BENCH_OUT` (default `results/`; a smoke run writes to its `smoke/`
@@ -14,6 +15,11 @@
 //! (`data.rs`), and SVG plots (`plots.rs`). Targets come from `benches/targets.csv`
 //! (`IPIQ_BENCH_TARGETS` names another file; format in `targets.rs`), checked against the case
 //! ids before anything is measured.
+//!
+//! `IPIQ_BENCH_CASES` (a comma-separated list of case-id prefixes, e.g.
+//! `stream.ipiq.send.polls,stream.ring,rt.`) runs only the cases whose id starts with one of
+//! them: for profiling one path without the whole suite. Targets whose figure or baseline did
+//! not run are reported as not measured; the latency table's ratio needs a `rt.raw.` case.
 //!
 //! This file only wires the parts together.
 
@@ -75,9 +81,9 @@ fn run() -> Result<(), String> {
     let text = std::fs::read_to_string(&targets_path)
         .map_err(|e| format!("cannot read {}: {e}", targets_path.display()))?;
     let targets = targets::parse(&text).map_err(|e| format!("{}: {e}", targets_path.display()))?;
-    let streaming = cases::streaming::cases(&p);
-    let round_trip = cases::round_trip::cases(&p);
-    let all_to_all = cases::all_to_all::cases(&p);
+    let mut streaming = cases::streaming::cases(&p);
+    let mut round_trip = cases::round_trip::cases(&p);
+    let mut all_to_all = cases::all_to_all::cases(&p);
     let ids: Vec<&str> = streaming
         .iter()
         .chain(&all_to_all)
@@ -85,6 +91,22 @@ fn run() -> Result<(), String> {
         .chain(round_trip.iter().map(|c| c.id))
         .collect();
     targets::check(&targets, &ids).map_err(|e| format!("{}: {e}", targets_path.display()))?;
+    // The optional case filter, applied after the targets file was checked against every id.
+    if let Some(filter) = std::env::var("IPIQ_BENCH_CASES")
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+    {
+        let prefixes: Vec<String> = filter
+            .split(',')
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect();
+        let wanted = |id: &str| prefixes.iter().any(|p| id.starts_with(p.as_str()));
+        streaming.retain(|c| wanted(c.id));
+        round_trip.retain(|c| wanted(c.id));
+        all_to_all.retain(|c| wanted(c.id));
+        eprintln!("ipiq bench: only the cases starting with {prefixes:?} (IPIQ_BENCH_CASES)");
+    }
 
     // A smoke run writes beside, not over, the last full report.
     let mut dir = env_path("IPIQ_BENCH_OUT", manifest.join("results"));
@@ -156,8 +178,7 @@ fn run() -> Result<(), String> {
         .min_by(|a, b| {
             let p50 = |f: &Figure| f.metric(Metric::P50).map_or(f64::INFINITY, |s| s.median);
             p50(a).total_cmp(&p50(b))
-        })
-        .ok_or("no raw ping-pong figure")?;
+        });
     let outcomes = targets::evaluate(&targets, &figures);
     let tables = report::Tables {
         streaming: report::throughput_table(

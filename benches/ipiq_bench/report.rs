@@ -61,8 +61,9 @@ pub fn throughput_table(rows: &[&Figure], against: &[(&str, &Figure)]) -> String
     t
 }
 
-/// Latency rows; `raw` is the raw ping-pong with the lower median p50.
-pub fn latency_table(rows: &[&Figure], raw: &Figure) -> String {
+/// Latency rows; `raw` is the raw ping-pong with the lower median p50, if one ran
+/// (`IPIQ_BENCH_CASES` may leave both out).
+pub fn latency_table(rows: &[&Figure], raw: Option<&Figure>) -> String {
     let mut t = String::from(
         "| case | p50 (ns) | p99 (ns) | p99.9 (ns) | p50 / best raw p50 | p99 / p50 |\n\
          |---|---:|---:|---:|---:|---:|\n",
@@ -77,7 +78,10 @@ pub fn latency_table(rows: &[&Figure], raw: &Figure) -> String {
             p(Metric::P50),
             p(Metric::P99),
             p(Metric::P999),
-            or_na(ratio(r, Metric::P50, raw, Metric::P50).map(ratio_text)),
+            or_na(
+                raw.and_then(|raw| ratio(r, Metric::P50, raw, Metric::P50))
+                    .map(ratio_text)
+            ),
             or_na(own.map(ratio_text)),
         );
     }

@@ -222,6 +222,7 @@ impl HostPlatform {
 // SAFETY: each simulated core is one thread (its id thread-local), interrupts only at its
 // interrupt points, which an irq_save section never reaches; other threads' calls panic.
 unsafe impl Platform for HostPlatform {
+    #[inline]
     fn current_cpu(&self) -> CpuId {
         match CURRENT.with(Cell::get) {
             Some(cpu) => cpu,
@@ -232,6 +233,7 @@ unsafe impl Platform for HostPlatform {
         }
     }
 
+    #[inline]
     fn cpu_count(&self) -> usize {
         self.cores.len()
     }
@@ -290,12 +292,14 @@ unsafe impl Platform for HostPlatform {
 
     /// Context: any, the core's own interrupt handler included; never blocks. Clears the calling
     /// core's virtual interrupt flag (on a thread that is not a core it does nothing).
+    #[inline]
     fn irq_save(&self) -> IrqState {
         local_irq_save()
     }
 
     /// Context: any. In preemptive mode, turning interrupts back on takes an interrupt that came
     /// meanwhile, here (as `sti` does).
+    #[inline]
     fn irq_restore(&self, state: IrqState) {
         local_irq_restore(state);
     }

@@ -16,8 +16,12 @@ use crate::spin::Spin;
 /// How the target core of an ipiq round trip behaves.
 #[derive(Clone, Copy)]
 enum Target {
-    /// A busy core calling `process()` in a loop.
+    /// A busy core calling `process()` in a loop: each call ends with the exit handshake
+    /// (`npoll` cleared), so each send finds the core unsignalled and sends an IPI.
     Polls,
+    /// A core polling with `poll()` (staying signalled, as the kernel's idle loop polls during
+    /// its backoff): sends find `npoll` set and send no IPI.
+    PollsSignalled,
     /// The idle loop (`idle_until`), woken by the IPI.
     Idles,
 }
@@ -38,9 +42,19 @@ pub fn cases(p: &Params) -> Vec<LatencyCase> {
             Box::new(move || ping_pong::round_trips(k, Yield::Every1024)),
         ),
         case(
+            "rt.raw.fence",
+            "raw ping-pong + SeqCst fence per hand-over (send's limit)",
+            Box::new(move || ping_pong::round_trips_with(k, Yield::Every1024, true)),
+        ),
+        case(
             "rt.ipiq.polls",
             "ipiq send+wait, target polls",
             Box::new(move || ipiq_round_trips(k, Target::Polls)),
+        ),
+        case(
+            "rt.ipiq.polls-signalled",
+            "ipiq send+wait, target polls poll() (signalled)",
+            Box::new(move || ipiq_round_trips(k, Target::PollsSignalled)),
         ),
         case(
             "rt.ipiq.idles",
@@ -75,6 +89,16 @@ fn ipiq_round_trips(k: usize, target: Target) -> Vec<u64> {
                             spin.spin();
                         }
                     }
+                }
+                Target::PollsSignalled => {
+                    let mut spin = Spin::new();
+                    while !s.load(Ordering::Relaxed) {
+                        if core.ipiq().poll() == 0 {
+                            spin.spin();
+                        }
+                    }
+                    // `poll`'s contract: a drain that clears the signal before leaving.
+                    core.ipiq().process();
                 }
                 Target::Idles => core.idle_until(|| s.load(Ordering::Relaxed)),
             }

@@ -1,0 +1,123 @@
+//! The host cost of one message on each side, without a race between the two: core 1 is held
+//! in a task while core 0 queues `K` messages (one `send` each, or one `send_batch`), then core 1
+//! drains them with one `process()` (or `poll()`); then empty `poll()` and `process()` calls on a
+//! core with nothing queued. Prints nanoseconds per message (quartiles over the rounds); under
+//! `valgrind --tool=callgrind` the same run gives instructions per call, which do not depend on
+//! the host's load (docs/results/2026-12-07-host-cost.md).
+//!
+//! `cargo run --release --features std --example cost_probe [rounds]` (default 2000).
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use ipiq::host::{HostConfig, HostMachine, HostPlatform};
+use ipiq::{IpiFn, Ipiq, Message};
+
+static SINK: AtomicU64 = AtomicU64::new(0);
+
+fn add(_: &Ipiq<HostPlatform>, _: usize, n: usize) {
+    // Relaxed load and store: only core 1 runs this.
+    SINK.store(SINK.load(Ordering::Relaxed) + n as u64, Ordering::Relaxed);
+}
+
+/// Messages per round (under half of the default 256-slot FIFO: no drain while sending).
+const K: usize = 100;
+
+fn main() {
+    let rounds: usize = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(2000);
+    let machine = HostMachine::start(HostConfig::cpus(2));
+    let mut send_ns = Vec::new();
+    let mut batch_ns = Vec::new();
+    let mut drain_ns = Vec::new();
+    let mut poll_ns = Vec::new();
+    for round in 0..rounds {
+        let go = Arc::new(AtomicBool::new(false));
+        let g = go.clone();
+        let started = Arc::new(AtomicBool::new(false));
+        let st = started.clone();
+        let poll = round % 2 == 1;
+        let target = machine
+            .spawn_on(1, move |core| {
+                // Release/Acquire: the start and go hand-shakes order nothing but themselves;
+                // the pair is what keeps core 1 in its task (no drain) while core 0 sends.
+                st.store(true, Ordering::Release);
+                while !g.load(Ordering::Acquire) {
+                    std::hint::spin_loop();
+                }
+                let t = Instant::now();
+                let n = if poll {
+                    let n = core.ipiq().poll();
+                    core.ipiq().process();
+                    n
+                } else {
+                    core.ipiq().process()
+                };
+                (t.elapsed().as_nanos() as f64 / n as f64, n)
+            })
+            .unwrap();
+        // Acquire: pairs with the task's Release (it runs, so core 1 drains nothing meanwhile).
+        while !started.load(Ordering::Acquire) {
+            std::thread::yield_now();
+        }
+        let batch = round % 4 >= 2;
+        let s = machine
+            .run_on(0, move |core| {
+                let q = core.ipiq();
+                let t = Instant::now();
+                if batch {
+                    let b = [Message::new(add as IpiFn<_>, 0, 1); K];
+                    q.send_batch(1, &b).unwrap();
+                } else {
+                    for _ in 0..K {
+                        q.send(1, add, 0, 1).unwrap();
+                    }
+                }
+                t.elapsed().as_nanos() as f64 / K as f64
+            })
+            .unwrap();
+        // Release: pairs with the task's Acquire wait.
+        go.store(true, Ordering::Release);
+        let (d, n) = target.join();
+        assert_eq!(n, K);
+        if batch {
+            batch_ns.push(s)
+        } else {
+            send_ns.push(s)
+        }
+        if poll {
+            poll_ns.push(d)
+        } else {
+            drain_ns.push(d)
+        }
+    }
+    let (ep, eq) = machine
+        .run_on(1, |core| {
+            let q = core.ipiq();
+            let t = Instant::now();
+            for _ in 0..10_000 {
+                q.poll();
+            }
+            let p = t.elapsed().as_nanos() as f64 / 1e4;
+            q.process();
+            let t = Instant::now();
+            for _ in 0..10_000 {
+                q.process();
+            }
+            (p, t.elapsed().as_nanos() as f64 / 1e4)
+        })
+        .unwrap();
+    println!("empty poll ns {ep:.1}, empty process ns {eq:.1}");
+    machine.shutdown();
+    let med = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        (v[v.len() / 4], v[v.len() / 2], v[3 * v.len() / 4])
+    };
+    println!("send        ns/msg, quartiles {:.1?}", med(&mut send_ns));
+    println!("send_batch  ns/msg, quartiles {:.1?}", med(&mut batch_ns));
+    println!("process()   ns/msg, quartiles {:.1?}", med(&mut drain_ns));
+    println!("poll()      ns/msg, quartiles {:.1?}", med(&mut poll_ns));
+}
