@@ -31,7 +31,7 @@ use alloc::boxed::Box;
 
 use crate::drain::Hold;
 use crate::hold::Holder;
-use crate::irq::IrqOff;
+use crate::irq::{IrqOff, IrqsOff};
 use crate::matrix::Ipiq;
 use crate::message::{IpiFn, Message};
 use crate::platform::{CpuId, Platform};
@@ -272,11 +272,11 @@ impl<P: Platform> Ipiq<P> {
         if set.is_empty() {
             return Err(Error::EmptySet);
         }
-        let _irq = IrqOff::new(self.platform());
-        let mut sync = self.cpusync_gather(set, work, Patience::Bounded, || {})?;
+        let irq = IrqOff::new(self.platform());
+        let mut sync = self.cpusync_gather(set, work, Patience::Bounded, || {}, irq.token())?;
         let result = lead(&mut sync);
         match end {
-            End::WaitForFinish => sync.finish_inner()?,
+            End::WaitForFinish => sync.finish_inner(irq.token())?,
             End::Release => sync.release_now(),
         }
         Ok(result)
@@ -347,6 +347,7 @@ impl<P: Platform> Ipiq<P> {
         work: SyncWork<P>,
         patience: Patience,
         overlap: impl FnOnce(),
+        irqs: IrqsOff<'_>,
     ) -> Result<CpuSync<'_, P>, Error> {
         let master = self.current_cpu();
         // A core `new` does not serve (past `CpuSet::CAPACITY`) cannot lead: it has no state.
@@ -370,7 +371,7 @@ impl<P: Platform> Ipiq<P> {
         };
         let mut first_error = None;
         for target in set.iter().filter(|&t| t != master && self.is_online(t)) {
-            if let Err(e) = sync.queue_enter(target, patience) {
+            if let Err(e) = sync.queue_enter(target, patience, irqs) {
                 first_error = Some(e);
                 break;
             }
@@ -382,7 +383,7 @@ impl<P: Platform> Ipiq<P> {
         if let Some(e) = first_error {
             return Err(e);
         }
-        sync.wait_entered(patience)?;
+        sync.wait_entered(patience, irqs)?;
         Ok(sync)
     }
 }
@@ -412,14 +413,14 @@ impl<P: Platform> CpuSync<'_, P> {
         }
         // Interrupts are already off for the whole rendezvous (module docs); nesting a guard
         // costs nothing and keeps this method sound on its own.
-        let _irq = IrqOff::new(self.ipiq.platform());
+        let irq = IrqOff::new(self.ipiq.platform());
         self.send_enter(cpu, Patience::Bounded)?;
-        self.wait_entered(Patience::Bounded)
+        self.wait_entered(Patience::Bounded, irq.token())
     }
 
     /// Releases the targets and waits until each has run its finish work.
     /// Context: the master, interrupts disabled.
-    fn finish_inner(mut self) -> Result<(), Error> {
+    fn finish_inner(mut self, irqs: IrqsOff<'_>) -> Result<(), Error> {
         self.release_now();
         let ipiq = self.ipiq;
         let me = ipiq.current_cpu();
@@ -432,7 +433,7 @@ impl<P: Platform> CpuSync<'_, P> {
             if state.left.load(Ordering::Acquire) >= want {
                 return Ok(());
             }
-            ipiq.drain(me, Hold::PollOnce);
+            ipiq.drain(me, Hold::PollOnce, irqs);
             watchdog.check(left(), || {
                 self.members
                     .iter()
@@ -478,12 +479,17 @@ impl<P: Platform> CpuSync<'_, P> {
     /// target at once with `Ipiq::signal_all`); `target` is online and not the master.
     ///
     /// Context: interrupts disabled by the caller (the master's, for the whole rendezvous).
-    fn queue_enter(&mut self, target: CpuId, patience: Patience) -> Result<(), Error> {
+    fn queue_enter(
+        &mut self,
+        target: CpuId,
+        patience: Patience,
+        irqs: IrqsOff<'_>,
+    ) -> Result<(), Error> {
         let raw = Arc::into_raw(self.state.clone()) as usize;
         let message = Message::new(enter::<P>, raw, 0);
         match self
             .ipiq
-            .queue_unsignalled(self.master, target, message, patience)
+            .queue_unsignalled(self.master, target, message, patience, irqs)
         {
             Ok(()) => {
                 let _ = self.members.insert(target); // never fails: `target` came from a set
@@ -499,7 +505,7 @@ impl<P: Platform> CpuSync<'_, P> {
 
     /// Waits until every member is held; interrupts are disabled by the caller. Re-sent IPIs go
     /// only to members that have not entered yet (the others spin in their hold loops).
-    fn wait_entered(&mut self, patience: Patience) -> Result<(), Error> {
+    fn wait_entered(&mut self, patience: Patience, irqs: IrqsOff<'_>) -> Result<(), Error> {
         let ipiq = self.ipiq;
         let me = ipiq.current_cpu();
         let want = self.members.len();
@@ -511,7 +517,7 @@ impl<P: Platform> CpuSync<'_, P> {
             if state.entered.load(Ordering::Acquire) >= want {
                 return Ok(());
             }
-            ipiq.drain(me, Hold::PollOnce);
+            ipiq.drain(me, Hold::PollOnce, irqs);
             let members = &self.members;
             watchdog.check(entered(), || {
                 members.iter().filter(|&t| !state.entered_bits.contains(t))

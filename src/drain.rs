@@ -10,6 +10,7 @@
 //! runs (a nested send into a full FIFO, a `wait`), which then continue with the next message,
 //! so nothing deadlocks and per-sender order holds (I1).
 
+use crate::irq::IrqsOff;
 use crate::matrix::Ipiq;
 use crate::platform::{CpuId, Platform};
 use crate::status::Waiting;
@@ -39,8 +40,8 @@ pub(crate) enum Exit {
 impl<P: Platform> Ipiq<P> {
     /// Drains the calling core `me` (interrupts disabled), ending by clearing `npoll` (see
     /// [`Ipiq::drain_as`]).
-    pub(crate) fn drain(&self, me: CpuId, hold: Hold) -> usize {
-        self.drain_as(me, hold, Exit::Unsignal)
+    pub(crate) fn drain(&self, me: CpuId, hold: Hold, irqs: IrqsOff<'_>) -> usize {
+        self.drain_as(me, hold, Exit::Unsignal, irqs)
     }
 
     /// The drain loop. `npoll` is set on entry and stays set for as long as passes find work, so
@@ -54,7 +55,7 @@ impl<P: Platform> Ipiq<P> {
     /// Context: core `me` itself, interrupts disabled; re-entered from the message functions it
     /// runs (they may send, wait or drain), which then continue with the next message. A core
     /// `new` does not serve has no queues: 0.
-    pub(crate) fn drain_as(&self, me: CpuId, hold: Hold, exit: Exit) -> usize {
+    pub(crate) fn drain_as(&self, me: CpuId, hold: Hold, exit: Exit, irqs: IrqsOff<'_>) -> usize {
         let Some(cpu) = self.cpus.get(me) else {
             return 0;
         };
@@ -83,8 +84,8 @@ impl<P: Platform> Ipiq<P> {
                     }
                 }
             }
-            let held = self.poll_holds(me);
-            let spilling = self.flush_spills(me);
+            let held = self.poll_holds(me, irqs);
+            let spilling = self.flush_spills(me, irqs);
             total += ran;
             if ran > 0 {
                 cpu.diag.progressed(ran as u64);
@@ -147,12 +148,12 @@ impl<P: Platform> Ipiq<P> {
     /// it is held in, or a spilled message of its own. Reads only (the holds and spill count are
     /// the core's own; the queues' write indices are the senders'). Context: core `me`,
     /// interrupts disabled.
-    pub(crate) fn has_work(&self, me: CpuId) -> bool {
+    pub(crate) fn has_work(&self, me: CpuId, irqs: IrqsOff<'_>) -> bool {
         self.cpus.get(me).is_some_and(|cpu| {
             self.has_incoming(me)
-                // SAFETY: our own core, interrupts disabled (the caller's contract), and the
+                // SAFETY: our own core (interrupts are disabled: `irqs`), and the
                 // closure does not call back into ipiq.
-                || unsafe { cpu.holds.with(|q| !q.is_empty()) }
+                || unsafe { cpu.holds.with(irqs, |q| !q.is_empty()) }
                 // Relaxed: written only by this core.
                 || cpu.spilled.load(Ordering::Relaxed) > 0
         })
@@ -168,9 +169,9 @@ impl<P: Platform> Ipiq<P> {
     ///
     /// Context: core `me`, interrupts disabled; may run message functions.
     #[inline]
-    pub(crate) fn serve_own(&self, me: CpuId) {
-        if self.has_work(me) {
-            self.drain(me, Hold::PollOnce);
+    pub(crate) fn serve_own(&self, me: CpuId, irqs: IrqsOff<'_>) {
+        if self.has_work(me, irqs) {
+            self.drain(me, Hold::PollOnce, irqs);
         }
     }
 

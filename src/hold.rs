@@ -10,6 +10,7 @@
 
 use core::fmt;
 
+use crate::irq::{IrqOff, IrqsOff};
 use crate::matrix::Ipiq;
 use crate::platform::{CpuId, Platform};
 
@@ -73,17 +74,17 @@ impl<P: Platform> Ipiq<P> {
     /// is taken out while its entries are polled (a poll runs finish work, which may call into
     /// ipiq), filtered in place and put back with its capacity, so the next `hold` push does
     /// not allocate either.
-    pub(crate) fn poll_holds(&self, me: CpuId) -> bool {
+    pub(crate) fn poll_holds(&self, me: CpuId, irqs: IrqsOff<'_>) -> bool {
         let holds = &self.cpus[me].holds;
-        // SAFETY: our own core, interrupts disabled; the closure does not call into ipiq. The
-        // common case (nothing holds the core) costs one look and no store: the list shares a
-        // cache line with what senders read on every send (`incoming`, `online`), which a
-        // store on every drain pass would take from them.
-        if unsafe { holds.with(|q| q.is_empty()) } {
+        // SAFETY: our own core (interrupts are disabled: `irqs`); the closure does not call into
+        // ipiq. The common case (nothing holds the core) costs one look and no store: the list
+        // shares a cache line with what senders read on every send (`incoming`, `online`),
+        // which a store on every drain pass would take from them.
+        if unsafe { holds.with(irqs, |q| q.is_empty()) } {
             return false;
         }
-        // SAFETY: our own core, interrupts disabled; the closure does not call into ipiq.
-        let mut list = unsafe { holds.with(core::mem::take) };
+        // SAFETY: as above.
+        let mut list = unsafe { holds.with(irqs, core::mem::take) };
         if !list.is_empty() {
             list.retain(|entry| !entry.poll(self));
         }
@@ -92,7 +93,7 @@ impl<P: Platform> Ipiq<P> {
         // the older ones; otherwise the list goes back as it is, capacity and all (the empty
         // list `take` left behind never allocated).
         unsafe {
-            holds.with(|q| {
+            holds.with(irqs, |q| {
                 if q.is_empty() {
                     core::mem::swap(q, &mut list);
                 } else {
@@ -106,8 +107,11 @@ impl<P: Platform> Ipiq<P> {
 
     /// Holds `me` in a cpusync (called by the cpusync's remote entry on the target).
     pub(crate) fn hold(&self, me: CpuId, entry: Holder<P>) {
-        // SAFETY: called on core `me` from a message function (interrupts disabled); the closure
-        // does not call into ipiq.
-        unsafe { self.cpus[me].holds.with(|q| q.push(entry)) };
+        // A message function gets no proof from the drain that runs it: take one here (interrupts
+        // are off already, so this only reads and restores the flag; a rendezvous entry is rare).
+        let irq = IrqOff::new(&self.platform);
+        // SAFETY: called on core `me` from a message function; the closure does not call into
+        // ipiq.
+        unsafe { self.cpus[me].holds.with(irq.token(), |q| q.push(entry)) };
     }
 }

@@ -23,10 +23,11 @@ impl<P: Platform> Ipiq<P> {
     /// Re-entered from a message function (through a nested send or wait), it continues with the
     /// next message, so nothing deadlocks and per-sender order holds (I1).
     pub fn process(&self) -> usize {
-        let _irq = IrqOff::new(&self.platform);
+        let irq = IrqOff::new(&self.platform);
+        let irqs = irq.token();
         let me = self.platform.current_cpu();
         self.end_halt_on(me);
-        self.drain(me, Hold::ServeWhileHeld)
+        self.drain(me, Hold::ServeWhileHeld, irqs)
     }
 
     /// [`Ipiq::process`] for a core that is about to look again soon: an idle loop polling before
@@ -40,18 +41,20 @@ impl<P: Platform> Ipiq<P> {
     /// its own next drain. (A sender's `wait` watchdog forces an IPI past
     /// [`crate::Config::resend_after_ns`] if that contract is broken.)
     pub fn poll(&self) -> usize {
-        let _irq = IrqOff::new(&self.platform);
+        let irq = IrqOff::new(&self.platform);
+        let irqs = irq.token();
         let me = self.platform.current_cpu();
-        self.drain_as(me, Hold::ServeWhileHeld, Exit::StaySignalled)
+        self.drain_as(me, Hold::ServeWhileHeld, Exit::StaySignalled, irqs)
     }
 
     /// The timer-tick hook: drains everything, passive messages included, and counts it.
     pub fn tick(&self) -> usize {
-        let _irq = IrqOff::new(&self.platform);
+        let irq = IrqOff::new(&self.platform);
+        let irqs = irq.token();
         let me = self.platform.current_cpu();
         self.end_halt_on(me);
         self.count(me, |c| &c.ticks, 1);
-        let n = self.drain(me, Hold::ServeWhileHeld);
+        let n = self.drain(me, Hold::ServeWhileHeld, irqs);
         self.count(me, |c| &c.tick_drained, n as u64);
         n
     }
@@ -64,11 +67,12 @@ impl<P: Platform> Ipiq<P> {
     /// asked on (the caller keeps them disabled if it must act on that answer before a message
     /// can arrive: the idle loop calls it with interrupts off). Does not block; re-entrant.
     pub fn pending(&self) -> bool {
-        let _irq = IrqOff::new(&self.platform);
+        let irq = IrqOff::new(&self.platform);
+        let irqs = irq.token();
         // Interrupts are disabled above, so neither a migration nor an interrupt handler's
         // ipiq call can come between the core's id and the look.
         let me = self.platform.current_cpu();
-        self.has_work(me)
+        self.has_work(me, irqs)
     }
 
     /// The idle loop's last step before it halts (after [`Ipiq::process`]; interrupts disabled inside):
@@ -113,7 +117,8 @@ impl<P: Platform> Ipiq<P> {
     /// Context: the timer interrupt or the idle loop, on the core itself; interrupts are
     /// disabled inside (the caller keeps them disabled until it has stopped the timer).
     pub fn prepare_tick_stop(&self) -> bool {
-        let _irq = IrqOff::new(&self.platform);
+        let irq = IrqOff::new(&self.platform);
+        let irqs = irq.token();
         let me = self.platform.current_cpu();
         let Some(cpu) = self.cpus.get(me) else {
             return true;
@@ -122,7 +127,7 @@ impl<P: Platform> Ipiq<P> {
         // "publish; fence; load `tick_stopped`".
         cpu.tick_stopped.set();
         fence(Ordering::SeqCst);
-        if self.has_work(me) {
+        if self.has_work(me, irqs) {
             cpu.tick_stopped.clear();
             return false;
         }

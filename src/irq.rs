@@ -5,6 +5,8 @@
 //! migrated under it. The guard disables them when made and restores the previous state when
 //! dropped (also when the section unwinds), so a save can never be left unpaired.
 
+use core::marker::PhantomData;
+
 use crate::platform::{IrqState, Platform};
 
 /// Interrupts are disabled on the calling core for as long as this guard lives; dropping it
@@ -25,7 +27,21 @@ impl<'a, P: Platform> IrqOff<'a, P> {
             platform,
         }
     }
+
+    /// Proof, for as long as this guard is borrowed, that interrupts are disabled here.
+    #[inline]
+    pub(crate) fn token(&self) -> IrqsOff<'_> {
+        IrqsOff(PhantomData)
+    }
 }
+
+/// Proof that interrupts are disabled on the calling core: made only from a live [`IrqOff`]
+/// guard ([`IrqOff::token`]) and valid only while that guard is borrowed, so it cannot outlive
+/// the section. What only an interrupts-off section may touch (`percpu::CoreLocal`) asks for
+/// one, and every function on the way down from the guard passes it on. Zero-sized: passing it
+/// costs nothing at run time.
+#[derive(Clone, Copy)]
+pub(crate) struct IrqsOff<'a>(PhantomData<&'a ()>);
 
 impl<P: Platform> Drop for IrqOff<'_, P> {
     #[inline]

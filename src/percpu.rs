@@ -10,6 +10,7 @@ use hashbrown::HashMap;
 
 use crate::fifo::Fifo;
 use crate::hold::Holder;
+use crate::irq::IrqsOff;
 use crate::message::Message;
 use crate::platform::{CpuId, Platform};
 use crate::stats::Counters;
@@ -22,16 +23,18 @@ use crate::wakeup::WakeFlag;
 /// serving a second master's cpusync holds two).
 const HOLD_SLOTS: usize = 4;
 
-/// A value only its own core touches, with interrupts disabled.
+/// A value only its own core touches, with interrupts disabled: reachable only with an
+/// [`IrqsOff`] proof.
 pub(crate) struct CoreLocal<T>(UnsafeCell<T>);
 
 impl<T> CoreLocal<T> {
-    /// Runs `f` on the value.
+    /// Runs `f` on the value. `_irqs` proves interrupts are disabled on the calling core, so no
+    /// interrupt handler on this core can reach the value meanwhile.
     ///
     /// # Safety
-    /// The caller runs on the core that owns the value, with interrupts disabled, and `f` does not
-    /// call back into ipiq (so no second `&mut` to the value exists while `f` runs).
-    pub(crate) unsafe fn with<R>(&self, f: impl FnOnce(&mut T) -> R) -> R {
+    /// The caller runs on the core that owns the value, and `f` does not call back into ipiq
+    /// (so no second `&mut` to the value exists while `f` runs).
+    pub(crate) unsafe fn with<R>(&self, _irqs: IrqsOff<'_>, f: impl FnOnce(&mut T) -> R) -> R {
         // SAFETY: exclusive per the function's contract.
         self.0.with_mut(|value| f(unsafe { &mut *value }))
     }

@@ -13,7 +13,7 @@
 use alloc::boxed::Box;
 
 use crate::fifo::Fifo;
-use crate::irq::IrqOff;
+use crate::irq::{IrqOff, IrqsOff};
 use crate::matrix::Ipiq;
 use crate::message::{IpiFn, Message};
 use crate::platform::{CpuId, Platform};
@@ -102,7 +102,8 @@ impl<P: Platform> Ipiq<P> {
     /// run: the target is signalled).
     pub fn send_batch(&self, target: CpuId, messages: &[Message<P>]) -> Result<Seq, Error> {
         self.check_cpu(target)?;
-        let _irq = IrqOff::new(&self.platform);
+        let irq = IrqOff::new(&self.platform);
+        let irqs = irq.token();
         let me = self.platform.current_cpu();
         if let Err(e) = self.check_cpu(me) {
             Err(e)
@@ -126,9 +127,15 @@ impl<P: Platform> Ipiq<P> {
                         fast += 1;
                         Ok(Seq(w))
                     }
-                    None => {
-                        self.enqueue(me, target, message, Kind::Active, false, Patience::Bounded)
-                    }
+                    None => self.enqueue(
+                        me,
+                        target,
+                        message,
+                        Kind::Active,
+                        false,
+                        Patience::Bounded,
+                        irqs,
+                    ),
                 };
                 if result.is_err() {
                     break;
@@ -198,12 +205,13 @@ impl<P: Platform> Ipiq<P> {
             self.check_cpu(max)?;
         }
         let message = Message::new(func, arg0, arg1);
-        let _irq = IrqOff::new(&self.platform);
+        let irq = IrqOff::new(&self.platform);
+        let irqs = irq.token();
         let me = self.platform.current_cpu();
         self.check_cpu(me)?;
         let include_self = set.contains(me) && self.is_online(me);
         let others = set.iter().filter(|&t| t != me && self.is_online(t));
-        let (queued, result) = self.queue_to_each(me, others, message, Patience::Bounded);
+        let (queued, result) = self.queue_to_each(me, others, message, Patience::Bounded, irqs);
         self.signal_all(me, &queued);
         let mut count = queued.len();
         if include_self && result.is_ok() {
@@ -232,7 +240,8 @@ impl<P: Platform> Ipiq<P> {
         patience: Patience,
     ) -> Result<Seq, Error> {
         self.check_cpu(target)?;
-        let _irq = IrqOff::new(&self.platform);
+        let irq = IrqOff::new(&self.platform);
+        let irqs = irq.token();
         let me = self.platform.current_cpu();
         if let Err(e) = self.check_cpu(me) {
             Err(e)
@@ -243,7 +252,7 @@ impl<P: Platform> Ipiq<P> {
         } else if !self.is_online(target) {
             Err(Error::CpuOffline(target))
         } else {
-            self.enqueue(me, target, message, kind, true, patience)
+            self.enqueue(me, target, message, kind, true, patience, irqs)
         }
     }
 
@@ -259,6 +268,8 @@ impl<P: Platform> Ipiq<P> {
     // Always inlined: the fast path is a few lines and every send runs it; a call passing
     // eight arguments cost as much as the path itself.
     #[inline(always)]
+    // The eighth argument is the zero-sized interrupts-off proof, which costs no register.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn enqueue(
         &self,
         me: CpuId,
@@ -267,6 +278,7 @@ impl<P: Platform> Ipiq<P> {
         kind: Kind,
         signal: bool,
         patience: Patience,
+        irqs: IrqsOff<'_>,
     ) -> Result<Seq, Error> {
         let fifo = self.fifo_to(me, target);
         if kind == Kind::Active {
@@ -278,7 +290,7 @@ impl<P: Platform> Ipiq<P> {
                 return Ok(Seq(w));
             }
         }
-        self.enqueue_slow(me, target, fifo, message, kind, signal, patience)
+        self.enqueue_slow(me, target, fifo, message, kind, signal, patience, irqs)
     }
 
     /// The active send's common case, exactly what `enqueue_slow` does for it: nothing spilled
@@ -313,18 +325,19 @@ impl<P: Platform> Ipiq<P> {
         kind: Kind,
         signal: bool,
         patience: Patience,
+        irqs: IrqsOff<'_>,
     ) -> Result<Seq, Error> {
         let capacity = fifo.capacity();
         // Relaxed: core-local.
         let nested = self.cpus[me].running.load(Ordering::Relaxed) > 0;
-        if self.spill_len(me, target) > 0 {
+        if self.spill_len(me, target, irqs) > 0 {
             // Earlier messages to this target still wait in the spill list: they go first (I1).
             if matches!(kind, Kind::Nowait | Kind::Lazy) {
                 self.count(me, |c| &c.would_block, 1);
                 return Err(Error::WouldBlock);
             }
             if nested {
-                return Ok(self.spill_push(me, target, message, signal));
+                return Ok(self.spill_push(me, target, message, signal, irqs));
             }
             let mut watchdog = self.watchdog(
                 me,
@@ -333,8 +346,8 @@ impl<P: Platform> Ipiq<P> {
                 patience,
                 fifo.xindex(),
             );
-            while self.flush_spill(me, target) > 0 {
-                self.serve_own(me);
+            while self.flush_spill(me, target, irqs) > 0 {
+                self.serve_own(me, irqs);
                 watchdog.check(fifo.xindex(), || core::iter::once(target))?;
                 self.platform.relax();
             }
@@ -363,7 +376,7 @@ impl<P: Platform> Ipiq<P> {
                 if fifo.used() < capacity {
                     break;
                 }
-                return Ok(self.spill_push(me, target, message, signal));
+                return Ok(self.spill_push(me, target, message, signal, irqs));
             }
             // Over half full: make sure the target is coming, then serve our own queues until
             // it has taken the FIFO below a quarter (the seed's fifo-full path). Draining here
@@ -373,7 +386,7 @@ impl<P: Platform> Ipiq<P> {
             let mut watchdog =
                 self.watchdog(me, Waiting::FifoRoom, Some(target), patience, fifo.xindex());
             while fifo.used() * 4 >= capacity {
-                self.serve_own(me);
+                self.serve_own(me, irqs);
                 if fifo.used() * 4 < capacity {
                     break;
                 }
@@ -387,7 +400,7 @@ impl<P: Platform> Ipiq<P> {
         }
         let Some(w) = fifo.push(message) else {
             // Unreachable: only this core fills the FIFO, and it checked for room above.
-            return Ok(self.spill_push(me, target, message, signal));
+            return Ok(self.spill_push(me, target, message, signal, irqs));
         };
         self.count(me, |c| &c.sent, 1);
         if kind == Kind::Passive && (used + 1) * 4 < capacity {
@@ -414,8 +427,9 @@ impl<P: Platform> Ipiq<P> {
         target: CpuId,
         message: Message<P>,
         patience: Patience,
+        irqs: IrqsOff<'_>,
     ) -> Result<(), Error> {
-        self.enqueue(me, target, message, Kind::Active, false, patience)
+        self.enqueue(me, target, message, Kind::Active, false, patience, irqs)
             .map(drop)
     }
 
@@ -428,10 +442,11 @@ impl<P: Platform> Ipiq<P> {
         targets: impl IntoIterator<Item = CpuId>,
         message: Message<P>,
         patience: Patience,
+        irqs: IrqsOff<'_>,
     ) -> (CpuSet, Result<(), Error>) {
         let mut queued = CpuSet::new();
         for target in targets {
-            if let Err(e) = self.queue_unsignalled(me, target, message, patience) {
+            if let Err(e) = self.queue_unsignalled(me, target, message, patience, irqs) {
                 return (queued, Err(e));
             }
             // Never fails: `target` is a core of this machine, below `CpuSet::CAPACITY`.

@@ -11,6 +11,7 @@
 use alloc::collections::VecDeque;
 use alloc::vec::Vec;
 
+use crate::irq::IrqsOff;
 use crate::matrix::Ipiq;
 use crate::message::Message;
 use crate::platform::{CpuId, Platform};
@@ -19,17 +20,17 @@ use crate::Seq;
 
 impl<P: Platform> Ipiq<P> {
     /// Messages `me` holds in its spill list for `target`.
-    pub(crate) fn spill_len(&self, me: CpuId, target: CpuId) -> usize {
+    pub(crate) fn spill_len(&self, me: CpuId, target: CpuId, irqs: IrqsOff<'_>) -> usize {
         // Relaxed: core-local; the map is looked at only when something is spilled.
         if self.cpus[me].spilled.load(Ordering::Relaxed) == 0 {
             return 0;
         }
-        // SAFETY: our own core, interrupts disabled by the caller; the closure does not call
+        // SAFETY: our own core (interrupts are disabled: `irqs`); the closure does not call
         // into ipiq.
         unsafe {
             self.cpus[me]
                 .spill
-                .with(|spill| spill.get(&target).map_or(0, VecDeque::len))
+                .with(irqs, |spill| spill.get(&target).map_or(0, VecDeque::len))
         }
     }
 
@@ -41,10 +42,11 @@ impl<P: Platform> Ipiq<P> {
         target: CpuId,
         message: Message<P>,
         signal: bool,
+        irqs: IrqsOff<'_>,
     ) -> Seq {
         // SAFETY: as in `spill_len`.
         let place = unsafe {
-            self.cpus[me].spill.with(|spill| {
+            self.cpus[me].spill.with(irqs, |spill| {
                 let list = spill.entry(target).or_default();
                 list.push_back(message);
                 list.len()
@@ -67,11 +69,11 @@ impl<P: Platform> Ipiq<P> {
 
     /// Pushes what fits of `me`'s spill list for `target` into the FIFO; returns how many
     /// messages are still spilled for that target.
-    pub(crate) fn flush_spill(&self, me: CpuId, target: CpuId) -> usize {
+    pub(crate) fn flush_spill(&self, me: CpuId, target: CpuId, irqs: IrqsOff<'_>) -> usize {
         let fifo = self.fifo_to(me, target);
         // SAFETY: as in `spill_len`; `Fifo::push` does not call into ipiq.
         let (pushed, left) = unsafe {
-            self.cpus[me].spill.with(|spill| {
+            self.cpus[me].spill.with(irqs, |spill| {
                 let Some(list) = spill.get_mut(&target) else {
                     return (0, 0);
                 };
@@ -100,7 +102,7 @@ impl<P: Platform> Ipiq<P> {
     }
 
     /// Flushes every spill list of `me`; returns the targets that still have spilled messages.
-    pub(crate) fn flush_spills(&self, me: CpuId) -> Vec<CpuId> {
+    pub(crate) fn flush_spills(&self, me: CpuId, irqs: IrqsOff<'_>) -> Vec<CpuId> {
         // Relaxed: core-local.
         if self.cpus[me].spilled.load(Ordering::Relaxed) == 0 {
             return Vec::new();
@@ -109,11 +111,11 @@ impl<P: Platform> Ipiq<P> {
         let targets: Vec<CpuId> = unsafe {
             self.cpus[me]
                 .spill
-                .with(|spill| spill.keys().copied().collect())
+                .with(irqs, |spill| spill.keys().copied().collect())
         };
         targets
             .into_iter()
-            .filter(|&t| self.flush_spill(me, t) > 0)
+            .filter(|&t| self.flush_spill(me, t, irqs) > 0)
             .collect()
     }
 }

@@ -49,7 +49,7 @@
 
 use crate::cpusync::CoreBits;
 use crate::cpusync::SyncWork;
-use crate::irq::IrqOff;
+use crate::irq::{IrqOff, IrqsOff};
 use crate::matrix::Ipiq;
 use crate::message::Message;
 use crate::platform::CpuId;
@@ -157,7 +157,7 @@ impl<P: Platform> Ipiq<P> {
         pages: usize,
         halted: Halted,
     ) -> Result<Shootdown, Error> {
-        let _irq = IrqOff::new(self.platform());
+        let irq = IrqOff::new(self.platform());
         let me = self.current_cpu();
         // A core `new` does not serve (past `CpuSet::CAPACITY`) has no slot: it cannot lead.
         let slot = &self.per_cpu(me).ok_or(Error::NoSuchCpu(me))?.tlb.slot;
@@ -177,10 +177,10 @@ impl<P: Platform> Ipiq<P> {
         if slot.busy.load(Ordering::Relaxed) {
             // A shootdown from inside our own shootdown's wait (a message function we ran while
             // waiting for acknowledgements): the slot is taken, so take the rendezvous path.
-            return self.shootdown_by_cpusync(&others, start, pages_arg, full);
+            return self.shootdown_by_cpusync(&others, start, pages_arg, full, irq.token());
         }
         slot.busy.store(true, Ordering::Relaxed);
-        let result = self.shootdown_acked(me, slot, &others, start, pages_arg, halted);
+        let result = self.shootdown_acked(me, slot, &others, start, pages_arg, halted, irq.token());
         slot.busy.store(false, Ordering::Relaxed);
         result.map(|(targets, deferred)| Shootdown {
             targets,
@@ -191,6 +191,8 @@ impl<P: Platform> Ipiq<P> {
 
     /// The acknowledged shootdown (module docs); returns (targets interrupted, targets whose
     /// flush was deferred). Interrupts disabled by the caller; `slot` is ours and marked busy.
+    // The eighth argument is the zero-sized interrupts-off proof, which costs no register.
+    #[allow(clippy::too_many_arguments)]
     fn shootdown_acked(
         &self,
         me: CpuId,
@@ -199,6 +201,7 @@ impl<P: Platform> Ipiq<P> {
         start: usize,
         pages_arg: usize,
         halted: Halted,
+        irqs: IrqsOff<'_>,
     ) -> Result<(usize, usize), Error> {
         // Relaxed stores: the targets read the slot only in the flush message queued below, and
         // the FIFO's Release publish of that message orders these stores before it.
@@ -237,7 +240,7 @@ impl<P: Platform> Ipiq<P> {
             !halted
         });
         let message = Message::new(flush_and_ack::<P>, me, 0);
-        let (sent, queued) = self.queue_to_each(me, awake, message, Patience::Unbounded);
+        let (sent, queued) = self.queue_to_each(me, awake, message, Patience::Unbounded, irqs);
         self.count(me, |c| &c.shootdown_deferred, deferred as u64);
         // One store-load barrier, then at most one IPI per target that is not already draining.
         self.signal_all(me, &sent);
@@ -254,7 +257,7 @@ impl<P: Platform> Ipiq<P> {
         );
         // Acquire: pairs with each target's Release increment after its flush.
         while slot.acked.load(Ordering::Acquire) < want {
-            self.serve_own(me);
+            self.serve_own(me, irqs);
             // Unbounded: never an error.
             let _ = watchdog.check(acked(), || {
                 sent.iter().filter(|&t| !slot.acked_bits.contains(t))
@@ -272,14 +275,19 @@ impl<P: Platform> Ipiq<P> {
         start: usize,
         pages_arg: usize,
         full: bool,
+        irqs: IrqsOff<'_>,
     ) -> Result<Shootdown, Error> {
         let work = SyncWork {
             start: Some(Message::new(flush::<P>, start, pages_arg)),
             ..SyncWork::default()
         };
-        let sync = self.cpusync_gather(others, work, Patience::Unbounded, || {
-            flush(self, start, pages_arg)
-        })?;
+        let sync = self.cpusync_gather(
+            others,
+            work,
+            Patience::Unbounded,
+            || flush(self, start, pages_arg),
+            irqs,
+        )?;
         let targets = sync.members().len();
         // Every target has flushed (its start work); let them go without waiting.
         sync.release();

@@ -3,7 +3,7 @@
 //! and [`Ipiq::is_done`].
 
 use crate::fifo::Fifo;
-use crate::irq::IrqOff;
+use crate::irq::{IrqOff, IrqsOff};
 use crate::matrix::Ipiq;
 use crate::platform::{CpuId, Platform};
 use crate::status::Waiting;
@@ -17,11 +17,12 @@ impl<P: Platform> Ipiq<P> {
     /// `lwkt_seq_ipiq`).
     pub fn seq(&self, target: CpuId) -> Result<Seq, Error> {
         self.check_cpu(target)?;
-        let _irq = IrqOff::new(&self.platform);
+        let irq = IrqOff::new(&self.platform);
+        let irqs = irq.token();
         let me = self.platform.current_cpu();
         let seq = self.check_cpu(me).map(|()| {
             let queued = self.fifo_between(me, target).map_or(0, Fifo::windex);
-            Seq(queued + self.spill_len(me, target) as u64)
+            Seq(queued + self.spill_len(me, target, irqs) as u64)
         });
         seq
     }
@@ -51,14 +52,20 @@ impl<P: Platform> Ipiq<P> {
     /// calling core's queues) until done; may be re-entered from the message functions it runs.
     pub fn wait(&self, target: CpuId, seq: Seq) -> Result<(), Error> {
         self.check_cpu(target)?;
-        let _irq = IrqOff::new(&self.platform);
+        let irq = IrqOff::new(&self.platform);
         let me = self.platform.current_cpu();
         self.check_cpu(me)
-            .and_then(|()| self.wait_inner(me, target, seq))
+            .and_then(|()| self.wait_inner(me, target, seq, irq.token()))
     }
 
     /// [`Ipiq::wait`] on core `me` (served, interrupts disabled by the caller).
-    fn wait_inner(&self, me: CpuId, target: CpuId, seq: Seq) -> Result<(), Error> {
+    fn wait_inner(
+        &self,
+        me: CpuId,
+        target: CpuId,
+        seq: Seq,
+        irqs: IrqsOff<'_>,
+    ) -> Result<(), Error> {
         if target == me || seq.0 == 0 {
             return Ok(());
         }
@@ -89,7 +96,7 @@ impl<P: Platform> Ipiq<P> {
             reached(),
         );
         while reached() < seq.0 {
-            self.serve_own(me);
+            self.serve_own(me, irqs);
             if reached() >= seq.0 {
                 break;
             }
