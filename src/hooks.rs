@@ -44,6 +44,14 @@ impl<P: Platform> Ipiq<P> {
         let irq = IrqOff::new(&self.platform);
         let irqs = irq.token();
         let me = self.platform.current_cpu();
+        // Still signalled from the last poll, and nothing waits: nothing to run and nothing to
+        // write. Relaxed: only this core clears `npoll`, so set stays set until our next drain;
+        // a message arriving after the look finds it set and waits for that drain, as the
+        // contract above says (and as it would after a full drain that found nothing).
+        let signalled = self.cpus.get(me).is_some_and(|cpu| cpu.npoll.is_set());
+        if signalled && !self.has_work(me, irqs) {
+            return 0;
+        }
         self.drain_as(me, Hold::ServeWhileHeld, Exit::StaySignalled, irqs)
     }
 
