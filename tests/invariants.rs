@@ -873,29 +873,35 @@ fn a_passive_send_to_a_core_whose_tick_stopped_costs_one_ipi_and_asks_for_the_ti
         }
         assert_eq!(arg::<AtomicUsize>(counter).load(Ordering::Acquire), n);
     };
-    let send_three = move |core: &ipiq::host::HostCore<'_>| {
-        for _ in 0..3 {
-            core.ipiq().send_passive(1, count_one, counter, 0).unwrap();
-        }
+    // Three passive sends from core 0 to core 1 while core 1 is busy (no safe point): the
+    // sender's statistics (ipis, avoided, passive) over them.
+    let sends_to_busy_core = || {
+        let busy = Arc::new(AtomicBool::new(true));
+        let task = machine.occupy(1, &busy).unwrap();
+        let before = q.stats(0).unwrap();
+        machine
+            .run_on(0, move |core| {
+                for _ in 0..3 {
+                    core.ipiq().send_passive(1, count_one, counter, 0).unwrap();
+                }
+            })
+            .unwrap();
+        let after = q.stats(0).unwrap();
+        busy.store(false, Ordering::Release);
+        task.join();
+        (
+            after.ipis - before.ipis,
+            after.avoided - before.avoided,
+            after.passive - before.passive,
+        )
     };
     assert!(machine
         .run_on(1, |core| core.ipiq().prepare_tick_stop())
         .unwrap());
-    let busy = Arc::new(AtomicBool::new(true));
-    let task = machine.occupy(1, &busy).unwrap();
-    let before = q.stats(0).unwrap();
-    machine.run_on(0, send_three).unwrap();
-    let after = q.stats(0).unwrap();
-    busy.store(false, Ordering::Release);
-    task.join();
     // The first send finds the tick stopped: one IPI; the next two find core 1 signalled by it
     // and avoid theirs. None went as a plain passive send.
     assert_eq!(
-        (
-            after.ipis - before.ipis,
-            after.avoided - before.avoided,
-            after.passive - before.passive
-        ),
+        sends_to_busy_core(),
         (1, 2, 0),
         "(ipis, avoided, passive) with the tick stopped"
     );
@@ -913,15 +919,9 @@ fn a_passive_send_to_a_core_whose_tick_stopped_costs_one_ipi_and_asks_for_the_ti
         "a request is taken once"
     );
     // Its tick running again, the busy core gets passive messages without an IPI.
-    busy.store(true, Ordering::Release);
-    let task = machine.occupy(1, &busy).unwrap();
-    let before = q.stats(0).unwrap();
-    machine.run_on(0, send_three).unwrap();
-    let after = q.stats(0).unwrap();
-    busy.store(false, Ordering::Release);
-    task.join();
+    let (ipis, _, passive) = sends_to_busy_core();
     assert_eq!(
-        (after.ipis - before.ipis, after.passive - before.passive),
+        (ipis, passive),
         (0, 3),
         "(ipis, passive) with the tick running"
     );

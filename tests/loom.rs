@@ -191,7 +191,7 @@ fn polling_target_then_process_never_loses_a_wakeup() {
 /// core 0 sees the message and does not halt, or core 1 sees the mark and sends the IPI.
 #[test]
 fn lazy_send_never_strands_a_message_behind_a_halt() {
-    quiet_send_against_a_halt(false);
+    quiet_send_against(Quiet::LazyVsHalt);
 }
 
 /// The same with a passive send: a halted core's tick is stopped (nothing would drain a passive
@@ -199,7 +199,7 @@ fn lazy_send_never_strands_a_message_behind_a_halt() {
 /// passive send may cost.
 #[test]
 fn passive_send_never_strands_a_message_behind_a_tickless_halt() {
-    quiet_send_against_a_halt(true);
+    quiet_send_against(Quiet::PassiveVsHalt);
 }
 
 /// A passive send against a core stopping its tick (a tick that drained nothing): the target
@@ -208,41 +208,25 @@ fn passive_send_never_strands_a_message_behind_a_tickless_halt() {
 /// sender sends the IPI, and then it has also asked for the tick again.
 #[test]
 fn passive_send_never_strands_a_message_behind_a_stopped_tick() {
-    builder(3).check(|| {
-        let q = new_ipiq(2, 8);
-        let ran = Arc::new(AtomicUsize::new(0));
-        let counter = &*ran as *const AtomicUsize as usize;
-        let sender = {
-            let q = q.clone();
-            thread::spawn(move || {
-                CPU.with(|c| c.set(1));
-                q.send_passive(0, inc, counter, 0).unwrap();
-            })
-        };
-        CPU.with(|c| c.set(0));
-        q.process();
-        let stops = q.prepare_tick_stop();
-        sender.join().unwrap();
-        let done = ran.load(Ordering::Relaxed);
-        let pending = q.platform().pending[0].load(Ordering::Acquire);
-        assert!(
-            done == 1 || pending || !stops,
-            "message stranded behind a stopped tick: ran {done}, no IPI, tick stopped"
-        );
-        // An IPI from a passive send always comes with the request for the tick.
-        assert!(
-            !pending || q.take_tick_request(),
-            "an IPI without a tick request"
-        );
-        // Whatever woke it (the IPI, or the tick it kept), core 0 drains.
-        q.process();
-        assert_eq!(ran.load(Ordering::Relaxed), 1);
-        drop(ran);
-    });
+    quiet_send_against(Quiet::PassiveVsTickStop);
 }
 
-/// Core 1 sends lazily (or passively) to core 0 while core 0 drains and runs `prepare_halt`.
-fn quiet_send_against_a_halt(passive: bool) {
+/// What core 1 sends and what core 0 does meanwhile in [`quiet_send_against`].
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Quiet {
+    /// A lazy send against `prepare_halt`.
+    LazyVsHalt,
+    /// A passive send against `prepare_halt`.
+    PassiveVsHalt,
+    /// A passive send against `prepare_tick_stop`.
+    PassiveVsTickStop,
+}
+
+/// Core 1 sends to core 0 while core 0 drains and then marks itself (halted, or its tick
+/// stopped) with the look that makes the mark race-free. Either core 0 sees the message and
+/// takes the mark back, or core 1 sees the mark and sends the IPI; a passive send's IPI also
+/// asks for the tick.
+fn quiet_send_against(quiet: Quiet) {
     builder(3).check(move || {
         let q = new_ipiq(2, 8);
         let ran = Arc::new(AtomicUsize::new(0));
@@ -251,24 +235,34 @@ fn quiet_send_against_a_halt(passive: bool) {
             let q = q.clone();
             thread::spawn(move || {
                 CPU.with(|c| c.set(1));
-                if passive {
-                    q.send_passive(0, inc, counter, 0).unwrap();
-                } else {
+                if quiet == Quiet::LazyVsHalt {
                     q.try_send_lazy(0, inc, counter, 0).unwrap();
+                } else {
+                    q.send_passive(0, inc, counter, 0).unwrap();
                 }
             })
         };
         CPU.with(|c| c.set(0));
         q.process();
-        let halts = q.prepare_halt();
+        let marked = if quiet == Quiet::PassiveVsTickStop {
+            q.prepare_tick_stop()
+        } else {
+            q.prepare_halt()
+        };
         sender.join().unwrap();
         let done = ran.load(Ordering::Relaxed);
         let pending = q.platform().pending[0].load(Ordering::Acquire);
         assert!(
-            done == 1 || pending || !halts,
-            "message stranded behind a halt: ran {done}, no IPI, core halted"
+            done == 1 || pending || !marked,
+            "message stranded behind the mark ({quiet:?}): ran {done}, no IPI, core marked"
         );
-        // Whatever woke it (the IPI, or the look that stopped the halt), core 0 drains.
+        if quiet != Quiet::LazyVsHalt {
+            assert!(
+                !pending || q.take_tick_request(),
+                "a passive send's IPI without a tick request"
+            );
+        }
+        // Whatever woke it (the IPI, or the look that took the mark back), core 0 drains.
         q.end_halt();
         q.process();
         assert_eq!(ran.load(Ordering::Relaxed), 1);
