@@ -76,7 +76,7 @@ SHOOTDOWN_REPEATS ?= 3
 SHOOTDOWN_TIMEOUT ?= 300
 SHOOTDOWN_IMAGES   = $(foreach k,patched stock-probe,$(k)=$(IMAGE_BUILD)/kernel-$(k)/apps/x86_64-unknown-hermit/release/tlb-stale)
 
-# guest-bill: the hypervisor bill (bill.sh), in the repeatable mode unless BILL_REPEATABLE=0.
+# guest-bill: the hypervisor bill (cargo xtask bill), in the repeatable mode unless BILL_REPEATABLE=0.
 BILL_REPEATABLE    ?= 1
 BILL_WAKEUP_SMP    ?= 2 4
 BILL_WAKEUP_ROUNDS ?= 500
@@ -84,6 +84,8 @@ BILL_SHOOTDOWN_SMP ?= 2 4
 BILL_SWAPS         ?= 100
 BILL_RAYON_SMP     ?= 4 8
 BILL_RAYON_ARGS    ?= smoke
+# Seconds per boot.
+BILL_TIMEOUT       ?= 900
 BILL_OUT           ?= $(GUEST_LOGS)/bill$(if $(filter-out 0,$(BILL_REPEATABLE)),-repeatable)
 BILL_IMAGES         = $(foreach a,wakeup=wakeup shootdown=tlb-stale rayon=rayon-work,$(foreach k,patched stock-probe,\
 	$(firstword $(subst =, ,$(a))).$(k)=$(IMAGE_BUILD)/kernel-$(k)/apps/x86_64-unknown-hermit/release/$(lastword $(subst =, ,$(a)))))
@@ -153,11 +155,11 @@ guest-wakeup: wakeup-images $(IMAGE_LOADER_DEP) qemu-install
 		$(WAKEUP_TIMEOUT) "$(WAKEUP_SMP)" "$(WAKEUP_ROUNDS)" $(WAKEUP_IMAGES)
 
 ## wakeup-smoke: the same, WAKEUP_SMOKE_ROUNDS round trips, 2 vCPUs, one boot per kernel, and
-## the hypervisor bill of both boots (bill-report.sh fails without both kernels' lines) (make test)
+## the hypervisor bill of both boots (cargo xtask report bill fails without both kernels' lines) (make test)
 wakeup-smoke: wakeup-images $(IMAGE_LOADER_DEP) qemu-install
 	@$(IMAGE_SCRIPTS)/wakeup.sh $(LOADER) $(IMAGE_BUILD)/test-logs/wakeup-smoke $(WAKEUP_TIMEOUT) 2 "$(WAKEUP_SMOKE_ROUNDS)" \
 		$(WAKEUP_IMAGES)
-	@$(IMAGE_SCRIPTS)/bill-report.sh $(foreach k,patched stock-probe,$(IMAGE_BUILD)/test-logs/wakeup-smoke/wakeup-$(k)-2.log)
+	@$(IMAGE_XTASK) report bill $(foreach k,patched stock-probe,$(IMAGE_BUILD)/test-logs/wakeup-smoke/wakeup-$(k)-2.log)
 
 ## guest-tlb-stale: stale-TLB experiment on the ipiq kernel and stock-probe, 2/4/8 vCPUs, x2APIC
 ## and xAPIC; table in results/guest-logs/tlb-stale-summary.log, boots in results/guest-logs/tlb-stale/
@@ -189,11 +191,7 @@ bill-images:
 ## (ICR, EOI, timer writes, halts) per wake-up hand-off, per swap under a reader, per rayon run,
 ## counted in the repeatable mode (BILL_REPEATABLE=0: normal); table in BILL_OUT/bill.md
 guest-bill: bill-images $(IMAGE_LOADER_DEP) qemu-install
-	@$(if $(filter-out 0,$(BILL_REPEATABLE)),QEMU_ICOUNT_SHIFT=$(ICOUNT_SHIFT) QEMU_ICOUNT_PHASE=$(ICOUNT_PHASE)) \
-		BILL_WAKEUP_SMP="$(BILL_WAKEUP_SMP)" BILL_WAKEUP_ROUNDS=$(BILL_WAKEUP_ROUNDS) \
-		BILL_SHOOTDOWN_SMP="$(BILL_SHOOTDOWN_SMP)" BILL_SWAPS=$(BILL_SWAPS) \
-		BILL_RAYON_SMP="$(BILL_RAYON_SMP)" BILL_RAYON_ARGS="$(BILL_RAYON_ARGS)" \
-		$(IMAGE_SCRIPTS)/bill.sh $(LOADER) $(BILL_OUT) $(BILL_IMAGES)
+	@$(if $(filter-out 0,$(BILL_REPEATABLE)),QEMU_ICOUNT_SHIFT=$(ICOUNT_SHIFT) QEMU_ICOUNT_PHASE=$(ICOUNT_PHASE)) $(IMAGE_XTASK) bill --loader $(LOADER) --out $(BILL_OUT) --wakeup-smp "$(BILL_WAKEUP_SMP)" --wakeup-rounds "$(BILL_WAKEUP_ROUNDS)" --shootdown-smp "$(BILL_SHOOTDOWN_SMP)" --swaps "$(BILL_SWAPS)" --rayon-smp "$(BILL_RAYON_SMP)" --rayon-args "$(BILL_RAYON_ARGS)" --timeout "$(BILL_TIMEOUT)" $(addprefix --image ,$(BILL_IMAGES))
 
 ## guest-spread: the headline guest ratios SPREAD_RUNS times with their spread across runs (add
 ## REPEATABLE=1 for the instruction-counting mode); table in SPREAD_OUT/spread.md

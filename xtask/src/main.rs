@@ -3,7 +3,8 @@
 //!
 //! Build: fetch-kernel, prepare-kernel, kernel-series, build-kernel, build-loader, build-app,
 //! bundle-qemu. Boot: boot-args, qemu, uhyve. Checks: image-test, fpu-test, kernel-tests,
-//! boot-args-test, qemu-debug-test, lock-inject-test, preempt-inject.
+//! boot-args-test, qemu-debug-test, lock-inject-test, preempt-inject. Experiments: bill.
+//! Reports: report (tables from the boots' result lines, `report.rs`).
 
 mod archive;
 mod boot_tests;
@@ -12,9 +13,11 @@ mod checks;
 mod cli;
 mod debug_tests;
 mod error;
+mod experiments;
 mod kernel;
 mod kernel_tests;
 mod qemu;
+mod report;
 mod series;
 mod util;
 
@@ -54,6 +57,12 @@ checks
   qemu-debug-test --loader F --image SPIN_IMAGE --out DIR
   lock-inject-test --loader F --image IPIQ_TESTS_IMAGE --out DIR [--seconds 5]
   preempt-inject --image F [--vcpu N]      (writes the gdb hook to stdout)
+experiments (ipiq kernel against stock-probe; checked boots, then a table)
+  bill           --loader F --out DIR --image KIND.KERNEL=F... [--wakeup-smp \"2 4\"]
+                 [--wakeup-rounds 500] [--shootdown-smp \"2 4\"] [--swaps 100] [--rayon-smp \"4 8\"]
+                 [--rayon-args smoke] [--timeout 900]
+reports (tables from the boots' result lines)
+  report bill LOG...
 ";
 
 fn main() -> ExitCode {
@@ -287,8 +296,88 @@ fn run(argv: &[String]) -> Result<()> {
             print!("{}", debug_tests::preempt_inject(&image, vcpu)?.script);
             Ok(())
         }
+
+        "bill" => {
+            let r = experiments::BillRun {
+                loader: a.path("loader")?,
+                out: a.path("out")?,
+                images: experiments::images(
+                    "bill --image",
+                    &a.values_of("image"),
+                    &experiments::BILL_IMAGE_NAMES,
+                )?,
+                wakeup_smp: smps(&mut a, "wakeup-smp", "BILL_WAKEUP_SMP", "2 4")?,
+                wakeup_rounds: count(&mut a, "wakeup-rounds", "BILL_WAKEUP_ROUNDS", 500)?,
+                shootdown_smp: smps(&mut a, "shootdown-smp", "BILL_SHOOTDOWN_SMP", "2 4")?,
+                swaps: count(&mut a, "swaps", "BILL_SWAPS", 100)?,
+                rayon_smp: smps(&mut a, "rayon-smp", "BILL_RAYON_SMP", "4 8")?,
+                rayon_args: a.optional("rayon-args").unwrap_or_else(|| "smoke".into()),
+                timeout_s: match a.optional("timeout") {
+                    None => 900,
+                    Some(t) => {
+                        qemu::BootArgs::check("1", "qemu64", "512M", &t)
+                            .map_err(|_| {
+                                Error::usage(format!(
+                                    "BILL_TIMEOUT must be a whole number of seconds, not '{t}'"
+                                ))
+                            })?
+                            .timeout_s
+                    }
+                },
+            };
+            a.finish()?;
+            if r.images.is_empty() {
+                return Err(Error::usage("bill: give --image KIND.KERNEL=IMAGE"));
+            }
+            experiments::bill(&r)
+        }
+        "report" => report_command(a),
         other => Err(Error::usage(format!(
             "unknown command '{other}' (cargo xtask help lists them)"
+        ))),
+    }
+}
+
+/// A list of vCPU counts from `--option`, `default` when absent; errors name `setting`.
+fn smps(a: &mut Args, option: &str, setting: &str, default: &str) -> Result<Vec<u32>> {
+    let mut words = a.list(option);
+    if words.is_empty() {
+        words = cli::split_list(default);
+    }
+    let list = cli::smp_list(setting, &words)?;
+    if list.iter().any(|&n| n > 255) {
+        return Err(Error::usage(format!(
+            "{setting} must list vCPU counts from 1 to 255, not '{}'",
+            words.join(" ")
+        )));
+    }
+    Ok(list)
+}
+
+/// A positive whole number from `--option`, `default` when absent; errors name `setting`.
+fn count(a: &mut Args, option: &str, setting: &str, default: u32) -> Result<u32> {
+    match a.optional(option).filter(|s| !s.is_empty()) {
+        None => Ok(default),
+        Some(v) => match v.trim().parse::<u32>() {
+            Ok(n) if n >= 1 => Ok(n),
+            _ => Err(Error::usage(format!(
+                "{setting} must be a whole number from 1, not '{v}'"
+            ))),
+        },
+    }
+}
+
+fn report_command(mut a: Args) -> Result<()> {
+    let words = a.positional();
+    a.finish()?;
+    let Some((kind, logs)) = words.split_first() else {
+        return Err(Error::usage("report: bill LOG..."));
+    };
+    let logs: Vec<PathBuf> = logs.iter().map(PathBuf::from).collect();
+    match kind.as_str() {
+        "bill" => report::print_bill(&logs).map(|_| ()),
+        other => Err(Error::usage(format!(
+            "report: unknown table '{other}' (bill)"
         ))),
     }
 }
