@@ -40,7 +40,7 @@
 #   make guest-spread       the headline guest ratios (ipiq-bench: round trip against the raw ICR
 #                           ping-pong, statistics off against on, at SPREAD_SMP vCPUs; wakeup: ipiq
 #                           kernel against stock at SPREAD_WAKEUP_SMP) SPREAD_RUNS times each, with
-#                           their spread across runs (scripts/guest-spread.sh); table and boots in
+#                           their spread across runs (cargo xtask spread); table and boots in
 #                           results/guest-logs/spread (spread-repeatable with REPEATABLE=1);
 #                           SPREAD_PHASES="0 1 2 3 4" with REPEATABLE=1: one run per ICOUNT_PHASE
 #
@@ -151,14 +151,12 @@ wakeup-images:
 ## table in results/guest-logs/wakeup-summary.log, boots in results/guest-logs/wakeup-KERNEL-SMP.log
 guest-wakeup: wakeup-images $(IMAGE_LOADER_DEP) qemu-install
 	@mkdir -p $(GUEST_LOGS)
-	@REPEATS=$(WAKEUP_REPEATS) SUMMARY=$(GUEST_LOGS)/wakeup-summary.log $(IMAGE_SCRIPTS)/wakeup.sh $(LOADER) $(GUEST_LOGS) \
-		$(WAKEUP_TIMEOUT) "$(WAKEUP_SMP)" "$(WAKEUP_ROUNDS)" $(WAKEUP_IMAGES)
+	@$(IMAGE_XTASK) wakeup --loader $(LOADER) --logs $(GUEST_LOGS) --timeout "$(WAKEUP_TIMEOUT)" --smp "$(WAKEUP_SMP)" --rounds "$(WAKEUP_ROUNDS)" --repeats "$(WAKEUP_REPEATS)" --summary $(GUEST_LOGS)/wakeup-summary.log $(addprefix --image ,$(WAKEUP_IMAGES))
 
 ## wakeup-smoke: the same, WAKEUP_SMOKE_ROUNDS round trips, 2 vCPUs, one boot per kernel, and
 ## the hypervisor bill of both boots (cargo xtask report bill fails without both kernels' lines) (make test)
 wakeup-smoke: wakeup-images $(IMAGE_LOADER_DEP) qemu-install
-	@$(IMAGE_SCRIPTS)/wakeup.sh $(LOADER) $(IMAGE_BUILD)/test-logs/wakeup-smoke $(WAKEUP_TIMEOUT) 2 "$(WAKEUP_SMOKE_ROUNDS)" \
-		$(WAKEUP_IMAGES)
+	@$(IMAGE_XTASK) wakeup --loader $(LOADER) --logs $(IMAGE_BUILD)/test-logs/wakeup-smoke --timeout "$(WAKEUP_TIMEOUT)" --smp 2 --rounds "$(WAKEUP_SMOKE_ROUNDS)" $(addprefix --image ,$(WAKEUP_IMAGES))
 	@$(IMAGE_XTASK) report bill $(foreach k,patched stock-probe,$(IMAGE_BUILD)/test-logs/wakeup-smoke/wakeup-$(k)-2.log)
 
 ## guest-tlb-stale: stale-TLB experiment on the ipiq kernel and stock-probe, 2/4/8 vCPUs, x2APIC
@@ -197,6 +195,5 @@ guest-bill: bill-images $(IMAGE_LOADER_DEP) qemu-install
 ## REPEATABLE=1 for the instruction-counting mode); table in SPREAD_OUT/spread.md
 guest-spread: wakeup-images $(IMAGE_LOADER_DEP) qemu-install
 	@$(MAKE) --no-print-directory -f $(IMAGE_MK) image APP=ipiq-bench KERNEL=patched
-	@SPREAD_PHASES="$(SPREAD_PHASES)" $(IMAGE_SCRIPTS)/guest-spread.sh $(LOADER) $(SPREAD_OUT) $(SPREAD_RUNS) "$(SPREAD_SMP)" "$(SPREAD_WAKEUP_SMP)" \
-		"$(SPREAD_WAKEUP_ROUNDS)" bench=$(IMAGE_BUILD)/kernel-patched/apps/x86_64-unknown-hermit/release/ipiq-bench \
-		$(WAKEUP_IMAGES)
+	@$(IMAGE_XTASK) spread --loader $(LOADER) --out $(SPREAD_OUT) --runs "$(SPREAD_RUNS)" --smp "$(SPREAD_SMP)" --wakeup-smp "$(SPREAD_WAKEUP_SMP)" --wakeup-rounds "$(SPREAD_WAKEUP_ROUNDS)" --phases "$(SPREAD_PHASES)" \
+		--image bench=$(IMAGE_BUILD)/kernel-patched/apps/x86_64-unknown-hermit/release/ipiq-bench $(addprefix --image ,$(WAKEUP_IMAGES))

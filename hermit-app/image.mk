@@ -70,7 +70,7 @@ REPEATABLE      ?=
 ICOUNT_SHIFT    ?= 0
 ICOUNT_PHASE    ?= 0
 # The runners (cargo xtask qemu, qemu.sh, qemu-debug.sh) read it from the environment, so every
-# boot (the checks, wakeup.sh, guest-rayon.sh, tlb-stale.sh, ...) follows REPEATABLE without an
+# boot (the checks, the experiments, guest-rayon.sh, tlb-stale.sh, ...) follows REPEATABLE without an
 # argument of its own.
 ifneq ($(filter-out 0,$(REPEATABLE)),)
 export QEMU_ICOUNT_SHIFT := $(ICOUNT_SHIFT)

@@ -3,7 +3,8 @@
 //!
 //! Build: fetch-kernel, prepare-kernel, kernel-series, build-kernel, build-loader, build-app,
 //! bundle-qemu. Boot: boot-args, qemu, uhyve. Checks: image-test, fpu-test, kernel-tests,
-//! boot-args-test, qemu-debug-test, lock-inject-test, preempt-inject. Experiments: bill.
+//! boot-args-test, qemu-debug-test, lock-inject-test, preempt-inject. Experiments: bill, wakeup,
+//! spread.
 //! Reports: report (tables from the boots' result lines, `report.rs`).
 
 mod archive;
@@ -61,6 +62,10 @@ experiments (ipiq kernel against stock-probe; checked boots, then a table)
   bill           --loader F --out DIR --image KIND.KERNEL=F... [--wakeup-smp \"2 4\"]
                  [--wakeup-rounds 500] [--shootdown-smp \"2 4\"] [--swaps 100] [--rayon-smp \"4 8\"]
                  [--rayon-args smoke] [--timeout 900]
+  wakeup         --loader F --logs DIR --timeout S --smp \"2 4\" [--rounds N] [--repeats 1]
+                 [--summary FILE] --image patched=F --image stock-probe=F
+  spread         --loader F --out DIR --runs N --smp \"2 4\" --wakeup-smp \"2 4\" [--wakeup-rounds N]
+                 [--phases \"0 1 2\"] --image bench=F --image patched=F --image stock-probe=F
 reports (tables from the boots' result lines)
   report bill LOG...
 ";
@@ -331,6 +336,63 @@ fn run(argv: &[String]) -> Result<()> {
             }
             experiments::bill(&r)
         }
+        "wakeup" => {
+            let images = experiments::images(
+                "wakeup --image",
+                &a.values_of("image"),
+                &["patched", "stock-probe"],
+            )?;
+            let r = experiments::WakeupRun {
+                loader: a.path("loader")?,
+                logs: a.path("logs")?,
+                timeout_s: setting_timeout(&mut a, "WAKEUP_TIMEOUT")?,
+                smp: smps(&mut a, "smp", "WAKEUP_SMP", "2 4")?,
+                rounds: optional_count(&mut a, "rounds", "WAKEUP_ROUNDS")?,
+                patched: image(&images, "wakeup", "patched")?,
+                stock_probe: image(&images, "wakeup", "stock-probe")?,
+                repeats: count(&mut a, "repeats", "WAKEUP_REPEATS", 1)?,
+                summary: a.optional("summary").map(PathBuf::from),
+            };
+            a.finish()?;
+            experiments::wakeup(&r)
+        }
+        "spread" => {
+            let images = experiments::images(
+                "spread --image",
+                &a.values_of("image"),
+                &["bench", "patched", "stock-probe"],
+            )?;
+            let phases = a
+                .list("phases")
+                .iter()
+                .map(|p| {
+                    p.parse::<u32>().map_err(|_| {
+                        Error::usage(format!(
+                            "SPREAD_PHASES must list whole numbers (ICOUNT_PHASE values), not '{p}'"
+                        ))
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let r = experiments::SpreadRun {
+                loader: a.path("loader")?,
+                out: a.path("out")?,
+                runs: count(&mut a, "runs", "SPREAD_RUNS", 3)?,
+                smp: smps(&mut a, "smp", "SPREAD_SMP", "2 4")?,
+                wakeup_smp: smps(&mut a, "wakeup-smp", "SPREAD_WAKEUP_SMP", "2 4")?,
+                wakeup_rounds: optional_count(&mut a, "wakeup-rounds", "SPREAD_WAKEUP_ROUNDS")?,
+                bench: image(&images, "spread", "bench")?,
+                patched: image(&images, "spread", "patched")?,
+                stock_probe: image(&images, "spread", "stock-probe")?,
+                phases,
+            };
+            a.finish()?;
+            if !r.phases.is_empty() && std::env::var_os("QEMU_ICOUNT_SHIFT").is_none() {
+                return Err(Error::usage(
+                    "SPREAD_PHASES needs the repeatable mode (REPEATABLE=1)",
+                ));
+            }
+            experiments::spread(&r)
+        }
         "report" => report_command(a),
         other => Err(Error::usage(format!(
             "unknown command '{other}' (cargo xtask help lists them)"
@@ -365,6 +427,41 @@ fn count(a: &mut Args, option: &str, setting: &str, default: u32) -> Result<u32>
             ))),
         },
     }
+}
+
+/// `--option`: None when absent or empty, else a positive whole number; errors name `setting`.
+fn optional_count(a: &mut Args, option: &str, setting: &str) -> Result<Option<u32>> {
+    if a.optional(option)
+        .filter(|s| !s.trim().is_empty())
+        .is_none()
+    {
+        return Ok(None);
+    }
+    count(a, option, setting, 1).map(Some)
+}
+
+/// `--timeout`, a whole number of seconds; errors name `setting`.
+fn setting_timeout(a: &mut Args, setting: &str) -> Result<u64> {
+    let t = a.required("timeout")?;
+    qemu::BootArgs::check("1", "qemu64", "512M", &t)
+        .map(|b| b.timeout_s)
+        .map_err(|_| {
+            Error::usage(format!(
+                "{setting} must be a whole number of seconds, not '{t}'"
+            ))
+        })
+}
+
+/// The image named `name` among `--image NAME=F`; an error naming the missing one.
+fn image(
+    images: &std::collections::BTreeMap<String, PathBuf>,
+    command: &str,
+    name: &str,
+) -> Result<PathBuf> {
+    images
+        .get(name)
+        .cloned()
+        .ok_or_else(|| Error::usage(format!("{command}: --image {name}=IMAGE is required")))
 }
 
 fn report_command(mut a: Args) -> Result<()> {
