@@ -163,7 +163,7 @@ wakeup-smoke: wakeup-images $(IMAGE_LOADER_DEP) qemu-install
 ## and xAPIC; table in results/guest-logs/tlb-stale-summary.log, boots in results/guest-logs/tlb-stale/
 guest-tlb-stale:
 	@mkdir -p $(GUEST_LOGS)
-	@SUMMARY=$(GUEST_LOGS)/tlb-stale-summary.log $(MAKE) --no-print-directory -f $(IMAGE_MK) tlb-stale-test \
+	@$(MAKE) --no-print-directory -f $(IMAGE_MK) tlb-stale-test TLB_STALE_SUMMARY=$(GUEST_LOGS)/tlb-stale-summary.log \
 		TLB_STALE_KERNELS="patched stock-probe" TLB_STALE_SMP="2 4 8" TLB_STALE_MODES="x2APIC xAPIC" \
 		TLB_STALE_LOGS=$(abspath $(GUEST_LOGS))/tlb-stale
 
@@ -177,8 +177,8 @@ shootdown-images:
 ## results/guest-logs/shootdown-summary.log, boots in results/guest-logs/shootdown/
 guest-shootdown: shootdown-images $(IMAGE_LOADER_DEP) qemu-install
 	@mkdir -p $(GUEST_LOGS)
-	@REPEATS=$(SHOOTDOWN_REPEATS) SUMMARY=$(GUEST_LOGS)/shootdown-summary.log $(IMAGE_SCRIPTS)/shootdown-rate.sh \
-		$(LOADER) $(GUEST_LOGS)/shootdown $(SHOOTDOWN_TIMEOUT) "$(SHOOTDOWN_SMP)" $(SHOOTDOWN_SWAPS) $(SHOOTDOWN_IMAGES)
+	@$(IMAGE_XTASK) shootdown --loader $(LOADER) --logs $(GUEST_LOGS)/shootdown --timeout "$(SHOOTDOWN_TIMEOUT)" --smp "$(SHOOTDOWN_SMP)" --swaps "$(SHOOTDOWN_SWAPS)" \
+		--repeats "$(SHOOTDOWN_REPEATS)" --summary $(GUEST_LOGS)/shootdown-summary.log $(addprefix --image ,$(SHOOTDOWN_IMAGES))
 
 bill-images:
 	@for a in wakeup tlb-stale rayon-work; do for k in patched stock-probe; do \

@@ -4,7 +4,7 @@
 //! Build: fetch-kernel, prepare-kernel, kernel-series, build-kernel, build-loader, build-app,
 //! bundle-qemu. Boot: boot-args, qemu, uhyve. Checks: image-test, fpu-test, kernel-tests,
 //! boot-args-test, qemu-debug-test, lock-inject-test, preempt-inject. Experiments: bill, wakeup,
-//! spread.
+//! spread, tlb-stale, shootdown.
 //! Reports: report (tables from the boots' result lines, `report.rs`).
 
 mod archive;
@@ -63,6 +63,10 @@ experiments (ipiq kernel against stock-probe; checked boots, then a table)
                  [--wakeup-rounds 500] [--shootdown-smp \"2 4\"] [--swaps 100] [--rayon-smp \"4 8\"]
                  [--rayon-args smoke] [--timeout 900]
   wakeup         --loader F --logs DIR --timeout S --smp \"2 4\" [--rounds N] [--repeats 1]
+                 [--summary FILE] --image patched=F --image stock-probe=F
+  tlb-stale      --loader F --logs DIR --timeout S --smp \"2 4\" --modes \"x2APIC xAPIC\"
+                 [--summary FILE] --image KERNEL=F...   (KERNEL: patched, stock-probe or stock)
+  shootdown      --loader F --logs DIR --timeout S --smp \"2 4 8\" --swaps N [--repeats 3]
                  [--summary FILE] --image patched=F --image stock-probe=F
   spread         --loader F --out DIR --runs N --smp \"2 4\" --wakeup-smp \"2 4\" [--wakeup-rounds N]
                  [--phases \"0 1 2\"] --image bench=F --image patched=F --image stock-probe=F
@@ -392,6 +396,68 @@ fn run(argv: &[String]) -> Result<()> {
                 ));
             }
             experiments::spread(&r)
+        }
+        "tlb-stale" => {
+            let mut kernels = Vec::new();
+            for spec in a.values_of("image") {
+                let one = experiments::images(
+                    "TLB_STALE_KERNELS",
+                    std::slice::from_ref(&spec),
+                    &["patched", "stock-probe", "stock"],
+                )?;
+                kernels.extend(one);
+            }
+            if kernels.is_empty() {
+                return Err(Error::usage("tlb-stale: give --image KERNEL=IMAGE"));
+            }
+            let modes = a
+                .list("modes")
+                .iter()
+                .map(|m| {
+                    ApicMode::parse(m).ok_or_else(|| {
+                        Error::usage(format!(
+                            "TLB_STALE_MODES: unknown APIC mode '{m}' (x2APIC or xAPIC)"
+                        ))
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let r = experiments::TlbStaleRun {
+                loader: a.path("loader")?,
+                logs: a.path("logs")?,
+                timeout_s: setting_timeout(&mut a, "QEMU_TIMEOUT")?,
+                smp: smps(&mut a, "smp", "TLB_STALE_SMP", "2 4")?,
+                modes,
+                kernels,
+                summary: a
+                    .optional("summary")
+                    .filter(|s| !s.is_empty())
+                    .map(PathBuf::from),
+            };
+            a.finish()?;
+            experiments::tlb_stale(&r)
+        }
+        "shootdown" => {
+            let images = experiments::images(
+                "shootdown --image",
+                &a.values_of("image"),
+                &["patched", "stock-probe"],
+            )?;
+            let r = experiments::ShootdownRun {
+                loader: a.path("loader")?,
+                logs: a.path("logs")?,
+                timeout_s: setting_timeout(&mut a, "SHOOTDOWN_TIMEOUT")?,
+                smp: smps(&mut a, "smp", "SHOOTDOWN_SMP", "2 4 8")?,
+                swaps: count(&mut a, "swaps", "SHOOTDOWN_SWAPS", 200)?,
+                repeats: count(&mut a, "repeats", "SHOOTDOWN_REPEATS", 3)?,
+                patched: image(&images, "shootdown", "patched")?,
+                stock_probe: image(&images, "shootdown", "stock-probe")?,
+                summary: a
+                    .optional("summary")
+                    .filter(|s| !s.is_empty())
+                    .map(PathBuf::from),
+            };
+            a.finish()?;
+            experiments::shootdown(&r)
         }
         "report" => report_command(a),
         other => Err(Error::usage(format!(
