@@ -23,7 +23,7 @@
 #                           summary table (results/guest-logs/rayon-summary.md) and the gathered
 #                           report results/guest-rayon-report.md
 #   make guest-rayon-smoke  the same with 10^5 elements and a 128x128 grid, one boot per kernel
-#                           at 2 vCPUs, plus scripts/test-guest-report.sh (part of make test)
+#                           at 2 vCPUs, then the report gatherer on them (part of make test)
 #
 #   make guest-wakeup       cross-core wake-up ping-pong (apps/wakeup), ipiq kernel against stock
 #                           (stock-probe: stock + IPI counters) at WAKEUP_SMP vCPUs, medians of
@@ -103,7 +103,7 @@ SPREAD_OUT           ?= $(GUEST_LOGS)/spread$(if $(filter-out 0,$(REPEATABLE)),-
 
 ## bench: every benchmark, host and guest, gathered into results/report.md (~10 min here)
 bench: bench-host guest-bench-all guest-wakeup guest-tlb-stale guest-shootdown guest-rayon guest-bill
-	@$(IMAGE_SCRIPTS)/bench-report.sh results \
+	@$(IMAGE_XTASK) report bench --results results \
 		$(foreach n,$(GUEST_BENCH_SMPS),$(GUEST_LOGS)/ipiq-bench-$(n).log) \
 		$(GUEST_LOGS)/wakeup-summary.log $(GUEST_LOGS)/tlb-stale-summary.log \
 		$(GUEST_LOGS)/shootdown-summary.log \
@@ -127,19 +127,18 @@ rayon-images:
 ## guest-rayon: rayon-work on each kernel with 1, 2, 4, 8 vCPUs; logs, summary and report in results/
 guest-rayon: rayon-images $(IMAGE_LOADER_DEP) qemu-install
 	@echo "==> QEMU TCG on $$(nproc) host cores: past $$(nproc) vCPUs the vCPUs share host cores, so time scaling there is not meaningful"
-	@$(IMAGE_SCRIPTS)/guest-rayon.sh $(LOADER) $(CPU) $(RAYON_MEM) $(RAYON_TIMEOUT) $(GUEST_LOGS) rayon \
-		"$(RAYON_SMP)" "" $(RAYON_IMAGES)
-	@$(IMAGE_SCRIPTS)/guest-report.sh results/guest-rayon-report.md \
+	@$(IMAGE_XTASK) rayon --loader $(LOADER) --cpu '$(CPU)' --mem '$(RAYON_MEM)' --timeout '$(RAYON_TIMEOUT)' --logs $(GUEST_LOGS) --prefix rayon \
+		--smp '$(RAYON_SMP)' $(addprefix --image ,$(RAYON_IMAGES))
+	@$(IMAGE_XTASK) report gather --out results/guest-rayon-report.md \
 		$(foreach k,$(RAYON_KERNELS),$(foreach n,$(RAYON_SMP),$(GUEST_LOGS)/rayon-$(k)-$(n).log)) \
 		$(GUEST_LOGS)/rayon-summary.md
 
 ## guest-rayon-smoke: rayon-work with tiny sizes, one boot per kernel at 2 vCPUs, and the report
-## gatherer on made-up logs and on those two (make test)
+## gatherer on those two (make test; its checks on made-up logs are xtask unit tests, make test-host)
 guest-rayon-smoke: rayon-images $(IMAGE_LOADER_DEP) qemu-install
-	@$(IMAGE_SCRIPTS)/test-guest-report.sh
-	@$(IMAGE_SCRIPTS)/guest-rayon.sh $(LOADER) $(CPU) $(RAYON_MEM) 120 $(IMAGE_BUILD)/test-logs rayon-smoke \
-		2 smoke $(RAYON_IMAGES)
-	@$(IMAGE_SCRIPTS)/guest-report.sh $(IMAGE_BUILD)/test-logs/rayon-smoke-report.md \
+	@$(IMAGE_XTASK) rayon --loader $(LOADER) --cpu '$(CPU)' --mem '$(RAYON_MEM)' --timeout 120 --logs $(IMAGE_BUILD)/test-logs --prefix rayon-smoke \
+		--smp 2 --args smoke $(addprefix --image ,$(RAYON_IMAGES))
+	@$(IMAGE_XTASK) report gather --out $(IMAGE_BUILD)/test-logs/rayon-smoke-report.md \
 		$(foreach k,$(RAYON_KERNELS),$(IMAGE_BUILD)/test-logs/rayon-smoke-$(k)-2.log)
 
 wakeup-images:

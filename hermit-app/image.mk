@@ -3,7 +3,8 @@
 # Included by the top-level Makefile (`include hermit-app/image.mk`) or used on its own
 # (`make -f hermit-app/image.mk image`). Every path below is derived from this file's own
 # location, so both work from any directory. Each step is a call into the xtask (xtask/, `cargo
-# xtask help`); the experiments' boots and the bare-machine installers live in hermit-app/scripts/.
+# xtask help`); what must run on a bare machine (installers, the bash runners, device-scaling.sh)
+# lives in hermit-app/scripts/.
 # See hermit-app/README-image.md for what each step does and how long it takes.
 #
 # Targets:  image loader qemu qemu-debug qemu-debug-test lock-inject-test uhyve image-test
@@ -71,7 +72,7 @@ REPEATABLE      ?=
 ICOUNT_SHIFT    ?= 0
 ICOUNT_PHASE    ?= 0
 # The runners (cargo xtask qemu, qemu.sh, qemu-debug.sh) read it from the environment, so every
-# boot (the checks, the experiments, guest-rayon.sh, ...) follows REPEATABLE without an
+# boot (the checks, the experiments, device-scaling.sh, ...) follows REPEATABLE without an
 # argument of its own.
 ifneq ($(filter-out 0,$(REPEATABLE)),)
 export QEMU_ICOUNT_SHIFT := $(ICOUNT_SHIFT)

@@ -4,7 +4,7 @@
 //! Build: fetch-kernel, prepare-kernel, kernel-series, build-kernel, build-loader, build-app,
 //! bundle-qemu. Boot: boot-args, qemu, uhyve. Checks: image-test, fpu-test, kernel-tests,
 //! boot-args-test, qemu-debug-test, lock-inject-test, preempt-inject. Experiments: bill, wakeup,
-//! spread, tlb-stale, shootdown.
+//! spread, tlb-stale, shootdown, rayon.
 //! Reports: report (tables from the boots' result lines, `report.rs`).
 
 mod archive;
@@ -68,10 +68,16 @@ experiments (ipiq kernel against stock-probe; checked boots, then a table)
                  [--summary FILE] --image KERNEL=F...   (KERNEL: patched, stock-probe or stock)
   shootdown      --loader F --logs DIR --timeout S --smp \"2 4 8\" --swaps N [--repeats 3]
                  [--summary FILE] --image patched=F --image stock-probe=F
+  rayon          --loader F --cpu MODEL --mem SIZE --timeout S --logs DIR --prefix P --smp \"1 2 4 8\"
+                 [--args A] --image KERNEL=F... [-- QEMU arguments]
   spread         --loader F --out DIR --runs N --smp \"2 4\" --wakeup-smp \"2 4\" [--wakeup-rounds N]
                  [--phases \"0 1 2\"] --image bench=F --image patched=F --image stock-probe=F
 reports (tables from the boots' result lines)
-  report bill LOG...
+  report bill LOG...              the hypervisor bill
+  report rayon LOG...             the rayon-work table
+  report gather --out F LOG...    every <<<report block of the logs into one Markdown file
+  report bench --results DIR LOG...   DIR/bench-report.md and the gathered guest blocks into
+                                  DIR/report.md
 ";
 
 fn main() -> ExitCode {
@@ -459,6 +465,45 @@ fn run(argv: &[String]) -> Result<()> {
             a.finish()?;
             experiments::shootdown(&r)
         }
+        "rayon" => {
+            let mut images = Vec::new();
+            for spec in a.values_of("image") {
+                let Some((kernel, image)) = spec
+                    .split_once('=')
+                    .filter(|(k, i)| !k.is_empty() && !i.is_empty())
+                else {
+                    return Err(Error::usage(format!(
+                        "rayon --image: '{spec}' is not KERNEL=IMAGE"
+                    )));
+                };
+                if !std::path::Path::new(image).is_file() {
+                    return Err(Error::usage(format!(
+                        "rayon --image: image {image} does not exist"
+                    )));
+                }
+                images.push((kernel.to_string(), PathBuf::from(image)));
+            }
+            if images.is_empty() {
+                return Err(Error::usage("rayon: give --image KERNEL=IMAGE"));
+            }
+            let (cpu, mem) = (a.required("cpu")?, a.required("mem")?);
+            let timeout_s = setting_timeout(&mut a, "RAYON_TIMEOUT")?;
+            qemu::BootArgs::check("1", &cpu, &mem, "1")?;
+            let r = experiments::RayonRun {
+                loader: a.path("loader")?,
+                cpu,
+                mem,
+                timeout_s,
+                logs: a.path("logs")?,
+                prefix: a.required("prefix")?,
+                smp: smps(&mut a, "smp", "RAYON_SMP", "1 2 4 8")?,
+                args: a.optional("args").unwrap_or_default(),
+                images,
+                qemu_extra: std::mem::take(&mut a.rest),
+            };
+            a.finish()?;
+            experiments::rayon(&r)
+        }
         "report" => report_command(a),
         other => Err(Error::usage(format!(
             "unknown command '{other}' (cargo xtask help lists them)"
@@ -532,15 +577,44 @@ fn image(
 
 fn report_command(mut a: Args) -> Result<()> {
     let words = a.positional();
-    a.finish()?;
     let Some((kind, logs)) = words.split_first() else {
-        return Err(Error::usage("report: bill LOG..."));
+        return Err(Error::usage(
+            "report: bill LOG... | rayon LOG... | gather --out F LOG... | bench --results DIR LOG...",
+        ));
     };
     let logs: Vec<PathBuf> = logs.iter().map(PathBuf::from).collect();
+    let read_all = |logs: &[PathBuf]| -> Result<Vec<(PathBuf, String)>> {
+        if logs.is_empty() {
+            return Err(Error::usage(format!(
+                "report {kind}: name at least one log"
+            )));
+        }
+        logs.iter()
+            .map(|p| Ok((p.clone(), report::read(p)?)))
+            .collect()
+    };
     match kind.as_str() {
-        "bill" => report::print_bill(&logs).map(|_| ()),
+        "bill" => {
+            a.finish()?;
+            report::print_bill(&logs).map(|_| ())
+        }
+        "rayon" => {
+            a.finish()?;
+            print!("{}", report::rayon_table(&read_all(&logs)?));
+            Ok(())
+        }
+        "gather" => {
+            let out = a.path("out")?;
+            a.finish()?;
+            report::write_gathered(&out, &logs)
+        }
+        "bench" => {
+            let results = a.path("results")?;
+            a.finish()?;
+            report::bench_report(&results, &logs)
+        }
         other => Err(Error::usage(format!(
-            "report: unknown table '{other}' (bill)"
+            "report: unknown table '{other}' (bill, rayon, gather or bench)"
         ))),
     }
 }

@@ -936,6 +936,464 @@ pub fn shootdown_table(
     b.render()
 }
 
+// ---------------------------------------------------------------------------------------------
+// rayon-work, patched kernel against stock.
+
+/// One `rayon-result workload=W kernel=K vcpus=N threads=T seq_ms=.. par_ms=.. messages=..
+/// ipis=.. avoided=.. check=..` line; figures as printed, `-` where the line lacks one.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RayonResult {
+    pub kernel: String,
+    pub vcpus: String,
+    pub workload: String,
+    pub seq_ms: String,
+    pub par_ms: String,
+    pub messages: String,
+    pub ipis: String,
+    pub avoided: String,
+    pub check: String,
+}
+
+impl RayonResult {
+    /// Parses a whole `rayon-result ...` line.
+    pub fn parse(line: &str) -> RayonResult {
+        let f = fields(line);
+        let t =
+            |key: &str, default: &str| f.get(key).map_or(default.to_string(), |v| v.to_string());
+        RayonResult {
+            kernel: t("kernel", "?"),
+            vcpus: t("vcpus", "?"),
+            workload: t("workload", "?"),
+            seq_ms: t("seq_ms", "-"),
+            par_ms: t("par_ms", "-"),
+            messages: t("messages", "-"),
+            ipis: t("ipis", "-"),
+            avoided: t("avoided", "-"),
+            check: t("check", "-"),
+        }
+    }
+}
+
+/// A kernel and vCPU count from a log named `...-(patched|stock)-N.log`.
+fn kernel_vcpus_of(path: &Path) -> Option<(String, String)> {
+    let name = path.file_name()?.to_str()?;
+    let name = name.strip_suffix(".log").unwrap_or(name);
+    let (rest, n) = name.rsplit_once('-')?;
+    if n.is_empty() || !n.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    ["patched", "stock"]
+        .into_iter()
+        .find(|k| rest.ends_with(&format!("-{k}")))
+        .map(|k| (k.to_string(), n.to_string()))
+}
+
+/// Milliseconds with at most one decimal as integer tenths ("1241.0" -> 12410).
+fn tenths(s: &str) -> Option<i64> {
+    match s.split_once('.') {
+        Some((i, d))
+            if !i.is_empty()
+                && i.bytes().all(|b| b.is_ascii_digit())
+                && d.len() == 1
+                && d.as_bytes()[0].is_ascii_digit() =>
+        {
+            Some(i.parse::<i64>().ok()? * 10 + i64::from(d.as_bytes()[0] - b'0'))
+        }
+        None if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) => {
+            Some(s.parse::<i64>().ok()? * 10)
+        }
+        _ => None,
+    }
+}
+
+/// a / b with two decimals, rounded; `-` when either is not a figure.
+fn rayon_ratio(a: &str, b: &str) -> String {
+    match (tenths(a), tenths(b)) {
+        (Some(a), Some(b)) if b > 0 => {
+            let q = (a * 1000 / b + 5) / 10;
+            format!("{}.{:02}", q / 100, q % 100)
+        }
+        _ => "-".into(),
+    }
+}
+
+/// The rayon-work table from its logs: per vCPU count and workload, both kernels' sequential and
+/// parallel times, speedups and ipiq's counters, then the IPIs taken over the whole boot (the
+/// kernel's interrupt counters printed at shutdown). A log without result lines shows as
+/// "no result".
+pub fn rayon_table(logs: &[(PathBuf, String)]) -> String {
+    let mut results: BTreeMap<(String, String, String), RayonResult> = BTreeMap::new();
+    let mut vcpus: Vec<String> = Vec::new();
+    let mut failed_runs: Vec<(String, String)> = Vec::new();
+    let mut irqs: BTreeMap<(String, String, String), u64> = BTreeMap::new();
+    let mut irq_seen: Vec<(String, String)> = Vec::new();
+    let see = |vcpus: &mut Vec<String>, v: &str| {
+        if !vcpus.iter().any(|u| u == v) {
+            vcpus.push(v.to_string());
+        }
+    };
+    for (path, log) in logs {
+        let from_name = kernel_vcpus_of(path);
+        let (mut cur_k, mut cur_v) = from_name.clone().unwrap_or_default();
+        let (mut found, mut in_irqs) = (false, false);
+        for line in log.lines() {
+            if line == "Number of interrupts" {
+                in_irqs = true;
+                continue;
+            }
+            if in_irqs {
+                if let Some((name, count)) = interrupt_count(line) {
+                    *irqs
+                        .entry((cur_k.clone(), cur_v.clone(), name.to_string()))
+                        .or_default() += count;
+                    if !irq_seen.contains(&(cur_k.clone(), cur_v.clone())) {
+                        irq_seen.push((cur_k.clone(), cur_v.clone()));
+                    }
+                    continue;
+                }
+            }
+            if !line.starts_with("rayon-result ") {
+                continue;
+            }
+            let r = RayonResult::parse(line);
+            cur_k = r.kernel.clone();
+            cur_v = r.vcpus.clone();
+            see(&mut vcpus, &r.vcpus);
+            results.insert((r.kernel.clone(), r.vcpus.clone(), r.workload.clone()), r);
+            found = true;
+        }
+        if let (false, Some((k, v))) = (found, from_name) {
+            see(&mut vcpus, &v);
+            failed_runs.push((k, v));
+        }
+    }
+    // Numeric order; anything else after the numbers.
+    vcpus.sort_by_key(|v| v.parse::<u64>().map_or((1, 0), |n| (0, n)));
+
+    let cell = |k: &str, v: &str, w: &str, pick: fn(&RayonResult) -> &String| -> String {
+        match results.get(&(k.to_string(), v.to_string(), w.to_string())) {
+            Some(r) => pick(r).clone(),
+            None if failed_runs.contains(&(k.to_string(), v.to_string())) => "no result".into(),
+            None => "-".into(),
+        }
+    };
+    let mut b = Block::new("rayon-work: patched (ipiq) against stock kernel, per vCPU count");
+    b.line("ms are emulated time (QEMU TCG); speedup = sequential / parallel in the same boot;");
+    b.line("par. stock/patched > 1 means the patched kernel ran the parallel part faster;");
+    b.line("IPIs, messages and avoided are ipiq's counters during the parallel part (stock has none: n/a).");
+    b.line("");
+    b.line("| vCPUs | workload | patched seq ms | patched par ms | patched speedup | stock seq ms | stock par ms | stock speedup | par. stock/patched | patched messages | patched IPIs | patched avoided | stock IPIs | check |");
+    b.line("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    for v in &vcpus {
+        for w in ["sort", "stencil"] {
+            let ps = cell("patched", v, w, |r| &r.seq_ms);
+            let pp = cell("patched", v, w, |r| &r.par_ms);
+            let ss = cell("stock", v, w, |r| &r.seq_ms);
+            let sp = cell("stock", v, w, |r| &r.par_ms);
+            let checks = format!(
+                "patched {}, stock {}",
+                cell("patched", v, w, |r| &r.check),
+                cell("stock", v, w, |r| &r.check)
+            );
+            b.row(&[
+                v.clone(),
+                w.to_string(),
+                ps.clone(),
+                pp.clone(),
+                rayon_ratio(&ps, &pp),
+                ss.clone(),
+                sp.clone(),
+                rayon_ratio(&ss, &sp),
+                rayon_ratio(&sp, &pp),
+                cell("patched", v, w, |r| &r.messages),
+                cell("patched", v, w, |r| &r.ipis),
+                cell("patched", v, w, |r| &r.avoided),
+                cell("stock", v, w, |r| &r.ipis),
+                checks,
+            ]);
+        }
+    }
+    b.line("");
+    b.line("IPIs taken during the whole boot (boot, sequential and parallel parts), from the kernel's own");
+    b.line("interrupt counters printed at shutdown, summed over cores (IPIs that arrive while one is pending");
+    b.line("merge into one): ipiq = ipiq's vector 122 (the patched kernel sends its scheduler wake-ups there),");
+    b.line("wakeup = Hermit's vector 121, TLB = Hermit's TLB-flush vector 112.");
+    b.line("");
+    b.line("| vCPUs | patched ipiq | patched wakeup | patched TLB | patched total | stock wakeup | stock TLB | stock total |");
+    b.line("|---|---|---|---|---|---|---|---|");
+    let seen = |k: &str, v: &str| irq_seen.contains(&(k.to_string(), v.to_string()));
+    let irq = |k: &str, v: &str, name: &str| -> String {
+        if !seen(k, v) {
+            return "-".into();
+        }
+        irqs.get(&(k.to_string(), v.to_string(), name.to_string()))
+            .copied()
+            .unwrap_or(0)
+            .to_string()
+    };
+    let total = |k: &str, v: &str| -> String {
+        if !seen(k, v) {
+            return "-".into();
+        }
+        ["ipiq", "Wakeup", "TLB flush"]
+            .iter()
+            .map(|n| {
+                irqs.get(&(k.to_string(), v.to_string(), n.to_string()))
+                    .copied()
+                    .unwrap_or(0)
+            })
+            .sum::<u64>()
+            .to_string()
+    };
+    for v in &vcpus {
+        b.row(&[
+            v.clone(),
+            irq("patched", v, "ipiq"),
+            irq("patched", v, "Wakeup"),
+            irq("patched", v, "TLB flush"),
+            total("patched", v),
+            irq("stock", v, "Wakeup"),
+            irq("stock", v, "TLB flush"),
+            total("stock", v),
+        ]);
+    }
+    b.render()
+}
+
+/// `[core][name]: count` from the kernel's interrupt counters.
+fn interrupt_count(line: &str) -> Option<(&str, u64)> {
+    let rest = line.strip_prefix('[')?;
+    let (core, rest) = rest.split_once("][")?;
+    if core.is_empty() || !core.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let (name, count) = rest.split_once("]: ")?;
+    if name.is_empty()
+        || name.contains(']')
+        || count.is_empty()
+        || !count.bytes().all(|b| b.is_ascii_digit())
+    {
+        return None;
+    }
+    Some((name, count.parse().ok()?))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Gathering the report blocks of logs into one Markdown file.
+
+/// The report blocks of one log, each as (title, lines); an error naming the log and line for a
+/// log with no block, a block opened inside another, an end without a start, or one unclosed.
+pub fn blocks(path: &Path, log: &str) -> std::result::Result<Vec<(String, Vec<String>)>, String> {
+    let file = path.display();
+    let mut out: Vec<(String, Vec<String>)> = Vec::new();
+    let mut open: Option<usize> = None;
+    for (i, line) in log.lines().enumerate() {
+        let n = i + 1;
+        if let Some(title) = line.strip_prefix("<<<report") {
+            if let Some(start) = open {
+                return Err(format!(
+                    "{file}:{n}: block opened inside the block of line {start}"
+                ));
+            }
+            open = Some(n);
+            out.push((
+                title.trim_start_matches([' ', '\t']).to_string(),
+                Vec::new(),
+            ));
+        } else if line.starts_with(">>>report") {
+            if open.is_none() {
+                return Err(format!("{file}:{n}: >>>report without <<<report"));
+            }
+            open = None;
+        } else if open.is_some() {
+            if let Some(last) = out.last_mut() {
+                last.1.push(line.to_string());
+            }
+        }
+    }
+    if let Some(start) = open {
+        return Err(format!("{file}:{start}: block not closed (no >>>report)"));
+    }
+    if out.is_empty() {
+        return Err(format!("{file}: no <<<report block"));
+    }
+    Ok(out)
+}
+
+/// The heading of a log's section: app, kernel and vCPUs for `<app>-<kernel>-<vcpus>.log`.
+fn heading(path: &Path) -> String {
+    let file = util::file_name(path);
+    match (kernel_vcpus_of(path), file.strip_suffix(".log")) {
+        (Some((k, v)), Some(stem)) => {
+            let app = &stem[..stem.len() - k.len() - v.len() - 2];
+            if app.is_empty() {
+                file
+            } else {
+                format!("{app}, {k} kernel, {v} vCPUs ({file})")
+            }
+        }
+        _ => file,
+    }
+}
+
+/// The gathered report's header: date, host CPU and cores, QEMU.
+pub struct Host {
+    pub date: String,
+    pub cpu: String,
+    pub cores: usize,
+    pub qemu: String,
+}
+
+impl Host {
+    pub fn here() -> Host {
+        let date = std::process::Command::new("date")
+            .args(["-u", "+%Y-%m-%d %H:%M UTC"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_default();
+        let cpu = std::fs::read_to_string("/proc/cpuinfo")
+            .ok()
+            .and_then(|c| {
+                c.lines()
+                    .find(|l| l.starts_with("model name"))
+                    .and_then(|l| l.split_once(':'))
+                    .map(|(_, m)| m.trim().to_string())
+            })
+            .filter(|m| !m.is_empty())
+            .unwrap_or_else(|| "unknown".into());
+        let qemu = std::process::Command::new("qemu-system-x86_64")
+            .arg("--version")
+            .output()
+            .ok()
+            .and_then(|o| {
+                String::from_utf8_lossy(&o.stdout)
+                    .lines()
+                    .next()
+                    .map(str::to_string)
+            })
+            .filter(|l| !l.is_empty())
+            .unwrap_or_else(|| "not found".into());
+        Host {
+            date,
+            cpu,
+            cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            qemu,
+        }
+    }
+}
+
+/// Every report block of the logs, in order, under a heading naming its log, each block under a
+/// `### Title` line, after a header naming the host. Errors: one per bad or missing log.
+pub fn gather(host: &Host, logs: &[PathBuf]) -> std::result::Result<String, Vec<String>> {
+    let mut s = String::new();
+    s.push_str("# Guest benchmark report\n\n");
+    let _ = writeln!(s, "- date: {}", host.date);
+    let _ = writeln!(s, "- host CPU: {}, {} cores", host.cpu, host.cores);
+    let _ = writeln!(s, "- QEMU: {}", host.qemu);
+    s.push_str(
+        "- times are emulated time under QEMU TCG (no KVM here): compare them only within one\n",
+    );
+    s.push_str("  run and one machine; counts (messages, IPIs) are exact\n");
+    let mut errors = Vec::new();
+    for path in logs {
+        if !path.is_file() {
+            errors.push(format!("{}: no such readable log", path.display()));
+            continue;
+        }
+        match blocks(path, &util::read_log(path)) {
+            Err(e) => errors.push(e),
+            Ok(blocks) => {
+                let _ = write!(s, "\n## {}\n", heading(path));
+                for (title, lines) in blocks {
+                    let title = if title.is_empty() {
+                        "(untitled)".to_string()
+                    } else {
+                        title
+                    };
+                    let _ = write!(s, "\n### {title}\n\n");
+                    for l in lines {
+                        let _ = writeln!(s, "{l}");
+                    }
+                }
+            }
+        }
+    }
+    if errors.is_empty() {
+        Ok(s)
+    } else {
+        Err(errors)
+    }
+}
+
+/// Writes the gathered report to `out`; on any bad log, each error and no file (exit 1).
+pub fn write_gathered(out: &Path, logs: &[PathBuf]) -> Result<()> {
+    if logs.is_empty() {
+        return Err(Error::usage("report gather: name at least one log"));
+    }
+    match gather(&Host::here(), logs) {
+        Err(errors) => {
+            for e in errors {
+                eprintln!("error: {e}");
+            }
+            Err(Error::failed(format!(
+                "report not written ({})",
+                out.display()
+            )))
+        }
+        Ok(text) => {
+            if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+                util::create_dir(dir)?;
+            }
+            util::write(out, text)?;
+            println!("==> report: {} ({} logs)", out.display(), logs.len());
+            Ok(())
+        }
+    }
+}
+
+/// `make bench`'s one file: the host report (RESULTS/bench-report.md, written by the bench
+/// binary, its SVG plots beside it), then every guest report block gathered from the logs
+/// (RESULTS/guest-report.md), into RESULTS/report.md.
+pub fn bench_report(results: &Path, logs: &[PathBuf]) -> Result<()> {
+    let host = results.join("bench-report.md");
+    if !host.is_file() {
+        return Err(Error::failed(format!(
+            "{} is missing (run the host benchmark first)",
+            host.display()
+        )));
+    }
+    let guest = results.join("guest-report.md");
+    write_gathered(&guest, logs)?;
+    let deeper = |text: String| -> String {
+        text.lines()
+            .map(|l| {
+                if l.starts_with('#') {
+                    format!("#{l}\n")
+                } else {
+                    format!("{l}\n")
+                }
+            })
+            .collect()
+    };
+    let mut s = String::from("# ipiq benchmark report\n\n");
+    s.push_str("Host benchmarks first (threads as cores, against peers in the same run), then every table\n");
+    s.push_str(
+        "the guest benchmarks printed under QEMU (counts exact; times emulated by TCG, compare\n",
+    );
+    s.push_str("within a table). Plots: the SVG files beside this report.\n\n");
+    s.push_str(&deeper(util::read_log(&host)));
+    s.push('\n');
+    s.push_str(&deeper(util::read_log(&guest)));
+    let out = results.join("report.md");
+    util::write(&out, &s)?;
+    println!(
+        "==> report: {} ({} lines; plots beside it)",
+        out.display(),
+        s.lines().count()
+    );
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1014,5 +1472,124 @@ mod tests {
         assert!(r
             .text
             .contains("| 3.97 | 1.99 / 1.98 / 0.000 / 0.000 | n/a | n/a | n/a |  |"));
+    }
+
+    fn host() -> Host {
+        Host {
+            date: "2026-12-07 12:00 UTC".into(),
+            cpu: "Test CPU".into(),
+            cores: 2,
+            qemu: "QEMU emulator version 10.0.2".into(),
+        }
+    }
+
+    /// The gatherer on made-up logs: blocks in order under the log's heading, nothing outside
+    /// blocks, no carriage returns, the header; and a clear failure naming the log for a log
+    /// with no block, an unclosed block, a block opened inside another, a stray end line, or a
+    /// missing log (no report written).
+    #[test]
+    fn gather_copies_blocks_and_refuses_bad_logs() {
+        let dir = util::Scratch::new("gather-test").unwrap_or_else(|e| panic!("{e:?}"));
+        let d = &dir.0;
+        let write = |name: &str, text: &str| {
+            std::fs::write(d.join(name), text).unwrap_or_else(|e| panic!("{e}"));
+            d.join(name)
+        };
+        let demo = write(
+            "demo-patched-4.log",
+            "boot\r\n<<<report First\r\n| a |\r\n|---|\r\n| 1 |\r\n>>>report\r\nnoise\r\n<<<report Second\r\nfree text\r\n>>>report\r\n",
+        );
+        let other = write("other.log", "<<<report Third\n| b |\n>>>report\n");
+        let report = gather(&host(), &[demo.clone(), other]).unwrap_or_else(|e| panic!("{e:?}"));
+        let expected = "## demo, patched kernel, 4 vCPUs (demo-patched-4.log)\n\n### First\n\n| a |\n|---|\n| 1 |\n\n### Second\n\nfree text\n\n## other.log\n\n### Third\n\n| b |\n";
+        assert!(report.contains(expected), "{report}");
+        assert!(!report.contains("noise") && !report.contains("boot\n"));
+        assert!(!report.contains('\r'));
+        for field in [
+            "- date: ",
+            "- host CPU: Test CPU, 2 cores",
+            "- QEMU: ",
+            "TCG",
+        ] {
+            assert!(report.contains(field), "header lacks {field}");
+        }
+
+        let bad = [
+            ("none.log", "nothing here\n", "no <<<report block"),
+            (
+                "open.log",
+                "<<<report Open\n| x |\n",
+                ":1: block not closed",
+            ),
+            (
+                "nested.log",
+                "<<<report A\n<<<report B\n>>>report\n",
+                ":2: block opened inside the block of line 1",
+            ),
+            (
+                "stray.log",
+                "x\n>>>report\n",
+                ":2: >>>report without <<<report",
+            ),
+        ];
+        for (name, text, why) in bad {
+            let log = write(name, text);
+            let errors = gather(&host(), &[demo.clone(), log])
+                .err()
+                .unwrap_or_default();
+            assert_eq!(errors.len(), 1, "{name}");
+            assert!(
+                errors[0].contains(name) && errors[0].contains(why),
+                "{name}: {}",
+                errors[0]
+            );
+        }
+        let out = d.join("bad.md");
+        let missing = d.join("missing.log");
+        assert!(write_gathered(&out, &[demo, missing]).is_err_and(|e| e.status == 1));
+        assert!(!out.exists(), "a report was written anyway");
+    }
+
+    #[test]
+    fn rayon_table_from_made_up_logs() {
+        let patched = "rayon-work: kernel patched, vCPUs 2, rayon threads 2, pool global\nrayon-result workload=sort kernel=patched vcpus=2 threads=2 seq_ms=13.2 par_ms=17.8 messages=2 ipis=2 avoided=0 check=ok\nNumber of interrupts\n[0][ipiq]: 2\n[1][ipiq]: 4\n[1][Wakeup]: 1\n";
+        let logs = vec![
+            (PathBuf::from("rayon-patched-2.log"), patched.to_string()),
+            (PathBuf::from("rayon-stock-2.log"), "panic\n".to_string()),
+        ];
+        let t = rayon_table(&logs);
+        assert!(t.contains("| 2 | sort | 13.2 | 17.8 | 0.74 | no result | no result | - | - | 2 | 2 | 0 | no result | patched ok, stock no result |"), "{t}");
+        assert!(t.contains("| 2 | 6 | 1 | 0 | 7 | - | - | - |"), "{t}");
+        assert_eq!(rayon_ratio("1241.0", "100"), "12.41");
+        assert_eq!(rayon_ratio("1.25", "1"), "-");
+    }
+
+    #[test]
+    fn wakeup_and_shootdown_tables() {
+        let w = |kernel: &str, rate: &str, ipis: &str| {
+            format!("wakeup: kernel={kernel} smp=2 primitive=park/unpark rounds=100 rt_per_s={rate} p50_us=10.0 p99_us=20.0 ipis={ipis} messages=1\n[0][Wakeup]: 3\n")
+        };
+        let boots = [
+            WakeupBoot::parse("patched", &w("ipiq", "3000", "1")),
+            WakeupBoot::parse("stock-probe", &w("stock", "1000", "200")),
+        ]
+        .map(|b| b.unwrap_or_else(|e| panic!("{e}")));
+        let (t, rows) = wakeup_table(&boots, &[2], 1);
+        assert_eq!(rows.len(), 1);
+        assert!(t.contains("| 2 | park | 100 | 3000 | 1000 | 3x | 10.0 / 20.0 | 10.0 / 20.0 | 1x | 0.010 | 2.000 | 3 | 3 | no (p50 1x) |"), "{t}");
+        assert!(t.contains("- 2 vCPUs park: no (p50 1x)"));
+
+        let rate = |s: &str| {
+            ShootdownRate::parse(&format!("kernel=x smp=2 others=none swaps=10 swaps_per_s={s} stale=0 checked=5 ipis_per_swap=2.0")).unwrap_or_else(|e| panic!("{e}"))
+        };
+        let results = [
+            (2, true, rate("40")),
+            (2, true, rate("60")),
+            (2, false, rate("100")),
+        ];
+        let t = shootdown_table(&results, &[2], 10, 2, "m");
+        assert!(t.contains("| 2 | none | 50 (40-60) | 100 (100-100) | 0.5x | 2 | 2.0 | 0 / 10 | 0 / 5 | 0 / 0 |"), "{t}");
+        assert!(t.contains("ipiq/stock 0.5x (target >= 0.35x, 0 stale, no reader killed): met"));
+        assert!(ShootdownRate::parse("others=sideways").is_err());
     }
 }
