@@ -5,7 +5,7 @@
 //! bundle-qemu. Boot: boot-args, qemu, uhyve. Checks: image-test, fpu-test, kernel-tests,
 //! boot-args-test, qemu-debug-test, lock-inject-test, preempt-inject. Experiments: bill, wakeup,
 //! spread, tlb-stale, shootdown, rayon.
-//! Reports: report (tables from the boots' result lines, `report.rs`).
+//! Reports: report (tables from the boots' result lines, `report/`).
 
 mod archive;
 mod boot_tests;

@@ -42,7 +42,7 @@ impl Bill {
     }
 
     /// `bill: <what> n=<units> icr=.. eoi=.. timer=.. halt=.. other=.. exits=..`: the line the
-    /// report (`cargo xtask report bill`, xtask/src/report.rs) reads; `what` is `key=value`
+    /// report (`cargo xtask report bill`, xtask/src/report/bill.rs) reads; `what` is `key=value`
     /// fields naming the experiment (app, kernel, smp, case, unit), `units` how many units the
     /// counts cover.
     pub fn line(&self, what: &str, units: u64) -> String {
