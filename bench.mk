@@ -24,7 +24,7 @@
 #                           summary table (results/guest-logs/rayon-summary.md) and the gathered
 #                           report results/guest-rayon-report.md
 #   make guest-rayon-smoke  the same with 10^5 elements and a 128x128 grid, one boot per kernel
-#                           at 2 vCPUs, plus scripts/test-guest-report.sh (part of make test)
+#                           at 2 vCPUs, then the report gatherer on them (part of make test)
 #
 #   make guest-wakeup       cross-core wake-up ping-pong (apps/wakeup), ipiq kernel against stock
 #                           (stock-probe: stock + IPI counters) at WAKEUP_SMP vCPUs, medians of
@@ -41,7 +41,7 @@
 #   make guest-spread       the headline guest ratios (ipiq-bench: round trip against the raw ICR
 #                           ping-pong, statistics off against on, at SPREAD_SMP vCPUs; wakeup: ipiq
 #                           kernel against stock at SPREAD_WAKEUP_SMP) SPREAD_RUNS times each, with
-#                           their spread across runs (scripts/guest-spread.sh); table and boots in
+#                           their spread across runs (cargo xtask spread); table and boots in
 #                           results/guest-logs/spread (spread-repeatable with REPEATABLE=1);
 #                           SPREAD_PHASES="0 1 2 3 4" with REPEATABLE=1: one run per ICOUNT_PHASE
 #
@@ -77,7 +77,7 @@ SHOOTDOWN_REPEATS ?= 3
 SHOOTDOWN_TIMEOUT ?= 300
 SHOOTDOWN_IMAGES   = $(foreach k,patched stock-probe,$(k)=$(IMAGE_BUILD)/kernel-$(k)/apps/x86_64-unknown-hermit/release/tlb-stale)
 
-# guest-bill: the hypervisor bill (bill.sh), in the repeatable mode unless BILL_REPEATABLE=0.
+# guest-bill: the hypervisor bill (cargo xtask bill), in the repeatable mode unless BILL_REPEATABLE=0.
 BILL_REPEATABLE    ?= 1
 BILL_WAKEUP_SMP    ?= 2 4
 BILL_WAKEUP_ROUNDS ?= 500
@@ -85,6 +85,8 @@ BILL_SHOOTDOWN_SMP ?= 2 4
 BILL_SWAPS         ?= 100
 BILL_RAYON_SMP     ?= 4 8
 BILL_RAYON_ARGS    ?= smoke
+# Seconds per boot.
+BILL_TIMEOUT       ?= 900
 BILL_OUT           ?= $(GUEST_LOGS)/bill$(if $(filter-out 0,$(BILL_REPEATABLE)),-repeatable)
 BILL_IMAGES         = $(foreach a,wakeup=wakeup shootdown=tlb-stale rayon=rayon-work,$(foreach k,patched stock-probe,\
 	$(firstword $(subst =, ,$(a))).$(k)=$(IMAGE_BUILD)/kernel-$(k)/apps/x86_64-unknown-hermit/release/$(lastword $(subst =, ,$(a)))))
@@ -102,7 +104,7 @@ SPREAD_OUT           ?= $(GUEST_LOGS)/spread$(if $(filter-out 0,$(REPEATABLE)),-
 
 ## bench: every benchmark, host and guest, gathered into results/report.md (~10 min here)
 bench: bench-host guest-bench-all guest-wakeup guest-tlb-stale guest-shootdown guest-rayon guest-bill
-	@$(IMAGE_SCRIPTS)/bench-report.sh results \
+	@$(IMAGE_XTASK) report bench --results results \
 		$(foreach n,$(GUEST_BENCH_SMPS),$(GUEST_LOGS)/ipiq-bench-$(n).log) \
 		$(GUEST_LOGS)/wakeup-summary.log $(GUEST_LOGS)/tlb-stale-summary.log \
 		$(GUEST_LOGS)/shootdown-summary.log \
@@ -126,19 +128,18 @@ rayon-images:
 ## guest-rayon: rayon-work on each kernel with 1, 2, 4, 8 vCPUs; logs, summary and report in results/
 guest-rayon: rayon-images $(IMAGE_LOADER_DEP) qemu-install
 	@echo "==> QEMU TCG on $$(nproc) host cores: past $$(nproc) vCPUs the vCPUs share host cores, so time scaling there is not meaningful"
-	@$(IMAGE_SCRIPTS)/guest-rayon.sh $(LOADER) $(CPU) $(RAYON_MEM) $(RAYON_TIMEOUT) $(GUEST_LOGS) rayon \
-		"$(RAYON_SMP)" "" $(RAYON_IMAGES)
-	@$(IMAGE_SCRIPTS)/guest-report.sh results/guest-rayon-report.md \
+	@$(IMAGE_XTASK) rayon --loader $(LOADER) --cpu '$(CPU)' --mem '$(RAYON_MEM)' --timeout '$(RAYON_TIMEOUT)' --logs $(GUEST_LOGS) --prefix rayon \
+		--smp '$(RAYON_SMP)' $(addprefix --image ,$(RAYON_IMAGES))
+	@$(IMAGE_XTASK) report gather --out results/guest-rayon-report.md \
 		$(foreach k,$(RAYON_KERNELS),$(foreach n,$(RAYON_SMP),$(GUEST_LOGS)/rayon-$(k)-$(n).log)) \
 		$(GUEST_LOGS)/rayon-summary.md
 
 ## guest-rayon-smoke: rayon-work with tiny sizes, one boot per kernel at 2 vCPUs, and the report
-## gatherer on made-up logs and on those two (make test)
+## gatherer on those two (make test; its checks on made-up logs are xtask unit tests, make test-host)
 guest-rayon-smoke: rayon-images $(IMAGE_LOADER_DEP) qemu-install
-	@$(IMAGE_SCRIPTS)/test-guest-report.sh
-	@$(IMAGE_SCRIPTS)/guest-rayon.sh $(LOADER) $(CPU) $(RAYON_MEM) 120 $(IMAGE_BUILD)/test-logs rayon-smoke \
-		2 smoke $(RAYON_IMAGES)
-	@$(IMAGE_SCRIPTS)/guest-report.sh $(IMAGE_BUILD)/test-logs/rayon-smoke-report.md \
+	@$(IMAGE_XTASK) rayon --loader $(LOADER) --cpu '$(CPU)' --mem '$(RAYON_MEM)' --timeout 120 --logs $(IMAGE_BUILD)/test-logs --prefix rayon-smoke \
+		--smp 2 --args smoke $(addprefix --image ,$(RAYON_IMAGES))
+	@$(IMAGE_XTASK) report gather --out $(IMAGE_BUILD)/test-logs/rayon-smoke-report.md \
 		$(foreach k,$(RAYON_KERNELS),$(IMAGE_BUILD)/test-logs/rayon-smoke-$(k)-2.log)
 
 wakeup-images:
@@ -150,21 +151,19 @@ wakeup-images:
 ## table in results/guest-logs/wakeup-summary.log, boots in results/guest-logs/wakeup-KERNEL-SMP.log
 guest-wakeup: wakeup-images $(IMAGE_LOADER_DEP) qemu-install
 	@mkdir -p $(GUEST_LOGS)
-	@REPEATS=$(WAKEUP_REPEATS) SUMMARY=$(GUEST_LOGS)/wakeup-summary.log $(IMAGE_SCRIPTS)/wakeup.sh $(LOADER) $(GUEST_LOGS) \
-		$(WAKEUP_TIMEOUT) "$(WAKEUP_SMP)" "$(WAKEUP_ROUNDS)" $(WAKEUP_IMAGES)
+	@$(IMAGE_XTASK) wakeup --loader $(LOADER) --logs $(GUEST_LOGS) --timeout "$(WAKEUP_TIMEOUT)" --smp "$(WAKEUP_SMP)" --rounds "$(WAKEUP_ROUNDS)" --repeats "$(WAKEUP_REPEATS)" --summary $(GUEST_LOGS)/wakeup-summary.log $(addprefix --image ,$(WAKEUP_IMAGES))
 
 ## wakeup-smoke: the same, WAKEUP_SMOKE_ROUNDS round trips, 2 vCPUs, one boot per kernel, and
-## the hypervisor bill of both boots (bill-report.sh fails without both kernels' lines) (make test)
+## the hypervisor bill of both boots (cargo xtask report bill fails without both kernels' lines) (make test)
 wakeup-smoke: wakeup-images $(IMAGE_LOADER_DEP) qemu-install
-	@$(IMAGE_SCRIPTS)/wakeup.sh $(LOADER) $(IMAGE_BUILD)/test-logs/wakeup-smoke $(WAKEUP_TIMEOUT) 2 "$(WAKEUP_SMOKE_ROUNDS)" \
-		$(WAKEUP_IMAGES)
-	@$(IMAGE_SCRIPTS)/bill-report.sh $(foreach k,patched stock-probe,$(IMAGE_BUILD)/test-logs/wakeup-smoke/wakeup-$(k)-2.log)
+	@$(IMAGE_XTASK) wakeup --loader $(LOADER) --logs $(IMAGE_BUILD)/test-logs/wakeup-smoke --timeout "$(WAKEUP_TIMEOUT)" --smp 2 --rounds "$(WAKEUP_SMOKE_ROUNDS)" $(addprefix --image ,$(WAKEUP_IMAGES))
+	@$(IMAGE_XTASK) report bill $(foreach k,patched stock-probe,$(IMAGE_BUILD)/test-logs/wakeup-smoke/wakeup-$(k)-2.log)
 
 ## guest-tlb-stale: stale-TLB experiment on the ipiq kernel and stock-probe, 2/4/8 vCPUs, x2APIC
 ## and xAPIC; table in results/guest-logs/tlb-stale-summary.log, boots in results/guest-logs/tlb-stale/
 guest-tlb-stale:
 	@mkdir -p $(GUEST_LOGS)
-	@SUMMARY=$(GUEST_LOGS)/tlb-stale-summary.log $(MAKE) --no-print-directory -f $(IMAGE_MK) tlb-stale-test \
+	@$(MAKE) --no-print-directory -f $(IMAGE_MK) tlb-stale-test TLB_STALE_SUMMARY=$(GUEST_LOGS)/tlb-stale-summary.log \
 		TLB_STALE_KERNELS="patched stock-probe" TLB_STALE_SMP="2 4 8" TLB_STALE_MODES="x2APIC xAPIC" \
 		TLB_STALE_LOGS=$(abspath $(GUEST_LOGS))/tlb-stale
 
@@ -178,8 +177,8 @@ shootdown-images:
 ## results/guest-logs/shootdown-summary.log, boots in results/guest-logs/shootdown/
 guest-shootdown: shootdown-images $(IMAGE_LOADER_DEP) qemu-install
 	@mkdir -p $(GUEST_LOGS)
-	@REPEATS=$(SHOOTDOWN_REPEATS) SUMMARY=$(GUEST_LOGS)/shootdown-summary.log $(IMAGE_SCRIPTS)/shootdown-rate.sh \
-		$(LOADER) $(GUEST_LOGS)/shootdown $(SHOOTDOWN_TIMEOUT) "$(SHOOTDOWN_SMP)" $(SHOOTDOWN_SWAPS) $(SHOOTDOWN_IMAGES)
+	@$(IMAGE_XTASK) shootdown --loader $(LOADER) --logs $(GUEST_LOGS)/shootdown --timeout "$(SHOOTDOWN_TIMEOUT)" --smp "$(SHOOTDOWN_SMP)" --swaps "$(SHOOTDOWN_SWAPS)" \
+		--repeats "$(SHOOTDOWN_REPEATS)" --summary $(GUEST_LOGS)/shootdown-summary.log $(addprefix --image ,$(SHOOTDOWN_IMAGES))
 
 bill-images:
 	@for a in wakeup tlb-stale rayon-work; do for k in patched stock-probe; do \
@@ -190,16 +189,11 @@ bill-images:
 ## (ICR, EOI, timer writes, halts) per wake-up hand-off, per swap under a reader, per rayon run,
 ## counted in the repeatable mode (BILL_REPEATABLE=0: normal); table in BILL_OUT/bill.md
 guest-bill: bill-images $(IMAGE_LOADER_DEP) qemu-install
-	@$(if $(filter-out 0,$(BILL_REPEATABLE)),QEMU_ICOUNT_SHIFT=$(ICOUNT_SHIFT) QEMU_ICOUNT_PHASE=$(ICOUNT_PHASE)) \
-		BILL_WAKEUP_SMP="$(BILL_WAKEUP_SMP)" BILL_WAKEUP_ROUNDS=$(BILL_WAKEUP_ROUNDS) \
-		BILL_SHOOTDOWN_SMP="$(BILL_SHOOTDOWN_SMP)" BILL_SWAPS=$(BILL_SWAPS) \
-		BILL_RAYON_SMP="$(BILL_RAYON_SMP)" BILL_RAYON_ARGS="$(BILL_RAYON_ARGS)" \
-		$(IMAGE_SCRIPTS)/bill.sh $(LOADER) $(BILL_OUT) $(BILL_IMAGES)
+	@$(if $(filter-out 0,$(BILL_REPEATABLE)),QEMU_ICOUNT_SHIFT=$(ICOUNT_SHIFT) QEMU_ICOUNT_PHASE=$(ICOUNT_PHASE)) $(IMAGE_XTASK) bill --loader $(LOADER) --out $(BILL_OUT) --wakeup-smp "$(BILL_WAKEUP_SMP)" --wakeup-rounds "$(BILL_WAKEUP_ROUNDS)" --shootdown-smp "$(BILL_SHOOTDOWN_SMP)" --swaps "$(BILL_SWAPS)" --rayon-smp "$(BILL_RAYON_SMP)" --rayon-args "$(BILL_RAYON_ARGS)" --timeout "$(BILL_TIMEOUT)" $(addprefix --image ,$(BILL_IMAGES))
 
 ## guest-spread: the headline guest ratios SPREAD_RUNS times with their spread across runs (add
 ## REPEATABLE=1 for the instruction-counting mode); table in SPREAD_OUT/spread.md
 guest-spread: wakeup-images $(IMAGE_LOADER_DEP) qemu-install
 	@$(MAKE) --no-print-directory -f $(IMAGE_MK) image APP=ipiq-bench KERNEL=patched
-	@SPREAD_PHASES="$(SPREAD_PHASES)" $(IMAGE_SCRIPTS)/guest-spread.sh $(LOADER) $(SPREAD_OUT) $(SPREAD_RUNS) "$(SPREAD_SMP)" "$(SPREAD_WAKEUP_SMP)" \
-		"$(SPREAD_WAKEUP_ROUNDS)" bench=$(IMAGE_BUILD)/kernel-patched/apps/x86_64-unknown-hermit/release/ipiq-bench \
-		$(WAKEUP_IMAGES)
+	@$(IMAGE_XTASK) spread --loader $(LOADER) --out $(SPREAD_OUT) --runs "$(SPREAD_RUNS)" --smp "$(SPREAD_SMP)" --wakeup-smp "$(SPREAD_WAKEUP_SMP)" --wakeup-rounds "$(SPREAD_WAKEUP_ROUNDS)" --phases "$(SPREAD_PHASES)" \
+		--image bench=$(IMAGE_BUILD)/kernel-patched/apps/x86_64-unknown-hermit/release/ipiq-bench $(addprefix --image ,$(WAKEUP_IMAGES))

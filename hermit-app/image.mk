@@ -3,7 +3,8 @@
 # Included by the top-level Makefile (`include hermit-app/image.mk`) or used on its own
 # (`make -f hermit-app/image.mk image`). Every path below is derived from this file's own
 # location, so both work from any directory. Each step is a call into the xtask (xtask/, `cargo
-# xtask help`); the experiments' boots and the bare-machine installers live in hermit-app/scripts/.
+# xtask help`); what must run on a bare machine (installers, the bash runners, device-scaling.sh)
+# lives in hermit-app/scripts/.
 # See hermit-app/README-image.md for what each step does and how long it takes.
 #
 # Targets:  image loader qemu qemu-debug qemu-debug-test lock-inject-test uhyve image-test
@@ -39,7 +40,8 @@
 #                          deterministic sample; bench.mk's SPREAD_PHASES)
 #   KERNEL_TESTS_KERNELS="patched stock" KERNEL_TESTS_SMP="1 4"   kernel-tests' sources and vCPUs
 #   TLB_STALE_KERNELS=stock-probe TLB_STALE_SMP="2 4" TLB_STALE_MODES=x2APIC TLB_STALE_LOGS=...
-#                          tlb-stale-test's kernels, vCPU counts, APIC models and log folder
+#   TLB_STALE_SUMMARY=FILE tlb-stale-test's kernels, vCPU counts, APIC models, log folder and a
+#                          file for its table (guest-tlb-stale sets it)
 #   FPU_TEST_SMP="2 4" FPU_TEST_MODES="x2APIC xAPIC" FPU_TEST_AVX_MODELS=Skylake-Client
 #   FPU_TEST_ARGS=... FPU_TEST_LOGS=...   fpu-test's vCPU counts, APIC models, AVX CPU models
 #                          (2 vCPUs, AVX required), fpu-stress arguments and log folder
@@ -70,7 +72,7 @@ REPEATABLE      ?=
 ICOUNT_SHIFT    ?= 0
 ICOUNT_PHASE    ?= 0
 # The runners (cargo xtask qemu, qemu.sh, qemu-debug.sh) read it from the environment, so every
-# boot (the checks, wakeup.sh, guest-rayon.sh, tlb-stale.sh, ...) follows REPEATABLE without an
+# boot (the checks, the experiments, device-scaling.sh, ...) follows REPEATABLE without an
 # argument of its own.
 ifneq ($(filter-out 0,$(REPEATABLE)),)
 export QEMU_ICOUNT_SHIFT := $(ICOUNT_SHIFT)
@@ -87,6 +89,8 @@ TLB_STALE_KERNELS ?= stock-probe
 TLB_STALE_SMP     ?= 2 4
 TLB_STALE_MODES   ?= x2APIC
 TLB_STALE_LOGS    ?= $(IMAGE_BUILD)/tlb-stale-logs
+# Also write the table to this file (empty: stdout only).
+TLB_STALE_SUMMARY ?=
 # fpu-test: vCPU counts, APIC models, AVX CPU models (2 vCPUs, AVX required), app arguments, logs.
 FPU_TEST_SMP        ?= 2 4
 FPU_TEST_MODES      ?= x2APIC xAPIC
@@ -252,8 +256,8 @@ tlb-stale-test: $(IMAGE_LOADER_DEP) qemu-install
 		$(MAKE) --no-print-directory -f $(IMAGE_MK) KERNEL=$$k APP=tlb-stale image || exit 1; \
 	done
 	@echo "==> stale-TLB experiment on $(TLB_STALE_KERNELS), $(TLB_STALE_SMP) vCPUs, $(TLB_STALE_MODES); logs in $(TLB_STALE_LOGS)"
-	@$(IMAGE_SCRIPTS)/tlb-stale.sh $(LOADER) $(TLB_STALE_LOGS) $(QEMU_TIMEOUT) "$(TLB_STALE_SMP)" "$(TLB_STALE_MODES)" \
-		$(foreach k,$(TLB_STALE_KERNELS),$(k)=$(IMAGE_BUILD)/kernel-$(k)/apps/x86_64-unknown-hermit/release/tlb-stale)
+	@$(IMAGE_XTASK) tlb-stale --loader $(LOADER) --logs $(TLB_STALE_LOGS) --timeout '$(QEMU_TIMEOUT)' --smp '$(TLB_STALE_SMP)' --modes '$(TLB_STALE_MODES)' \
+		--summary '$(TLB_STALE_SUMMARY)' $(foreach k,$(TLB_STALE_KERNELS),--image $(k)=$(IMAGE_BUILD)/kernel-$(k)/apps/x86_64-unknown-hermit/release/tlb-stale)
 
 ## fpu-test: apps/fpu-stress on the patched kernel (application messages computing with f64,
 ## x87 and AVX against pinned threads checking their own state bit for bit) with FPU_TEST_SMP

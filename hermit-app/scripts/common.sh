@@ -1,5 +1,6 @@
-# Shared helpers for the scripts that stay shell (sourced, not run): qemu.sh and the guest
-# experiments. The build, boot checks and the Makefile's runner are in xtask/ (cargo xtask help).
+# Shared helpers for the bash runners (sourced, not run): qemu.sh and qemu-debug.sh, which
+# device-scaling.sh (through guest-rayon.sh) uses on machines with only bash and QEMU. The build,
+# boot checks, experiments and reports are in xtask/ (cargo xtask help).
 
 # Checks a boot's settings before QEMU sees them, with an error that names the setting (QEMU's own
 # refusal would otherwise look like a guest failure, and a tiny MEM like a hang).
@@ -42,27 +43,4 @@ qemu_refused() {
     local msg
     msg=$(grep -m1 '^qemu-system-x86_64: ' "$1" 2>/dev/null) || return 1
     echo "error: QEMU refused to start the guest: ${msg#qemu-system-x86_64: }" >&2
-}
-
-# "MEDIAN MIN MAX" of a space-separated list of numbers (the guest benchmarks' repeated boots).
-median_min_max() { tr ' ' '\n' <<<"$1" | grep . | sort -g | awk '{ v[NR] = $1 } END {
-    m = (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2; print m, v[1], v[NR] }'; }
-# The median alone.
-median() { median_min_max "$1" | cut -d' ' -f1; }
-
-now() { date +%s.%N; }
-elapsed() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }'; }
-
-# The checks every boot log gets: sets `out` (the log without CRs), defines `fail` (prints a
-# reason and counts it in `failures`), and checks QEMU's verdict, the kernel's 'exit status 0'
-# and the APIC mode it reports.   check_boot LOG APIC_MODE QEMU_OK
-check_boot() {
-    out="$(tr -d '\r' <"$1")"
-    failures=0
-    fail() { echo "    - $*"; failures=$((failures + 1)); }
-    [ "$3" = 0 ] || fail "QEMU did not report a successful exit (see qemu.sh's message in the log)"
-    grep -q '^exit status 0$' <<<"$out" || fail "no 'exit status 0' from the kernel"
-    local used
-    used=$(sed -n 's/.*APIC in use: *\([x2]*APIC\).*/\1/p' <<<"$out" | head -n 1)
-    [ "$used" = "$2" ] || fail "kernel uses '${used:-nothing}', expected $2"
 }

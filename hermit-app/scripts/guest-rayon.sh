@@ -7,7 +7,8 @@
 # its report block, and saw SMP vCPUs and SMP rayon threads. Then the summary table of every log
 # (rayon-summary.sh) is printed and written to LOG_DIR/PREFIX-summary.md.
 # Exit status 1 if any boot failed or was skipped (RAYON_DEADLINE, below). Needs only bash,
-# coreutils and QEMU (device-scaling.sh uses it).
+# coreutils and QEMU: device-scaling.sh runs it on bare machines; make guest-rayon runs the same
+# boots and checks through the xtask (cargo xtask rayon).
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 

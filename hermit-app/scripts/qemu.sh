@@ -45,7 +45,7 @@ if [ -n "${QEMU_ICOUNT_SHIFT:-}" ]; then
     scratch="$(mktemp -d)"
     # QEMU_ICOUNT_PHASE=n (make ICOUNT_PHASE=n): the loader's link name gets 8n more characters,
     # so the guest starts a few hundred instructions later: another deterministic sample of a
-    # figure that depends on where the vCPUs' hand-offs fall (guest-spread.sh SPREAD_PHASES).
+    # figure that depends on where the vCPUs' hand-offs fall (bench.mk's SPREAD_PHASES).
     name="$(basename "$loader")$(printf '%*s' $((8 * ${QEMU_ICOUNT_PHASE:-0})) '' | tr ' ' _)"
     ln -s "$(realpath "$loader")" "$scratch/$name"
     [ "$(basename "$image")" = "$name" ] || ln -s "$(realpath "$image")" "$scratch/$(basename "$image")"

@@ -3,7 +3,8 @@
 #   rayon-summary.sh LOG...
 # Reads the `rayon-result key=value ...` lines the app prints (one per workload) and prints a
 # report block (<<<report ... >>>report) on stdout. A log without result lines shows as
-# "no result". Needs only bash (no awk, sed or bc: device-scaling.sh runs it on bare machines).
+# "no result". Needs only bash (no awk, sed or bc: device-scaling.sh runs it on bare machines);
+# elsewhere the same table is `cargo xtask report rayon LOG...` (xtask/src/report/rayon.rs).
 set -euo pipefail
 
 [ $# -ge 1 ] || { echo "usage: $0 LOG..." >&2; exit 2; }

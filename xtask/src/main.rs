@@ -3,7 +3,9 @@
 //!
 //! Build: fetch-kernel, prepare-kernel, kernel-series, build-kernel, build-loader, build-app,
 //! bundle-qemu. Boot: boot-args, qemu, uhyve. Checks: image-test, fpu-test, kernel-tests,
-//! boot-args-test, qemu-debug-test, lock-inject-test, preempt-inject.
+//! boot-args-test, qemu-debug-test, lock-inject-test, preempt-inject. Experiments: bill, wakeup,
+//! spread, tlb-stale, shootdown, rayon.
+//! Reports: report (tables from the boots' result lines, `report/`).
 
 mod archive;
 mod boot_tests;
@@ -12,9 +14,11 @@ mod checks;
 mod cli;
 mod debug_tests;
 mod error;
+mod experiments;
 mod kernel;
 mod kernel_tests;
 mod qemu;
+mod report;
 mod series;
 mod util;
 
@@ -54,6 +58,26 @@ checks
   qemu-debug-test --loader F --image SPIN_IMAGE --out DIR
   lock-inject-test --loader F --image IPIQ_TESTS_IMAGE --out DIR [--seconds 5]
   preempt-inject --image F [--vcpu N]      (writes the gdb hook to stdout)
+experiments (ipiq kernel against stock-probe; checked boots, then a table)
+  bill           --loader F --out DIR --image KIND.KERNEL=F... [--wakeup-smp \"2 4\"]
+                 [--wakeup-rounds 500] [--shootdown-smp \"2 4\"] [--swaps 100] [--rayon-smp \"4 8\"]
+                 [--rayon-args smoke] [--timeout 900]
+  wakeup         --loader F --logs DIR --timeout S --smp \"2 4\" [--rounds N] [--repeats 1]
+                 [--summary FILE] --image patched=F --image stock-probe=F
+  tlb-stale      --loader F --logs DIR --timeout S --smp \"2 4\" --modes \"x2APIC xAPIC\"
+                 [--summary FILE] --image KERNEL=F...   (KERNEL: patched, stock-probe or stock)
+  shootdown      --loader F --logs DIR --timeout S --smp \"2 4 8\" --swaps N [--repeats 3]
+                 [--summary FILE] --image patched=F --image stock-probe=F
+  rayon          --loader F --cpu MODEL --mem SIZE --timeout S --logs DIR --prefix P --smp \"1 2 4 8\"
+                 [--args A] --image KERNEL=F... [-- QEMU arguments]
+  spread         --loader F --out DIR --runs N --smp \"2 4\" --wakeup-smp \"2 4\" [--wakeup-rounds N]
+                 [--phases \"0 1 2\"] --image bench=F --image patched=F --image stock-probe=F
+reports (tables from the boots' result lines)
+  report bill LOG...              the hypervisor bill
+  report rayon LOG...             the rayon-work table
+  report gather --out F LOG...    every <<<report block of the logs into one Markdown file
+  report bench --results DIR LOG...   DIR/bench-report.md and the gathered guest blocks into
+                                  DIR/report.md
 ";
 
 fn main() -> ExitCode {
@@ -287,8 +311,310 @@ fn run(argv: &[String]) -> Result<()> {
             print!("{}", debug_tests::preempt_inject(&image, vcpu)?.script);
             Ok(())
         }
+
+        "bill" => {
+            let r = experiments::BillRun {
+                loader: a.path("loader")?,
+                out: a.path("out")?,
+                images: experiments::images(
+                    "bill --image",
+                    &a.values_of("image"),
+                    &experiments::BILL_IMAGE_NAMES,
+                )?,
+                wakeup_smp: smps(&mut a, "wakeup-smp", "BILL_WAKEUP_SMP", "2 4")?,
+                wakeup_rounds: count(&mut a, "wakeup-rounds", "BILL_WAKEUP_ROUNDS", 500)?,
+                shootdown_smp: smps(&mut a, "shootdown-smp", "BILL_SHOOTDOWN_SMP", "2 4")?,
+                swaps: count(&mut a, "swaps", "BILL_SWAPS", 100)?,
+                rayon_smp: smps(&mut a, "rayon-smp", "BILL_RAYON_SMP", "4 8")?,
+                rayon_args: a.optional("rayon-args").unwrap_or_else(|| "smoke".into()),
+                timeout_s: match a.optional("timeout") {
+                    None => 900,
+                    Some(t) => {
+                        qemu::BootArgs::check("1", "qemu64", "512M", &t)
+                            .map_err(|_| {
+                                Error::usage(format!(
+                                    "BILL_TIMEOUT must be a whole number of seconds, not '{t}'"
+                                ))
+                            })?
+                            .timeout_s
+                    }
+                },
+            };
+            a.finish()?;
+            if r.images.is_empty() {
+                return Err(Error::usage("bill: give --image KIND.KERNEL=IMAGE"));
+            }
+            experiments::bill(&r)
+        }
+        "wakeup" => {
+            let images = experiments::images(
+                "wakeup --image",
+                &a.values_of("image"),
+                &["patched", "stock-probe"],
+            )?;
+            let r = experiments::WakeupRun {
+                loader: a.path("loader")?,
+                logs: a.path("logs")?,
+                timeout_s: setting_timeout(&mut a, "WAKEUP_TIMEOUT")?,
+                smp: smps(&mut a, "smp", "WAKEUP_SMP", "2 4")?,
+                rounds: optional_count(&mut a, "rounds", "WAKEUP_ROUNDS")?,
+                patched: image(&images, "wakeup", "patched")?,
+                stock_probe: image(&images, "wakeup", "stock-probe")?,
+                repeats: count(&mut a, "repeats", "WAKEUP_REPEATS", 1)?,
+                summary: a.optional("summary").map(PathBuf::from),
+            };
+            a.finish()?;
+            experiments::wakeup(&r)
+        }
+        "spread" => {
+            let images = experiments::images(
+                "spread --image",
+                &a.values_of("image"),
+                &["bench", "patched", "stock-probe"],
+            )?;
+            let phases = a
+                .list("phases")
+                .iter()
+                .map(|p| {
+                    p.parse::<u32>().map_err(|_| {
+                        Error::usage(format!(
+                            "SPREAD_PHASES must list whole numbers (ICOUNT_PHASE values), not '{p}'"
+                        ))
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let r = experiments::SpreadRun {
+                loader: a.path("loader")?,
+                out: a.path("out")?,
+                runs: count(&mut a, "runs", "SPREAD_RUNS", 3)?,
+                smp: smps(&mut a, "smp", "SPREAD_SMP", "2 4")?,
+                wakeup_smp: smps(&mut a, "wakeup-smp", "SPREAD_WAKEUP_SMP", "2 4")?,
+                wakeup_rounds: optional_count(&mut a, "wakeup-rounds", "SPREAD_WAKEUP_ROUNDS")?,
+                bench: image(&images, "spread", "bench")?,
+                patched: image(&images, "spread", "patched")?,
+                stock_probe: image(&images, "spread", "stock-probe")?,
+                phases,
+            };
+            a.finish()?;
+            if !r.phases.is_empty() && std::env::var_os("QEMU_ICOUNT_SHIFT").is_none() {
+                return Err(Error::usage(
+                    "SPREAD_PHASES needs the repeatable mode (REPEATABLE=1)",
+                ));
+            }
+            experiments::spread(&r)
+        }
+        "tlb-stale" => {
+            let mut kernels = Vec::new();
+            for spec in a.values_of("image") {
+                let one = experiments::images(
+                    "TLB_STALE_KERNELS",
+                    std::slice::from_ref(&spec),
+                    &["patched", "stock-probe", "stock"],
+                )?;
+                kernels.extend(one);
+            }
+            if kernels.is_empty() {
+                return Err(Error::usage("tlb-stale: give --image KERNEL=IMAGE"));
+            }
+            let modes = a
+                .list("modes")
+                .iter()
+                .map(|m| {
+                    ApicMode::parse(m).ok_or_else(|| {
+                        Error::usage(format!(
+                            "TLB_STALE_MODES: unknown APIC mode '{m}' (x2APIC or xAPIC)"
+                        ))
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let r = experiments::TlbStaleRun {
+                loader: a.path("loader")?,
+                logs: a.path("logs")?,
+                timeout_s: setting_timeout(&mut a, "QEMU_TIMEOUT")?,
+                smp: smps(&mut a, "smp", "TLB_STALE_SMP", "2 4")?,
+                modes,
+                kernels,
+                summary: a
+                    .optional("summary")
+                    .filter(|s| !s.is_empty())
+                    .map(PathBuf::from),
+            };
+            a.finish()?;
+            experiments::tlb_stale(&r)
+        }
+        "shootdown" => {
+            let images = experiments::images(
+                "shootdown --image",
+                &a.values_of("image"),
+                &["patched", "stock-probe"],
+            )?;
+            let r = experiments::ShootdownRun {
+                loader: a.path("loader")?,
+                logs: a.path("logs")?,
+                timeout_s: setting_timeout(&mut a, "SHOOTDOWN_TIMEOUT")?,
+                smp: smps(&mut a, "smp", "SHOOTDOWN_SMP", "2 4 8")?,
+                swaps: count(&mut a, "swaps", "SHOOTDOWN_SWAPS", 200)?,
+                repeats: count(&mut a, "repeats", "SHOOTDOWN_REPEATS", 3)?,
+                patched: image(&images, "shootdown", "patched")?,
+                stock_probe: image(&images, "shootdown", "stock-probe")?,
+                summary: a
+                    .optional("summary")
+                    .filter(|s| !s.is_empty())
+                    .map(PathBuf::from),
+            };
+            a.finish()?;
+            experiments::shootdown(&r)
+        }
+        "rayon" => {
+            let mut images = Vec::new();
+            for spec in a.values_of("image") {
+                let Some((kernel, image)) = spec
+                    .split_once('=')
+                    .filter(|(k, i)| !k.is_empty() && !i.is_empty())
+                else {
+                    return Err(Error::usage(format!(
+                        "rayon --image: '{spec}' is not KERNEL=IMAGE"
+                    )));
+                };
+                if !std::path::Path::new(image).is_file() {
+                    return Err(Error::usage(format!(
+                        "rayon --image: image {image} does not exist"
+                    )));
+                }
+                images.push((kernel.to_string(), PathBuf::from(image)));
+            }
+            if images.is_empty() {
+                return Err(Error::usage("rayon: give --image KERNEL=IMAGE"));
+            }
+            let (cpu, mem) = (a.required("cpu")?, a.required("mem")?);
+            let timeout_s = setting_timeout(&mut a, "RAYON_TIMEOUT")?;
+            qemu::BootArgs::check("1", &cpu, &mem, "1")?;
+            let r = experiments::RayonRun {
+                loader: a.path("loader")?,
+                cpu,
+                mem,
+                timeout_s,
+                logs: a.path("logs")?,
+                prefix: a.required("prefix")?,
+                smp: smps(&mut a, "smp", "RAYON_SMP", "1 2 4 8")?,
+                args: a.optional("args").unwrap_or_default(),
+                images,
+                qemu_extra: std::mem::take(&mut a.rest),
+            };
+            a.finish()?;
+            experiments::rayon(&r)
+        }
+        "report" => report_command(a),
         other => Err(Error::usage(format!(
             "unknown command '{other}' (cargo xtask help lists them)"
+        ))),
+    }
+}
+
+/// A list of vCPU counts from `--option`, `default` when absent; errors name `setting`.
+fn smps(a: &mut Args, option: &str, setting: &str, default: &str) -> Result<Vec<u32>> {
+    let mut words = a.list(option);
+    if words.is_empty() {
+        words = cli::split_list(default);
+    }
+    let list = cli::smp_list(setting, &words)?;
+    if list.iter().any(|&n| n > 255) {
+        return Err(Error::usage(format!(
+            "{setting} must list vCPU counts from 1 to 255, not '{}'",
+            words.join(" ")
+        )));
+    }
+    Ok(list)
+}
+
+/// A positive whole number from `--option`, `default` when absent; errors name `setting`.
+fn count(a: &mut Args, option: &str, setting: &str, default: u32) -> Result<u32> {
+    match a.optional(option).filter(|s| !s.is_empty()) {
+        None => Ok(default),
+        Some(v) => match v.trim().parse::<u32>() {
+            Ok(n) if n >= 1 => Ok(n),
+            _ => Err(Error::usage(format!(
+                "{setting} must be a whole number from 1, not '{v}'"
+            ))),
+        },
+    }
+}
+
+/// `--option`: None when absent or empty, else a positive whole number; errors name `setting`.
+fn optional_count(a: &mut Args, option: &str, setting: &str) -> Result<Option<u32>> {
+    if a.optional(option)
+        .filter(|s| !s.trim().is_empty())
+        .is_none()
+    {
+        return Ok(None);
+    }
+    count(a, option, setting, 1).map(Some)
+}
+
+/// `--timeout`, a whole number of seconds; errors name `setting`.
+fn setting_timeout(a: &mut Args, setting: &str) -> Result<u64> {
+    let t = a.required("timeout")?;
+    qemu::BootArgs::check("1", "qemu64", "512M", &t)
+        .map(|b| b.timeout_s)
+        .map_err(|_| {
+            Error::usage(format!(
+                "{setting} must be a whole number of seconds, not '{t}'"
+            ))
+        })
+}
+
+/// The image named `name` among `--image NAME=F`; an error naming the missing one.
+fn image(
+    images: &std::collections::BTreeMap<String, PathBuf>,
+    command: &str,
+    name: &str,
+) -> Result<PathBuf> {
+    images
+        .get(name)
+        .cloned()
+        .ok_or_else(|| Error::usage(format!("{command}: --image {name}=IMAGE is required")))
+}
+
+fn report_command(mut a: Args) -> Result<()> {
+    let words = a.positional();
+    let Some((kind, logs)) = words.split_first() else {
+        return Err(Error::usage(
+            "report: bill LOG... | rayon LOG... | gather --out F LOG... | bench --results DIR LOG...",
+        ));
+    };
+    let logs: Vec<PathBuf> = logs.iter().map(PathBuf::from).collect();
+    let read_all = |logs: &[PathBuf]| -> Result<Vec<(PathBuf, String)>> {
+        if logs.is_empty() {
+            return Err(Error::usage(format!(
+                "report {kind}: name at least one log"
+            )));
+        }
+        logs.iter()
+            .map(|p| Ok((p.clone(), report::read(p)?)))
+            .collect()
+    };
+    match kind.as_str() {
+        "bill" => {
+            a.finish()?;
+            report::print_bill(&logs).map(|_| ())
+        }
+        "rayon" => {
+            a.finish()?;
+            print!("{}", report::rayon_table(&read_all(&logs)?));
+            Ok(())
+        }
+        "gather" => {
+            let out = a.path("out")?;
+            a.finish()?;
+            report::write_gathered(&out, &logs)
+        }
+        "bench" => {
+            let results = a.path("results")?;
+            a.finish()?;
+            report::bench_report(&results, &logs)
+        }
+        other => Err(Error::usage(format!(
+            "report: unknown table '{other}' (bill, rayon, gather or bench)"
         ))),
     }
 }

@@ -42,8 +42,9 @@ impl Bill {
     }
 
     /// `bill: <what> n=<units> icr=.. eoi=.. timer=.. halt=.. other=.. exits=..`: the line the
-    /// report (`hermit-app/scripts/bill-report.sh`) reads; `what` is `key=value` fields naming
-    /// the experiment (app, kernel, smp, case, unit), `units` how many units the counts cover.
+    /// report (`cargo xtask report bill`, xtask/src/report/bill.rs) reads; `what` is `key=value`
+    /// fields naming the experiment (app, kernel, smp, case, unit), `units` how many units the
+    /// counts cover.
     pub fn line(&self, what: &str, units: u64) -> String {
         format!(
             "bill: {what} n={units} icr={} eoi={} timer={} halt={} other={} exits={}",

@@ -427,7 +427,8 @@ fn run() -> Result<bool, String> {
     println!(">>>report");
     for o in &outcomes {
         let [messages, ipis, avoided] = counts(o.par_ipis);
-        // One machine-readable line per workload, for scripts/rayon-summary.sh.
+        // One machine-readable line per workload, for the rayon table
+        // (xtask/src/report/rayon.rs, and scripts/rayon-summary.sh on bare machines).
         println!(
             "rayon-result workload={} kernel={kernel} vcpus={vcpus} threads={threads} seq_ms={:.1} par_ms={:.1} messages={messages} ipis={ipis} avoided={avoided} check={}",
             o.name,
