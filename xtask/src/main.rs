@@ -236,17 +236,7 @@ fn run(argv: &[String]) -> Result<()> {
             boot_tests::image_test(&t)
         }
         "fpu-test" => {
-            let modes = a
-                .list("modes")
-                .iter()
-                .map(|m| {
-                    ApicMode::parse(m).ok_or_else(|| {
-                        Error::usage(format!(
-                            "FPU_TEST_MODES: unknown APIC mode '{m}' (x2APIC or xAPIC)"
-                        ))
-                    })
-                })
-                .collect::<Result<Vec<_>>>()?;
+            let modes = apic_modes(&a.list("modes"), "FPU_TEST_MODES")?;
             let t = boot_tests::FpuTest {
                 loader: a.path("loader")?,
                 image: a.path("image")?,
@@ -416,17 +406,7 @@ fn run(argv: &[String]) -> Result<()> {
             if kernels.is_empty() {
                 return Err(Error::usage("tlb-stale: give --image KERNEL=IMAGE"));
             }
-            let modes = a
-                .list("modes")
-                .iter()
-                .map(|m| {
-                    ApicMode::parse(m).ok_or_else(|| {
-                        Error::usage(format!(
-                            "TLB_STALE_MODES: unknown APIC mode '{m}' (x2APIC or xAPIC)"
-                        ))
-                    })
-                })
-                .collect::<Result<Vec<_>>>()?;
+            let modes = apic_modes(&a.list("modes"), "TLB_STALE_MODES")?;
             let r = experiments::TlbStaleRun {
                 loader: a.path("loader")?,
                 logs: a.path("logs")?,
@@ -509,6 +489,21 @@ fn run(argv: &[String]) -> Result<()> {
             "unknown command '{other}' (cargo xtask help lists them)"
         ))),
     }
+}
+
+/// The APIC modes named by a list option (`x2APIC`, `xAPIC`); an unknown one is a usage error
+/// naming the make variable `setting`.
+fn apic_modes(names: &[String], setting: &str) -> Result<Vec<ApicMode>> {
+    names
+        .iter()
+        .map(|m| {
+            ApicMode::parse(m).ok_or_else(|| {
+                Error::usage(format!(
+                    "{setting}: unknown APIC mode '{m}' (x2APIC or xAPIC)"
+                ))
+            })
+        })
+        .collect()
 }
 
 /// A list of vCPU counts from `--option`, `default` when absent; errors name `setting`.

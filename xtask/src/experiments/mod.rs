@@ -150,3 +150,18 @@ pub fn tee(text: &str, path: &Path) -> Result<()> {
     print!("{text}");
     util::write(path, text)
 }
+
+/// The end of an experiment that tabulates its boots: prints `table` (and writes it to
+/// `summary` when given), the boots' count line, and fails (exit 1) if any boot failed.
+pub fn finish(table: &str, summary: Option<&Path>, passed: usize, failed: usize) -> Result<()> {
+    match summary {
+        Some(path) => tee(table, path)?,
+        None => print!("{table}"),
+    }
+    println!("{passed} passed, {failed} failed");
+    if failed == 0 {
+        Ok(())
+    } else {
+        Err(Error::exit(1))
+    }
+}

@@ -67,16 +67,7 @@ pub fn tlb_stale(r: &TlbStaleRun) -> Result<()> {
         }
     }
     let table = report::tlb_stale_table(&results);
-    match &r.summary {
-        Some(path) => tee(&table, path)?,
-        None => print!("{table}"),
-    }
-    println!("{passed} passed, {failed} failed");
-    if failed == 0 {
-        Ok(())
-    } else {
-        Err(Error::exit(1))
-    }
+    finish(&table, r.summary.as_deref(), passed, failed)
 }
 
 fn tlb_stale_checks(text: &str, kernel: &str, smp: u32) -> Vec<String> {
@@ -175,14 +166,5 @@ pub fn shootdown(r: &ShootdownRun) -> Result<()> {
         }
     }
     let table = report::shootdown_table(&results, &r.smp, r.swaps, r.repeats, MODEL);
-    match &r.summary {
-        Some(path) => tee(&table, path)?,
-        None => print!("{table}"),
-    }
-    println!("{passed} passed, {failed} failed");
-    if failed == 0 {
-        Ok(())
-    } else {
-        Err(Error::exit(1))
-    }
+    finish(&table, r.summary.as_deref(), passed, failed)
 }

@@ -62,16 +62,7 @@ pub fn wakeup(r: &WakeupRun) -> Result<()> {
         }
     }
     let (table, _) = report::wakeup_table(&boots, &r.smp, r.repeats);
-    match &r.summary {
-        Some(path) => tee(&table, path)?,
-        None => print!("{table}"),
-    }
-    println!("{passed} passed, {failed} failed");
-    if failed == 0 {
-        Ok(())
-    } else {
-        Err(Error::exit(1))
-    }
+    finish(&table, r.summary.as_deref(), passed, failed)
 }
 
 /// The wakeup app's checks: the kernel's marker, `wakeup: ok`, and two result lines.
