@@ -67,7 +67,8 @@ impl fmt::Display for KernelKind {
     }
 }
 
-const PATCH_MARKER: &str = "ipiq patch applied";
+/// The ipiq kernel's boot-log marker (kernel patch 0002).
+pub const PATCH_MARKER: &str = "ipiq patch applied";
 
 /// The checks every boot log gets: the runner's verdict, the kernel's `exit status 0` and the
 /// APIC mode it reports using.

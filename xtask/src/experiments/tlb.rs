@@ -73,15 +73,18 @@ pub fn tlb_stale(r: &TlbStaleRun) -> Result<()> {
 fn tlb_stale_checks(text: &str, kernel: &str, smp: u32) -> Vec<String> {
     let mut reasons = Vec::new();
     match kernel {
-        "patched" if !text.contains("ipiq patch applied") => {
-            reasons.push("no 'ipiq patch applied' in the boot log".into())
+        "patched" if !text.contains(checks::PATCH_MARKER) => {
+            reasons.push(format!("no '{}' in the boot log", checks::PATCH_MARKER))
         }
         "stock-probe" => {
             if !text.contains("stock-probe patch applied") {
                 reasons.push("no 'stock-probe patch applied' in the boot log".into());
             }
-            if text.contains("ipiq patch applied") {
-                reasons.push("'ipiq patch applied' in a stock-probe boot log".into());
+            if text.contains(checks::PATCH_MARKER) {
+                reasons.push(format!(
+                    "'{}' in a stock-probe boot log",
+                    checks::PATCH_MARKER
+                ));
             }
         }
         _ => {}

@@ -69,7 +69,7 @@ pub fn wakeup(r: &WakeupRun) -> Result<()> {
 fn wakeup_checks(text: &str, kernel: &str, smp: u32) -> Vec<String> {
     let mut reasons = Vec::new();
     let marker = if kernel == "patched" {
-        "ipiq patch applied"
+        checks::PATCH_MARKER
     } else {
         "stock-probe patch applied"
     };
