@@ -146,7 +146,7 @@ impl<P: Platform> Ipiq<P> {
 
     /// Whether anything waits for core `me`'s drain: a message in one of its queues, a cpusync
     /// it is held in, or a spilled message of its own. Reads only (the holds and spill count are
-    /// the core's own; the queues' write indices are the senders'). Context: core `me`,
+    /// the core's own; the queues' next slots are the senders' to write). Context: core `me`,
     /// interrupts disabled.
     pub(crate) fn has_work(&self, me: CpuId, irqs: IrqsOff<'_>) -> bool {
         self.cpus.get(me).is_some_and(|cpu| {

@@ -3,11 +3,25 @@
 //!
 //! # Invariant
 //! `xindex <= rindex <= windex <= rindex + capacity`, all counting up forever (64 bits never wrap
-//! in practice). Slots `rindex..windex` (mod capacity) hold published, not yet taken messages.
-//! - `windex` is written only by the sender core, `rindex` and `xindex` only by the target core.
-//! - A slot is written by the sender only while it is outside `rindex..windex`, and read by the
-//!   target only while it is inside; the Release/Acquire pairs on `windex` and `rindex` hand the
-//!   slot from one to the other.
+//! in practice). Slots `rindex..windex` (mod capacity) hold queued, not yet taken messages.
+//! - `windex` and the slots' sequence words are written only by the sender core, `rindex` and
+//!   `xindex` only by the target core.
+//! - **A slot publishes itself.** Each slot carries a sequence word beside its message: the
+//!   sender writes message `i` (counting from 0) into slot `i mod capacity`, then stores `i + 1`
+//!   into that slot's word with Release. The target, about to take message `rindex`, loads the
+//!   word of slot `rindex mod capacity` with Acquire and takes the message only if the word is
+//!   `rindex + 1`. Each slot's word only grows (`i + 1`, `i + 1 + capacity`, ...) and is written
+//!   once per message, so a word equal to `rindex + 1` can only be message `rindex`'s
+//!   publication; anything smaller means "not yet" (the word of an earlier lap, or 0). A
+//!   message then crosses from sender to target as *one* cache line, the slot's: the target
+//!   never reads the sender's index on its way (in a round trip, the message's line one way and
+//!   `xindex`'s line back, the raw ping-pong's two transfers).
+//! - A slot is written by the sender only while it is outside `rindex..windex`; the
+//!   Release/Acquire pair on `rindex` hands it back (the target has copied the message out).
+//! - `windex` still counts the messages pushed, for [`Fifo::issued`] (`outstanding`, `wait`'s
+//!   validation, the spill numbering), not for publication: the sender stores it *before* the
+//!   slot's word, so a target that took message `i` (Acquire of the word) has seen `windex >= i +
+//!   1`, and so has anyone who later Acquires an `xindex` the target stored after that.
 //! - `xindex` counts messages whose function has *returned* (for `wait` from thread context): a
 //!   message is taken (`rindex` advances) before its function runs, so a nested drain of the
 //!   same ring from inside that function continues with the next message, but `xindex` only
@@ -28,14 +42,11 @@
 //!   ring, with one index that never goes down: moving a message from the list into the ring
 //!   changes neither. `outstanding` reads `xindex` first, then `issued`: both only grow and
 //!   `xindex <= issued` at any instant, so the later `issued` is at least the earlier `xindex`.
-//! - Each side keeps the last index of the other side it read (`rindex_seen`, `windex_seen`):
-//!   lower bounds, since indices only grow, so acting on them is safe (a sender may think the
-//!   ring fuller than it is, a target emptier), and each side reads the other's cache line only
-//!   when its bound runs out.
-//! - The sender keeps its own copy of `windex` (`next`, always equal to it: both are written
-//!   only by the sender, in `push`) beside `rindex_seen`, on a line the target never reads. A
-//!   push then only *stores* to the line the target polls: loading it back cost the sender a
-//!   miss per message on the host, where the target's polling reads took the line away.
+//! - The sender keeps the last `rindex` it read (`rindex_seen`): a lower bound, since indices
+//!   only grow, so acting on it is safe (the sender may think the ring fuller than it is), and
+//!   the sender reads the target's line only when that bound says the ring may be full.
+//! - The sender's line (`windex`, `spill_seq`, `rindex_seen`) is read by no one on the message
+//!   path: a push stores to it without a miss, and the target's polling reads only slot lines.
 
 use alloc::boxed::Box;
 use alloc::vec::Vec;
@@ -47,41 +58,46 @@ use crate::Platform;
 
 /// A ring of `capacity` (a power of two) message slots between one sender and one target core.
 ///
-/// Layout: the read-only fields, the sender's published line (`windex`, `spill_seq`), the
-/// sender's private line (`next`, `rindex_seen`) and the target's line (`rindex`, `xindex`,
-/// `xindex_nested`, `depth`) never share a cache line; a push reads neither the target's line
-/// (unless the ring may be full: the sender keeps the last `rindex` it saw) nor its own
-/// published one (it keeps `next`).
+/// Layout: the read-only fields, the sender's line (`windex`, `spill_seq`, `rindex_seen`) and
+/// the target's line (`rindex`, `xindex`, `xindex_nested`, `depth`) never share a cache line,
+/// and a slot (its sequence word and message, 32 bytes) never straddles one. A push reads
+/// neither the target's line (unless the ring may be full: the sender keeps the last `rindex`
+/// it saw) nor anything the target writes; a take reads only the slot.
 pub(crate) struct Fifo<P: Platform> {
     /// `capacity - 1`. Read-only.
     mask: u64,
-    /// The slots. Read-only pointer; contents handed over by the index protocol.
-    slots: Box<[UnsafeCell<MaybeUninit<Message<P>>>]>,
-    /// What the sender core writes for others to read.
+    /// The slots. Read-only pointer; contents handed over by the slots' sequence words and
+    /// `rindex` (module docs).
+    slots: Box<[Slot<P>]>,
+    /// Everything the sender core writes.
     sender: CachePadded<SenderSide>,
-    /// What the sender core writes for itself only.
-    sender_own: CachePadded<SenderOwn>,
     /// Everything the target core writes.
     target: CachePadded<TargetSide>,
 }
 
-/// The fields of a [`Fifo`] that only its sender core writes and others read.
+/// One message slot: the message and the word that publishes it (module docs). Two share a
+/// 64-byte line; aligned so that none spans two.
+#[repr(C, align(32))]
+struct Slot<P: Platform> {
+    /// `i + 1` once message `i` (counting from 0) is in this slot; 0 before the first.
+    /// Written only by the sender, with Release, after the message.
+    seq: AtomicU64,
+    /// The message; valid while `seq` says so and the target has not moved `rindex` past it.
+    message: UnsafeCell<MaybeUninit<Message<P>>>,
+}
+
+/// The fields of a [`Fifo`] that only its sender core writes.
 struct SenderSide {
-    /// Next slot the sender writes; published with Release after the slot is written.
+    /// Messages pushed so far: the next slot the sender writes. Stored before the slot's
+    /// sequence word; read by counts (`issued`), not by the target's take.
     windex: AtomicU64,
     /// The sequence number of the last message the sender spilled for this ring (module docs).
     /// Written only on the spill path, never on a plain push.
     spill_seq: AtomicU64,
-}
-
-/// The fields of a [`Fifo`] that only its sender core reads and writes. Atomic only so that the
-/// ring is `Sync` without unsafe; every access is Relaxed.
-struct SenderOwn {
-    /// The sender's copy of `windex` (module docs): equal to it at all times, read instead of it.
-    next: AtomicU64,
     /// The last `rindex` the sender read: a lower bound of the real one (rindex only grows), so
-    /// `next - rindex_seen` over-estimates how full the ring is. The sender reads the target's
-    /// line only when this estimate says the ring may be too full, not on every push.
+    /// `windex - rindex_seen` over-estimates how full the ring is. The sender reads the target's
+    /// line only when this estimate says the ring may be too full, not on every push. Private
+    /// to the sender core; atomic only so that the ring is `Sync` without unsafe.
     rindex_seen: AtomicU64,
 }
 
@@ -95,16 +111,14 @@ struct TargetSide {
     xindex: AtomicU64,
     /// `rindex` when the last *nested* function from this ring returned (module docs).
     xindex_nested: AtomicU64,
-    /// The last `windex` the target read: a lower bound of the real one. `take` reads the
-    /// sender's line only when it has taken everything up to this. Private to the target core.
-    windex_seen: AtomicU64,
     /// How many functions from this ring are running on the target's stack right now (nesting).
     /// Private to the target core; atomic only so that the ring is `Sync` without unsafe.
     depth: AtomicUsize,
 }
 
-// SAFETY: the slots are handed between the two cores by the index protocol above; everything
-// else is atomic. `Message<P>` is plain data (a fn pointer and two words).
+// SAFETY: the slots are handed between the two cores by the protocol above (the slots'
+// sequence words one way, `rindex` the other); everything else is atomic. `Message<P>` is plain
+// data (a fn pointer and two words).
 unsafe impl<P: Platform> Sync for Fifo<P> {}
 // SAFETY: as above; a ring holds no reference to thread-local state.
 unsafe impl<P: Platform> Send for Fifo<P> {}
@@ -121,7 +135,10 @@ impl<P: Platform> Fifo<P> {
     pub(crate) fn new(capacity: usize) -> Self {
         debug_assert!(capacity.is_power_of_two() && capacity >= 2);
         let slots: Vec<_> = (0..capacity)
-            .map(|_| UnsafeCell::new(MaybeUninit::uninit()))
+            .map(|_| Slot {
+                seq: AtomicU64::new(0),
+                message: UnsafeCell::new(MaybeUninit::uninit()),
+            })
             .collect();
         Self {
             mask: capacity as u64 - 1,
@@ -129,16 +146,12 @@ impl<P: Platform> Fifo<P> {
             sender: CachePadded(SenderSide {
                 windex: AtomicU64::new(0),
                 spill_seq: AtomicU64::new(0),
-            }),
-            sender_own: CachePadded(SenderOwn {
-                next: AtomicU64::new(0),
                 rindex_seen: AtomicU64::new(0),
             }),
             target: CachePadded(TargetSide {
                 rindex: AtomicU64::new(0),
                 xindex: AtomicU64::new(0),
                 xindex_nested: AtomicU64::new(0),
-                windex_seen: AtomicU64::new(0),
                 depth: AtomicUsize::new(0),
             }),
         }
@@ -149,21 +162,36 @@ impl<P: Platform> Fifo<P> {
         self.mask + 1
     }
 
+    /// The slot message `index` (counting from 0) goes into.
+    #[inline]
+    fn slot(&self, index: u64) -> &Slot<P> {
+        let i = (index & self.mask) as usize;
+        debug_assert!(i < self.slots.len());
+        // SAFETY: `mask` is `slots.len() - 1` (read-only, set in `new` with a power-of-two
+        // length), so `i <= mask` is in bounds. Unchecked because this sits on every take and
+        // every empty poll, where the bounds check and its panic path cost more than the load.
+        unsafe { self.slots.get_unchecked(i) }
+    }
+
     /// Sender side: messages queued and not yet taken (exact: reads the target's `rindex`).
+    ///
+    /// Must be called only by the ring's sender core.
     #[inline]
     pub(crate) fn used(&self) -> u64 {
-        // Relaxed: `next` is the sender's own (the caller's).
-        self.sender_own.next.load(Ordering::Relaxed) - self.refresh_rindex()
+        // Relaxed: `windex` is written only by the sender, which is the caller.
+        self.sender.windex.load(Ordering::Relaxed) - self.refresh_rindex()
     }
 
     /// Sender side: an upper bound of [`Fifo::used`] that does not touch the target's cache line
     /// (from the last `rindex` the sender read). Callers compare it with a threshold and call
     /// `used` only when the bound reaches it.
+    ///
+    /// Must be called only by the ring's sender core.
     #[inline]
     pub(crate) fn used_at_most(&self) -> u64 {
-        // Relaxed: both fields are the sender's own (the caller's).
-        let own = &self.sender_own;
-        own.next.load(Ordering::Relaxed) - own.rindex_seen.load(Ordering::Relaxed)
+        // Relaxed: both fields are written only by the sender, which is the caller.
+        let sender = &self.sender;
+        sender.windex.load(Ordering::Relaxed) - sender.rindex_seen.load(Ordering::Relaxed)
     }
 
     /// Sender side: reads the target's `rindex` and remembers it; returns it.
@@ -173,16 +201,18 @@ impl<P: Platform> Fifo<P> {
         // sender may overwrite them.
         let r = self.target.rindex.load(Ordering::Acquire);
         // Relaxed: private to the sender core.
-        self.sender_own.rindex_seen.store(r, Ordering::Relaxed);
+        self.sender.rindex_seen.store(r, Ordering::Relaxed);
         r
     }
 
-    /// Sender side: the write index (the sequence number of the last queued message).
+    /// The write index: messages pushed so far, the sequence number of the last one queued.
+    /// Any core may call it; on the sender core it is exact.
     #[inline]
     pub(crate) fn windex(&self) -> u64 {
-        // Acquire: callers other than the sender (wait validation) read it to compare with
-        // sequence numbers the sender handed out; pairs with the Release in `push`.
-        self.sender.windex.load(Ordering::Acquire)
+        // Relaxed: a count that publishes nothing (the slots publish themselves). The sender
+        // reads its own stores; another core's reading is a lower bound, and `issued` explains
+        // why it is never below an `xindex` Acquired before it.
+        self.sender.windex.load(Ordering::Relaxed)
     }
 
     /// Messages whose function has returned on the target (none of them still on its stack).
@@ -209,9 +239,11 @@ impl<P: Platform> Fifo<P> {
     #[inline]
     pub(crate) fn issued(&self) -> u64 {
         // Relaxed: the ordering outstanding() needs comes from its Acquire load of `xindex`
-        // first. The target read (Acquire) a windex >= that xindex before it stored it
-        // (Release), so that read happens before this load, which by coherence returns the same
-        // windex or a later one: `issued() >= xindex` read earlier. Nothing is read through it.
+        // first. The target stored that xindex (Release) after taking every message below it,
+        // each take an Acquire of a slot word the sender stored after `windex >= xindex`
+        // (module docs). So that windex store happens before this load, which by coherence
+        // returns it or a later one: `issued() >= xindex` read earlier. Nothing is read
+        // through it.
         let w = self.sender.windex.load(Ordering::Relaxed);
         // Relaxed: a count that publishes nothing. A caller whose call happens after a spill
         // sees at least its value (coherence); a racing spill may be missed, as any message
@@ -235,34 +267,42 @@ impl<P: Platform> Fifo<P> {
     /// sender on the same core interleaves).
     #[inline]
     pub(crate) fn push(&self, message: Message<P>) -> Option<u64> {
-        // Relaxed: `next` (equal to windex) and rindex_seen are the sender's own (the caller's).
-        let w = self.sender_own.next.load(Ordering::Relaxed);
-        if w - self.sender_own.rindex_seen.load(Ordering::Relaxed) > self.mask
+        let sender = &self.sender;
+        // Relaxed: windex and rindex_seen are written only by this core (the sender).
+        let w = sender.windex.load(Ordering::Relaxed);
+        if w - sender.rindex_seen.load(Ordering::Relaxed) > self.mask
             && w - self.refresh_rindex() > self.mask
         {
             return None;
         }
-        self.slots[(w & self.mask) as usize].with_mut(|slot| {
-            // SAFETY: slot `w` is outside `rindex..windex` (checked above against a value of
-            // rindex this core read with Acquire, now or at an earlier push: rindex only grows, so
-            // the slot was freed then, and that Acquire ordered the target's last read of it
-            // before this write), so only the sender touches it until the Release store below
-            // publishes it.
-            unsafe { (*slot).write(message) };
+        let slot = self.slot(w);
+        slot.message.with_mut(|cell| {
+            // SAFETY: message `w` is outside `rindex..windex` (checked above against a value of
+            // rindex this core read with Acquire, now or at an earlier push: rindex only grows,
+            // so the slot was freed then, and that Acquire ordered the target's last read of it
+            // before this write). The target reads this slot only once its word says `w + 1`,
+            // which the store below publishes; until then only the sender touches it.
+            unsafe { (*cell).write(message) };
         });
-        // Release: publishes the slot contents before the new index (pairs with the Acquire in
-        // `take`).
-        self.sender.windex.store(w + 1, Ordering::Release);
-        // Relaxed: the sender's own copy (module docs).
-        self.sender_own.next.store(w + 1, Ordering::Relaxed);
+        // Relaxed: a count, not the publication (module docs). Stored before the slot's word,
+        // whose Release orders it before any take of this message.
+        sender.windex.store(w + 1, Ordering::Relaxed);
+        // Release: publishes the slot's message (and the windex store above) to the target's
+        // Acquire load of this word in `take` / `has_pending`.
+        slot.seq.store(w + 1, Ordering::Release);
         Some(w + 1)
     }
 
     /// Target side: whether a published message is waiting.
+    ///
+    /// Must be called only by the ring's target core.
     #[inline]
     pub(crate) fn has_pending(&self) -> bool {
+        // Relaxed: only this core (the target) writes rindex.
+        let r = self.target.rindex.load(Ordering::Relaxed);
         // Acquire: pairs with the Release in `push` (a `true` answer is followed by a `take`).
-        self.sender.windex.load(Ordering::Acquire) != self.target.rindex.load(Ordering::Relaxed)
+        // The word is `r + 1` exactly when message `r` is published (module docs).
+        self.slot(r).seq.load(Ordering::Acquire) == r + 1
     }
 
     /// Target side: takes the next message, if any, and marks its function as running.
@@ -272,22 +312,17 @@ impl<P: Platform> Fifo<P> {
     pub(crate) fn take(&self) -> Option<Taken<P>> {
         // Relaxed: only this core writes rindex.
         let r = self.target.rindex.load(Ordering::Relaxed);
-        // Relaxed: private to this core.
-        if self.target.windex_seen.load(Ordering::Relaxed) == r {
-            // Acquire: pairs with the sender's Release store of windex, making the slots below
-            // it visible.
-            let w = self.sender.windex.load(Ordering::Acquire);
-            if w == r {
-                return None;
-            }
-            // Relaxed: private to this core.
-            self.target.windex_seen.store(w, Ordering::Relaxed);
+        let slot = self.slot(r);
+        // Acquire: pairs with the sender's Release store of this word in `push`, making the
+        // message beside it visible.
+        if slot.seq.load(Ordering::Acquire) != r + 1 {
+            return None;
         }
-        let message = self.slots[(r & self.mask) as usize].with(|slot| {
-            // SAFETY: slot `r` is inside `rindex..windex`: published by a Release store of windex
-            // that this core Acquired (now, or when it read `windex_seen` > r earlier), and the
-            // sender does not write it until rindex moves past it.
-            unsafe { (*slot).assume_init_read() }
+        let message = slot.message.with(|cell| {
+            // SAFETY: the word says message `r` is in the slot, published by the sender's
+            // Release store that this core just Acquired, and the sender does not write the slot
+            // again until rindex moves past `r`.
+            unsafe { (*cell).assume_init_read() }
         });
         // Relaxed load and store, no locked RMW: the depth is private to this core, which runs
         // this with interrupts disabled.

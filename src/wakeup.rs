@@ -2,7 +2,7 @@
 //! handshake that lets lazy senders and TLB shootdowns leave a halted core alone.
 //!
 //! # The `npoll` handshake
-//! Each core has one `npoll` flag. A sender publishes its message (`windex`), then (after a
+//! Each core has one `npoll` flag. A sender publishes its message (the slot's sequence word), then (after a
 //! SeqCst fence) tests the target's `npoll`: if it was clear the sender sets it and sends the IPI,
 //! otherwise the IPI is *avoided*, because the target is already signalled or draining. The target
 //! sets `npoll` when it starts draining, and before it stops it clears `npoll`, fences (SeqCst) and
@@ -87,7 +87,7 @@ impl<P: Platform> Ipiq<P> {
     /// signalled or draining.
     #[inline]
     pub(crate) fn signal(&self, me: CpuId, target: CpuId) {
-        // SeqCst fence: the store-load barrier between our `windex` store and our `npoll` load
+        // SeqCst fence: the store-load barrier between our message's publication (the slot's word) and our `npoll` load
         // (see the module docs; the target runs the mirror image).
         fence(Ordering::SeqCst);
         self.signal_fenced(me, target, Ipi::UnlessSignalled);
@@ -103,7 +103,7 @@ impl<P: Platform> Ipiq<P> {
     ///
     /// Context: a send, interrupts disabled by the caller.
     pub(crate) fn signal_if_halted(&self, me: CpuId, target: CpuId) -> bool {
-        // SeqCst fence: the store-load barrier between our `windex` store and our `halted` load.
+        // SeqCst fence: the store-load barrier between our message's publication (the slot's word) and our `halted` load.
         fence(Ordering::SeqCst);
         let halted = &self.cpus[target].halted;
         // Relaxed load, then swap: ordering comes from the fence above; the swap makes one
@@ -126,7 +126,7 @@ impl<P: Platform> Ipiq<P> {
     ///
     /// Context: a passive send, interrupts disabled by the caller.
     pub(crate) fn signal_if_unattended(&self, me: CpuId, target: CpuId) -> bool {
-        // SeqCst fence: the store-load barrier between our `windex` store and our loads of
+        // SeqCst fence: the store-load barrier between our message's publication (the slot's word) and our loads of
         // `halted` and `tick_stopped`.
         fence(Ordering::SeqCst);
         let cpu = &self.cpus[target];

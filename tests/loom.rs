@@ -333,6 +333,62 @@ fn full_fifos_in_both_directions_progress() {
     });
 }
 
+/// Checks that message `arg` is the next one expected, then expects the one after it.
+fn in_order(_: &Q, expected: usize, arg: usize) {
+    // SAFETY: kept alive by the model's Arc for the whole model run.
+    let expected = unsafe { &*(expected as *const AtomicUsize) };
+    // Relaxed: only core 0 runs this function.
+    let want = expected.load(Ordering::Relaxed);
+    assert_eq!(arg, want, "message {arg} ran when message {want} was next");
+    expected.store(want + 1, Ordering::Relaxed);
+}
+
+/// Sends messages 0, 1 and 2 to core 0, checked there by `in_order`: a message function, so a
+/// full FIFO does not make it wait (the third goes to the spill list).
+fn send_three_in_order(q: &Q, expected: usize, _: usize) {
+    for i in 0..3 {
+        q.send(0, in_order, expected, i).unwrap();
+    }
+}
+
+/// The slots publish themselves (`fifo.rs`): core 1 sends three messages through a 2-slot FIFO
+/// from a message function, so the ring fills and the third waits in the spill list until core 0
+/// (draining on its IPIs) frees slot 0, which it then reuses after one lap. Every message runs
+/// once and in order, `wait` returns only after all of them, and loom's cell tracking finds no
+/// slot that both cores touch without the sequence word's or `rindex`'s hand-over ordering
+/// them.
+#[test]
+fn slots_reused_after_a_lap_hand_over_each_message_once_in_order() {
+    builder(2).check(|| {
+        let q = new_ipiq(2, 2);
+        // Statistics off: their counters are atomics too, and this model is large enough.
+        q.set_stats(false);
+        let next = Arc::new(AtomicUsize::new(0));
+        let expected = &*next as *const AtomicUsize as usize;
+        let stop = Arc::new(AtomicBool::new(false));
+        let target = {
+            let (q, stop) = (q.clone(), stop.clone());
+            thread::spawn(move || {
+                q.platform().become_cpu(0);
+                idle(&q, 0, &stop);
+            })
+        };
+        q.platform().become_cpu(1);
+        // A send to the calling core runs at once, as a message function.
+        q.send(1, send_three_in_order, expected, 0).unwrap();
+        let seq = q.seq(0).unwrap();
+        assert_eq!(seq.0, 3);
+        // Pushes the spilled message as room appears, then waits for all three to return.
+        q.wait(0, seq).unwrap();
+        // Relaxed: the wait's Acquire of `xindex` ordered every function's effects before this.
+        assert_eq!(next.load(Ordering::Relaxed), 3);
+        stop.store(true, Ordering::Release);
+        q.platform().send_ipi(0);
+        target.join().unwrap();
+        assert_eq!(q.outstanding(), 0);
+    });
+}
+
 /// Counts, then sends `inc` back to core 1 (a nested send from a message function).
 fn reply(q: &Q, counter: usize, _: usize) {
     inc(q, counter, 0);
