@@ -58,11 +58,12 @@ use crate::Platform;
 
 /// A ring of `capacity` (a power of two) message slots between one sender and one target core.
 ///
-/// Layout: the read-only fields, the sender's line (`windex`, `spill_seq`, `rindex_seen`) and
-/// the target's line (`rindex`, `xindex`, `xindex_nested`, `depth`) never share a cache line,
-/// and a slot (its sequence word and message, 32 bytes) never straddles one. A push reads
-/// neither the target's line (unless the ring may be full: the sender keeps the last `rindex`
-/// it saw) nor anything the target writes; a take reads only the slot.
+/// Layout: the read-only fields, the sender's line (`windex`, `spill_seq`, `rindex_seen`), the
+/// target's line (`rindex`, `xindex_nested`, `depth`) and `xindex`, which waiters poll, never
+/// share a cache line, and a slot (its sequence word and message, 32 bytes) never straddles
+/// one. A push reads neither the target's line (unless the ring may be full: the sender keeps
+/// the last `rindex` it saw) nor anything else the target writes; a take reads only the slot;
+/// a message's completion moves only `xindex`'s line.
 pub(crate) struct Fifo<P: Platform> {
     /// `capacity - 1`. Read-only.
     mask: u64,
@@ -71,8 +72,12 @@ pub(crate) struct Fifo<P: Platform> {
     slots: Box<[Slot<P>]>,
     /// Everything the sender core writes.
     sender: CachePadded<SenderSide>,
-    /// Everything the target core writes.
+    /// What the target core writes, apart from `xindex`.
     target: CachePadded<TargetSide>,
+    /// Messages whose function returned (for `wait`): advanced when the outermost function from
+    /// this ring returns. On a line of its own, the one waiters poll, so that the target's other
+    /// writes per message (`rindex`, `depth`) do not take it away from them between its stores.
+    xindex: CachePadded<AtomicU64>,
 }
 
 /// One message slot: the message and the word that publishes it (module docs). Two share a
@@ -101,14 +106,11 @@ struct SenderSide {
     rindex_seen: AtomicU64,
 }
 
-/// The fields of a [`Fifo`] that only its target core writes.
+/// The fields of a [`Fifo`] that only its target core writes, except `xindex` (on its own line).
 struct TargetSide {
     /// Next slot the target takes; advanced (Release) once the slot's message has been copied out,
     /// which frees the slot for the sender.
     rindex: AtomicU64,
-    /// Messages whose function returned (for `wait`): advanced when the outermost function from
-    /// this ring returns.
-    xindex: AtomicU64,
     /// `rindex` when the last *nested* function from this ring returned (module docs).
     xindex_nested: AtomicU64,
     /// How many functions from this ring are running on the target's stack right now (nesting).
@@ -150,10 +152,10 @@ impl<P: Platform> Fifo<P> {
             }),
             target: CachePadded(TargetSide {
                 rindex: AtomicU64::new(0),
-                xindex: AtomicU64::new(0),
                 xindex_nested: AtomicU64::new(0),
                 depth: AtomicUsize::new(0),
             }),
+            xindex: CachePadded(AtomicU64::new(0)),
         }
     }
 
@@ -220,7 +222,7 @@ impl<P: Platform> Fifo<P> {
     pub(crate) fn xindex(&self) -> u64 {
         // Acquire: pairs with the Release in `finish`, so a waiter that sees `xindex >= seq`
         // also sees every effect of the functions up to `seq`.
-        self.target.xindex.load(Ordering::Acquire)
+        self.xindex.load(Ordering::Acquire)
     }
 
     /// The seed's `xindex`, for a `wait` from inside a message function: `rindex` when the
@@ -231,7 +233,7 @@ impl<P: Platform> Fifo<P> {
         // >= seq also sees the effects of the function whose return stored it and of every
         // function from this ring that returned before it.
         let nested = self.target.xindex_nested.load(Ordering::Acquire);
-        self.target.xindex.load(Ordering::Acquire).max(nested)
+        self.xindex.load(Ordering::Acquire).max(nested)
     }
 
     /// Every message ever accepted for this ring, queued in it or still in the sender's spill
@@ -356,7 +358,7 @@ impl<P: Platform> Fifo<P> {
             // Every function taken from this ring has returned (the outermost one just did, and
             // nested ones return before it), so all up to the current rindex are done.
             // Release: publishes the functions' effects to waiters (pairs with `xindex()`).
-            self.target.xindex.store(done, Ordering::Release);
+            self.xindex.store(done, Ordering::Release);
         } else {
             // An outer function from this ring is still on the stack: only the seed's index
             // moves. Release: publishes the effects of this function and of those that returned

@@ -301,9 +301,30 @@ impl<P: Platform> Ipiq<P> {
     }
 
     /// Whether any FIFO into `me` holds a published message not yet taken.
+    ///
+    /// Every empty poll and every spin of a waiter asks this, so it is one loop over the sender
+    /// bits and `me`'s own pointer array: through `senders_of` and `fifo_between` (an iterator
+    /// chain and a bounds-checked lookup of `me` per sender) it took four times the
+    /// instructions on the host. Context: core `me` (the FIFOs' target), interrupts disabled.
+    #[inline]
     pub(crate) fn has_incoming(&self, me: CpuId) -> bool {
-        self.senders_of(me)
-            .any(|s| self.fifo_between(s, me).is_some_and(Fifo::has_pending))
+        let cpu = &self.cpus[me];
+        for (word, first) in cpu.senders.iter().zip((0..).step_by(64)) {
+            // Acquire: pairs with the Release `fetch_or` in `new_fifo`, so the pointer stored
+            // before the bit is seen below.
+            let mut bits = word.load(Ordering::Acquire);
+            while bits != 0 {
+                let sender = first + bits.trailing_zeros() as usize;
+                bits &= bits - 1;
+                // Acquire: as in `fifo_between`.
+                let fifo = cpu.incoming[sender].load(Ordering::Acquire);
+                // SAFETY: see `fifo_to` (a set bit follows a non-null pointer; checked anyway).
+                if !fifo.is_null() && unsafe { &*fifo }.has_pending() {
+                    return true;
+                }
+            }
+        }
+        false
     }
 
     /// Core `cpu`'s state, if it exists.
