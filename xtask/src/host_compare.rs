@@ -38,8 +38,11 @@ pub struct Compare {
     pub rounds: u32,
     /// Case-id prefixes (`IPIQ_BENCH_CASES`); empty: every case.
     pub cases: Vec<String>,
+    /// A round starts only below this 1-minute load average (and at most 2 runnable tasks).
     pub max_load: f64,
+    /// Seconds from the start, builds included, after which no round starts.
     pub deadline_s: u64,
+    /// The table and every run's directory (`before-1`, `after-1`, ...).
     pub out: PathBuf,
 }
 
@@ -697,9 +700,15 @@ fn copy_out(root: &Path, tree: &str, dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Copies `rev` out and builds its bench binary.
-fn build(root: &Path, scratch: &Path, copies: &mut Copies, side: Side, rev: &str) -> Result<Build> {
-    let (tree, resolved) = resolve(root, scratch, side, rev)?;
+/// Copies `tree` (`rev` resolved) out and builds its bench binary.
+fn build(
+    root: &Path,
+    scratch: &Path,
+    copies: &mut Copies,
+    side: Side,
+    rev: &str,
+    (tree, resolved): (String, String),
+) -> Result<Build> {
     let src = scratch.join(format!("src-{}", side.name()));
     copies.0.push(src.clone());
     copy_out(root, &tree, &src)?;
@@ -805,6 +814,29 @@ fn run_bench(b: &Build, cases: &[String], dir: &Path) -> Result<Run> {
     Ok(Run { figures, wall_s })
 }
 
+/// A run directory's name: `before-N` or `after-N`.
+fn is_run_dir(name: &str) -> bool {
+    [Side::Before, Side::After].iter().any(|side| {
+        name.strip_prefix(side.name())
+            .and_then(|n| n.strip_prefix('-'))
+            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+    })
+}
+
+/// Removes an earlier comparison's table and run directories from `out`, so that what is there
+/// afterwards is this comparison's alone.
+fn clear_runs(out: &Path) -> Result<()> {
+    let entries = fs::read_dir(out).context(|| format!("cannot read {}", out.display()))?;
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if is_run_dir(&name) {
+            util::remove_dir(&entry.path())?;
+        }
+    }
+    let _ = fs::remove_file(out.join("host-compare.md"));
+    Ok(())
+}
+
 /// Waits for a quiet machine; None once the deadline has passed.
 fn wait_quiet(round: u32, max_load: f64, deadline: Instant) -> Result<Option<Load>> {
     let began = Instant::now();
@@ -835,11 +867,24 @@ pub fn run(c: &Compare) -> Result<()> {
     let root = util::repo_root();
     let scratch = util::create_dir(&root.join("target/host-compare"))?;
     let out = util::create_dir(&c.out)?;
+    clear_runs(&out)?;
     let started = Instant::now();
     let deadline = started + Duration::from_secs(c.deadline_s);
     let mut copies = Copies(Vec::new());
-    let before = build(&root, &scratch, &mut copies, Side::Before, &c.before)?;
-    let after = build(&root, &scratch, &mut copies, Side::After, &c.after)?;
+    // Both revisions resolved before either is built: a typo fails at once.
+    let trees = (
+        resolve(&root, &scratch, Side::Before, &c.before)?,
+        resolve(&root, &scratch, Side::After, &c.after)?,
+    );
+    let before = build(
+        &root,
+        &scratch,
+        &mut copies,
+        Side::Before,
+        &c.before,
+        trees.0,
+    )?;
+    let after = build(&root, &scratch, &mut copies, Side::After, &c.after, trees.1)?;
     let cases = if c.cases.is_empty() {
         "every case".to_string()
     } else {
@@ -915,9 +960,9 @@ pub fn run(c: &Compare) -> Result<()> {
     );
     let _ = writeln!(
         doc,
-        "- a value is the median over the rounds of each run's median, (lowest–highest round); \
-         a ratio is taken within one run against that run's own baseline, then its median \
-         (lowest–highest) over the rounds\n"
+        "- a value is the median over the rounds of each run's median, the lowest and highest \
+         round in brackets; a ratio is taken within one run against that run's own baseline \
+         (seconds apart), then its median and range over the rounds\n"
     );
     doc.push_str(&render_tables(&rounds));
     let path = out.join("host-compare.md");
@@ -978,6 +1023,12 @@ round-trip,rt.ipiq.polls,ipiq polls,p50,ns,240,230,250,3
         // Columns found by name, in any order.
         let rows = parse_figures("median,metric,figure\n3,p50,rt.x\n").unwrap_or_default();
         assert_eq!((rows[0].figure.as_str(), rows[0].min), ("rt.x", 3.0));
+    }
+
+    #[test]
+    fn run_directories() {
+        assert!(is_run_dir("before-1") && is_run_dir("after-12"));
+        assert!(!is_run_dir("before-") && !is_run_dir("after-x") && !is_run_dir("notes"));
     }
 
     #[test]
