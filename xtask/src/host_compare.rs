@@ -842,12 +842,12 @@ fn wait_quiet(round: u32, max_load: f64, deadline: Instant) -> Result<Option<Loa
     let began = Instant::now();
     let mut said = 0u64;
     loop {
+        if Instant::now() >= deadline {
+            return Ok(None);
+        }
         let load = Load::now()?;
         if load.quiet(max_load) {
             return Ok(Some(load));
-        }
-        if Instant::now() >= deadline {
-            return Ok(None);
         }
         let minute = began.elapsed().as_secs() / 60;
         if minute >= said {
