@@ -15,6 +15,15 @@
 #   make bench-smoke  every host case with tiny counts (seconds), after the bench's self-checks
 #                     of its CSV and targets-file code; checks benches/targets.csv against the
 #                     case ids; writes to results/smoke/ (part of make test)
+#   make bench-compare [BEFORE=HEAD] [AFTER=worktree] [ROUNDS=8] [CASES=prefix,prefix]
+#                     the host benchmarks at two git revisions (AFTER=worktree: the working
+#                     tree with its uncommitted changes), each built in its own copy under
+#                     target/host-compare/, run alternately in ROUNDS rounds that start only on a
+#                     quiet machine (1-minute load below 1.5, at most 2 runnable tasks; waits up
+#                     to an hour); rates and p50s with their ratios to each run's own baselines,
+#                     median (min-max) over the rounds: results/host-compare/host-compare.md with
+#                     every run's files beside it (cargo xtask host-compare, which takes
+#                     --max-load, --deadline-s and --out too)
 #
 # Guest benchmarks on code no one here wrote (need hermit-app/image.mk: run them from the top
 # Makefile):
@@ -100,7 +109,7 @@ SPREAD_PHASES        ?=
 SPREAD_OUT           ?= $(GUEST_LOGS)/spread$(if $(filter-out 0,$(REPEATABLE)),-repeatable$(if $(SPREAD_PHASES),-phases))
 
 .PHONY: guest-shootdown shootdown-images
-.PHONY: bench bench-host bench-smoke guest-bill bill-images guest-rayon guest-rayon-smoke rayon-images guest-wakeup wakeup-smoke wakeup-images guest-tlb-stale guest-spread
+.PHONY: bench bench-host bench-smoke bench-compare guest-bill bill-images guest-rayon guest-rayon-smoke rayon-images guest-wakeup wakeup-smoke wakeup-images guest-tlb-stale guest-spread
 
 ## bench: every benchmark, host and guest, gathered into results/report.md (~10 min here)
 bench: bench-host guest-bench-all guest-wakeup guest-tlb-stale guest-shootdown guest-rayon guest-bill
@@ -119,6 +128,17 @@ bench-host:
 ## and the targets file's check; fails if any of them fails
 bench-smoke:
 	IPIQ_BENCH_SMOKE=1 $(CARGO) bench --features std --bench ipiq_bench
+
+# bench-compare: the revisions to compare, rounds, and the case-id prefixes (empty: every case).
+BEFORE ?= HEAD
+AFTER  ?= worktree
+ROUNDS ?= 8
+CASES  ?=
+
+## bench-compare: the host benchmarks at BEFORE and AFTER, run alternately on a quiet machine;
+## table in results/host-compare/host-compare.md
+bench-compare:
+	@$(IMAGE_XTASK) host-compare --before '$(BEFORE)' --after '$(AFTER)' --rounds '$(ROUNDS)' $(if $(strip $(CASES)),--cases '$(CASES)')
 
 rayon-images:
 	@for k in $(RAYON_KERNELS); do \

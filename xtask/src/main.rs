@@ -5,7 +5,8 @@
 //! bundle-qemu. Boot: boot-args, qemu, uhyve. Checks: image-test, fpu-test, kernel-tests,
 //! boot-args-test, qemu-debug-test, lock-inject-test, preempt-inject. Experiments: bill, wakeup,
 //! spread, tlb-stale, shootdown, rayon.
-//! Reports: report (tables from the boots' result lines, `report/`).
+//! Reports: report (tables from the boots' result lines, `report/`). Host: host-compare (the
+//! host benchmark at two revisions, run alternately, `host_compare.rs`).
 
 mod archive;
 mod boot_tests;
@@ -15,6 +16,7 @@ mod cli;
 mod debug_tests;
 mod error;
 mod experiments;
+mod host_compare;
 mod kernel;
 mod kernel_tests;
 mod qemu;
@@ -78,6 +80,12 @@ reports (tables from the boots' result lines)
   report gather --out F LOG...    every <<<report block of the logs into one Markdown file
   report bench --results DIR LOG...   DIR/bench-report.md and the gathered guest blocks into
                                   DIR/report.md
+host
+  host-compare   --before REV --after REV [--rounds 8] [--cases PREFIX,...] [--max-load 1.5]
+                 [--deadline-s 3600] [--out results/host-compare]
+                 the host bench built at both revisions (REV: any git revision, or 'worktree'
+                 for the working tree with its uncommitted changes), run alternately in rounds
+                 that start only on a quiet machine; table in OUT/host-compare.md
 ";
 
 fn main() -> ExitCode {
@@ -485,6 +493,11 @@ fn run(argv: &[String]) -> Result<()> {
             experiments::rayon(&r)
         }
         "report" => report_command(a),
+        "host-compare" => {
+            let c = host_compare::Compare::from_args(&mut a)?;
+            a.finish()?;
+            host_compare::run(&c)
+        }
         other => Err(Error::usage(format!(
             "unknown command '{other}' (cargo xtask help lists them)"
         ))),
