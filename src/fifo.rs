@@ -374,3 +374,27 @@ impl<P: Platform> Drop for Fifo<P> {
         // when the whole `Ipiq` is dropped is leaked, not run (drain before dropping).
     }
 }
+
+#[cfg(all(test, feature = "std", not(ipiq_loom)))]
+mod tests {
+    use super::*;
+    use crate::host::HostPlatform;
+
+    /// The layout the module docs rely on: two slots per 64-byte line, none across two lines,
+    /// and `xindex` on a line apart from the target's other fields.
+    #[test]
+    fn slots_pair_up_within_a_line_and_xindex_has_its_own() {
+        assert_eq!(core::mem::size_of::<Slot<HostPlatform>>(), 32);
+        assert_eq!(core::mem::align_of::<Slot<HostPlatform>>(), 32);
+        let fifo = Fifo::<HostPlatform>::new(4);
+        let line = |p: *const u8| p as usize / 64;
+        let x = &fifo.xindex.0 as *const AtomicU64 as *const u8;
+        let r = &fifo.target.rindex as *const AtomicU64 as *const u8;
+        let d = &fifo.target.depth as *const AtomicUsize as *const u8;
+        assert_ne!(line(x), line(r));
+        assert_ne!(line(x), line(d));
+        let w = &fifo.sender.windex as *const AtomicU64 as *const u8;
+        assert_ne!(line(w), line(r));
+        assert_ne!(line(w), line(x));
+    }
+}
