@@ -27,6 +27,32 @@ impl<P: Platform> Ipiq<P> {
         let irqs = irq.token();
         let me = self.platform.current_cpu();
         self.end_halt_on(me);
+        let Some(cpu) = self.cpus.get(me) else {
+            // A core `new` does not serve has no queues.
+            return 0;
+        };
+        if !self.has_work(me, irqs) {
+            // Nothing waits: nothing to run, and the drain would make one empty pass before its
+            // exit handshake. Not signalled (a task switch on a core that ran a task): the
+            // handshake would clear a flag that is clear already, so nothing at all. Relaxed
+            // load: `npoll` is set only by this core's drains and by senders that send an IPI
+            // with it; a message published after the look is one whose sender finds `npoll`
+            // clear and sends that IPI (an active send), or one that waits for this core's next
+            // drain (a lazy or passive send, as after a drain that found nothing).
+            if !cpu.npoll.is_set() {
+                return 0;
+            }
+            // Signalled (a polling idle loop turning to a task): the drain's exit handshake
+            // alone (`drain.rs`): a Relaxed RMW clear, the SeqCst fence (our store-load barrier
+            // against a sender's "publish; fence; load `npoll`", `wakeup.rs`), and one more
+            // look; a message found there is drained below, signalled again.
+            cpu.diag.polling(false);
+            cpu.npoll.clear();
+            fence(Ordering::SeqCst);
+            if !self.has_work(me, irqs) {
+                return 0;
+            }
+        }
         self.drain(me, Hold::ServeWhileHeld, irqs)
     }
 
@@ -44,15 +70,27 @@ impl<P: Platform> Ipiq<P> {
         let irq = IrqOff::new(&self.platform);
         let irqs = irq.token();
         let me = self.platform.current_cpu();
-        // Still signalled from the last poll, and nothing waits: nothing to run and nothing to
-        // write. Relaxed: only this core clears `npoll`, so set stays set until our next drain;
-        // a message arriving after the look finds it set and waits for that drain, as the
-        // contract above says (and as it would after a full drain that found nothing).
-        let signalled = self.cpus.get(me).is_some_and(|cpu| cpu.npoll.is_set());
-        if signalled && !self.has_work(me, irqs) {
+        let Some(cpu) = self.cpus.get(me) else {
+            // A core `new` does not serve has no queues.
             return 0;
+        };
+        if self.has_work(me, irqs) {
+            return self.drain_as(me, Hold::ServeWhileHeld, Exit::StaySignalled, irqs);
         }
-        self.drain_as(me, Hold::ServeWhileHeld, Exit::StaySignalled, irqs)
+        // Nothing waits: nothing to run. Still signalled from the last poll: nothing to write
+        // either (Relaxed load: only this core clears `npoll`, so set stays set until our next
+        // drain; a message arriving after the look finds it set and waits for that drain, as the
+        // contract above says, and as it would after a full drain that found nothing). Not
+        // signalled yet (the first poll after `process` cleared the signal): become signalled as
+        // a drain pass that found nothing would, without the pass. Relaxed RMW, as every write to
+        // `npoll` (`wakeup.rs`); no fence is needed: a sender that publishes before the set and
+        // reads `npoll` clear sends an IPI (taken when this core enables interrupts), and one
+        // that reads it set leaves its message to our next `poll` or `process`, as above.
+        if !cpu.npoll.is_set() {
+            cpu.npoll.set();
+            cpu.diag.polling(true);
+        }
+        0
     }
 
     /// The timer-tick hook: drains everything, passive messages included, and counts it.

@@ -289,15 +289,27 @@ impl<P: Platform> Ipiq<P> {
                 }
                 return Ok(Seq(w));
             }
+        } else if kind == Kind::Lazy {
+            // The lazy send's common case (the scheduler's cross-core wake-ups), as
+            // `enqueue_slow` does it: nothing spilled, under half full (so under the 2/3 at
+            // which a lazy send is refused), pushed, then an IPI only to a halted target.
+            if let Some(w) = self.push_fast(me, fifo, message) {
+                self.count(me, |c| &c.sent, 1);
+                if signal && !self.signal_if_halted(me, target) {
+                    self.count(me, |c| &c.lazy, 1);
+                }
+                return Ok(Seq(w));
+            }
         }
         self.enqueue_slow(me, target, fifo, message, kind, signal, patience, irqs)
     }
 
-    /// The active send's common case, exactly what `enqueue_slow` does for it: nothing spilled
-    /// on this core (so nothing for `target` waits ahead of `message`, I1) and the FIFO, by the
-    /// sender's own bound, under half full (so no drain is due). Pushes `message` and returns
-    /// its sequence number, or `None` (nothing queued) for `enqueue_slow` to decide. Reads only
-    /// the sender's own lines. The caller counts the message as sent and signals.
+    /// The active and lazy sends' common case, exactly what `enqueue_slow` does for it: nothing
+    /// spilled on this core (so nothing for `target` waits ahead of `message`, I1) and the FIFO,
+    /// by the sender's own bound, under half full (so no drain is due; for a lazy send, under the
+    /// 2/3 at which it is refused). Pushes `message` and returns its sequence number, or `None`
+    /// (nothing queued) for `enqueue_slow` to decide. Reads only the sender's own lines. The
+    /// caller counts the message as sent and signals.
     ///
     /// Context: core `me`, interrupts disabled by the caller; `fifo` is the `me -> target` FIFO.
     #[inline]
