@@ -62,6 +62,42 @@ fn idle(q: &Q, cpu: CpuId, stop: &AtomicBool) {
     }
 }
 
+/// Cores that run [`idle`] on threads of their own until [`IdleCores::stop`].
+struct IdleCores {
+    stop: Arc<AtomicBool>,
+    cores: Vec<(CpuId, thread::JoinHandle<()>)>,
+}
+
+/// Starts `cpus` as idle cores of `q`.
+fn idle_cores(q: &Arc<Q>, cpus: impl IntoIterator<Item = CpuId>) -> IdleCores {
+    let stop = Arc::new(AtomicBool::new(false));
+    let cores = cpus
+        .into_iter()
+        .map(|cpu| {
+            let (q, stop) = (q.clone(), stop.clone());
+            let thread = thread::spawn(move || {
+                q.platform().become_cpu(cpu);
+                idle(&q, cpu, &stop);
+            });
+            (cpu, thread)
+        })
+        .collect();
+    IdleCores { stop, cores }
+}
+
+impl IdleCores {
+    /// Tells the cores to stop, wakes each with an IPI and waits for them.
+    fn stop(self, q: &Q) {
+        self.stop.store(true, Ordering::Release);
+        for &(cpu, _) in &self.cores {
+            q.platform().send_ipi(cpu);
+        }
+        for (_, thread) in self.cores {
+            thread.join().unwrap();
+        }
+    }
+}
+
 // SAFETY: each model thread is one core (its id thread-local) and the model has no interrupts.
 unsafe impl Platform for LoomPlatform {
     fn current_cpu(&self) -> CpuId {
@@ -307,14 +343,7 @@ fn full_fifos_in_both_directions_progress() {
         let q = new_ipiq(2, 2);
         let ran = Arc::new(AtomicUsize::new(0));
         let counter = &*ran as *const AtomicUsize as usize;
-        let stop = Arc::new(AtomicBool::new(false));
-        let target = {
-            let (q, stop) = (q.clone(), stop.clone());
-            thread::spawn(move || {
-                q.platform().become_cpu(0);
-                idle(&q, 0, &stop);
-            })
-        };
+        let target = idle_cores(&q, [0]);
         q.platform().become_cpu(1);
         for _ in 0..2 {
             q.send(0, reply, counter, 0).unwrap();
@@ -326,9 +355,7 @@ fn full_fifos_in_both_directions_progress() {
             q.process();
             thread::yield_now();
         }
-        stop.store(true, Ordering::Release);
-        q.platform().send_ipi(0);
-        target.join().unwrap();
+        target.stop(&q);
         assert_eq!(ran.load(Ordering::Relaxed), 4);
     });
 }
@@ -365,14 +392,7 @@ fn slots_reused_after_a_lap_hand_over_each_message_once_in_order() {
         q.set_stats(false);
         let next = Arc::new(AtomicUsize::new(0));
         let expected = &*next as *const AtomicUsize as usize;
-        let stop = Arc::new(AtomicBool::new(false));
-        let target = {
-            let (q, stop) = (q.clone(), stop.clone());
-            thread::spawn(move || {
-                q.platform().become_cpu(0);
-                idle(&q, 0, &stop);
-            })
-        };
+        let target = idle_cores(&q, [0]);
         q.platform().become_cpu(1);
         // A send to the calling core runs at once, as a message function.
         q.send(1, send_three_in_order, expected, 0).unwrap();
@@ -382,9 +402,7 @@ fn slots_reused_after_a_lap_hand_over_each_message_once_in_order() {
         q.wait(0, seq).unwrap();
         // Relaxed: the wait's Acquire of `xindex` ordered every function's effects before this.
         assert_eq!(next.load(Ordering::Relaxed), 3);
-        stop.store(true, Ordering::Release);
-        q.platform().send_ipi(0);
-        target.join().unwrap();
+        target.stop(&q);
         assert_eq!(q.outstanding(), 0);
     });
 }
@@ -411,16 +429,7 @@ fn cpusync_three_cores() {
             &*started as *const AtomicUsize as usize,
             &*finished as *const AtomicUsize as usize,
         );
-        let stop = Arc::new(AtomicBool::new(false));
-        let targets: Vec<_> = (1..3)
-            .map(|cpu| {
-                let (q, stop) = (q.clone(), stop.clone());
-                thread::spawn(move || {
-                    q.platform().become_cpu(cpu);
-                    idle(&q, cpu, &stop);
-                })
-            })
-            .collect();
+        let targets = idle_cores(&q, 1..3);
         q.platform().become_cpu(0);
         let work = SyncWork {
             start: Some(Message::new(inc, s, 0)),
@@ -438,12 +447,7 @@ fn cpusync_three_cores() {
             );
         })
         .unwrap();
-        stop.store(true, Ordering::Release);
-        q.platform().send_ipi(1);
-        q.platform().send_ipi(2);
-        for t in targets {
-            t.join().unwrap();
-        }
+        targets.stop(&q);
         assert_eq!(
             finished.load(Ordering::Relaxed),
             4,
@@ -815,14 +819,7 @@ fn outstanding_counts_spilled_messages() {
             &*ran as *const AtomicUsize as usize,
             &*accepted as *const AtomicUsize as usize,
         );
-        let stop = Arc::new(AtomicBool::new(false));
-        let target = {
-            let (q, stop) = (q.clone(), stop.clone());
-            thread::spawn(move || {
-                q.platform().become_cpu(0);
-                idle(&q, 0, &stop);
-            })
-        };
+        let target = idle_cores(&q, [0]);
         let observer = {
             let (q, ran, accepted) = (q.clone(), ran.clone(), accepted.clone());
             thread::spawn(move || {
@@ -846,9 +843,7 @@ fn outstanding_counts_spilled_messages() {
         while ran.load(Ordering::Relaxed) < 3 {
             thread::yield_now();
         }
-        stop.store(true, Ordering::Release);
-        q.platform().send_ipi(0);
-        target.join().unwrap();
+        target.stop(&q);
         assert_eq!(ran.load(Ordering::Relaxed), 3);
         assert_eq!(q.outstanding(), 0);
     });
