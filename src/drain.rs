@@ -75,15 +75,14 @@ impl<P: Platform> Ipiq<P> {
         let mut hold_watchdog = None;
         loop {
             let mut ran = 0;
-            for sender in self.senders_of(me) {
-                if let Some(fifo) = self.fifo_between(sender, me) {
-                    while let Some(taken) = fifo.take() {
-                        taken.message.run(self, me);
-                        fifo.finish(taken);
-                        ran += 1;
-                    }
+            self.any_incoming(me, |fifo| {
+                while let Some(taken) = fifo.take() {
+                    taken.message.run(self, me);
+                    fifo.finish(taken);
+                    ran += 1;
                 }
-            }
+                false
+            });
             let held = self.poll_holds(me, irqs);
             let spilling = self.flush_spills(me, irqs);
             total += ran;

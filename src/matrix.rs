@@ -300,14 +300,17 @@ impl<P: Platform> Ipiq<P> {
             })
     }
 
-    /// Whether any FIFO into `me` holds a published message not yet taken.
+    /// Calls `f` with every FIFO into `me` (sender order), until `f` returns `true`; returns
+    /// whether one did.
     ///
-    /// Every empty poll and every spin of a waiter asks this, so it is one loop over the sender
-    /// bits and `me`'s own pointer array: through `senders_of` and `fifo_between` (an iterator
-    /// chain and a bounds-checked lookup of `me` per sender) it took four times the
-    /// instructions on the host. Context: core `me` (the FIFOs' target), interrupts disabled.
+    /// Every drain pass, every empty poll and every spin of a waiter walks these, so it is one
+    /// loop over the sender bits and `me`'s own pointer array: through `senders_of` and
+    /// `fifo_between` (an iterator chain and a bounds-checked lookup of `me` per sender) a look
+    /// at one FIFO took four times the instructions on the host. `f` may run message functions
+    /// that drain again (a nested walk reads the same bits). Context: core `me` (the FIFOs'
+    /// target), interrupts disabled.
     #[inline]
-    pub(crate) fn has_incoming(&self, me: CpuId) -> bool {
+    pub(crate) fn any_incoming(&self, me: CpuId, mut f: impl FnMut(&Fifo<P>) -> bool) -> bool {
         let cpu = &self.cpus[me];
         for (word, first) in cpu.senders.iter().zip((0..).step_by(64)) {
             // Acquire: pairs with the Release `fetch_or` in `new_fifo`, so the pointer stored
@@ -319,12 +322,19 @@ impl<P: Platform> Ipiq<P> {
                 // Acquire: as in `fifo_between`.
                 let fifo = cpu.incoming[sender].load(Ordering::Acquire);
                 // SAFETY: see `fifo_to` (a set bit follows a non-null pointer; checked anyway).
-                if !fifo.is_null() && unsafe { &*fifo }.has_pending() {
+                if !fifo.is_null() && f(unsafe { &*fifo }) {
                     return true;
                 }
             }
         }
         false
+    }
+
+    /// Whether any FIFO into `me` holds a published message not yet taken. Context: core `me`,
+    /// interrupts disabled.
+    #[inline]
+    pub(crate) fn has_incoming(&self, me: CpuId) -> bool {
+        self.any_incoming(me, Fifo::has_pending)
     }
 
     /// Core `cpu`'s state, if it exists.
