@@ -281,27 +281,35 @@ impl<P: Platform> Ipiq<P> {
         irqs: IrqsOff<'_>,
     ) -> Result<Seq, Error> {
         let fifo = self.fifo_to(me, target);
-        if kind == Kind::Active {
+        // The active and lazy sends' common case (lazy: the scheduler's cross-core wake-ups),
+        // as `enqueue_slow` does it: nothing spilled, under half full (for a lazy send, so under
+        // the 2/3 at which it is refused), pushed, then woken as its kind says.
+        if matches!(kind, Kind::Active | Kind::Lazy) {
             if let Some(w) = self.push_fast(me, fifo, message) {
                 self.count(me, |c| &c.sent, 1);
-                if signal {
-                    self.signal(me, target);
-                }
-                return Ok(Seq(w));
-            }
-        } else if kind == Kind::Lazy {
-            // The lazy send's common case (the scheduler's cross-core wake-ups), as
-            // `enqueue_slow` does it: nothing spilled, under half full (so under the 2/3 at
-            // which a lazy send is refused), pushed, then an IPI only to a halted target.
-            if let Some(w) = self.push_fast(me, fifo, message) {
-                self.count(me, |c| &c.sent, 1);
-                if signal && !self.signal_if_halted(me, target) {
-                    self.count(me, |c| &c.lazy, 1);
-                }
+                self.wake_pushed(me, target, kind, signal);
                 return Ok(Seq(w));
             }
         }
         self.enqueue_slow(me, target, fifo, message, kind, signal, patience, irqs)
+    }
+
+    /// Wakes `target` for a message just pushed, as a send of `kind` does unless it is passive
+    /// and the FIFO leaves it to the tick (`enqueue_slow`): a lazy send only if the target is
+    /// halted (counting the IPI it spared), any other an IPI unless `npoll` avoids it. Nothing
+    /// when the caller asked for no signal. Context: core `me`, interrupts disabled.
+    #[inline(always)]
+    fn wake_pushed(&self, me: CpuId, target: CpuId, kind: Kind, signal: bool) {
+        if !signal {
+            return;
+        }
+        if kind == Kind::Lazy {
+            if !self.signal_if_halted(me, target) {
+                self.count(me, |c| &c.lazy, 1);
+            }
+        } else {
+            self.signal(me, target);
+        }
     }
 
     /// The active and lazy sends' common case, exactly what `enqueue_slow` does for it: nothing
@@ -421,12 +429,8 @@ impl<P: Platform> Ipiq<P> {
             if !(signal && self.signal_if_unattended(me, target)) {
                 self.count(me, |c| &c.passive, 1);
             }
-        } else if kind == Kind::Lazy && signal {
-            if !self.signal_if_halted(me, target) {
-                self.count(me, |c| &c.lazy, 1);
-            }
-        } else if signal {
-            self.signal(me, target);
+        } else {
+            self.wake_pushed(me, target, kind, signal);
         }
         Ok(Seq(w))
     }
