@@ -382,18 +382,24 @@ pub fn run(boot: &Boot, sink: Sink) -> Result<Verdict> {
     Ok(verdict)
 }
 
-/// The QEMU version ("10.0.2"), for headers.
-pub fn version() -> String {
-    Command::new("qemu-system-x86_64")
+/// The first line `qemu-system-x86_64 --version` prints ("QEMU emulator version 10.0.2"), if
+/// QEMU runs and prints one.
+pub fn version_line() -> Option<String> {
+    let out = Command::new("qemu-system-x86_64")
         .arg("--version")
         .output()
-        .ok()
-        .and_then(|o| {
-            String::from_utf8_lossy(&o.stdout)
-                .lines()
-                .next()
-                .and_then(|l| l.split_whitespace().nth(3).map(str::to_string))
-        })
+        .ok()?;
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .next()
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+}
+
+/// The QEMU version ("10.0.2"), for headers.
+pub fn version() -> String {
+    version_line()
+        .and_then(|l| l.split_whitespace().nth(3).map(str::to_string))
         .unwrap_or_else(|| "?".into())
 }
 

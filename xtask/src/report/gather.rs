@@ -83,18 +83,7 @@ impl Host {
             })
             .filter(|m| !m.is_empty())
             .unwrap_or_else(|| "unknown".into());
-        let qemu = std::process::Command::new("qemu-system-x86_64")
-            .arg("--version")
-            .output()
-            .ok()
-            .and_then(|o| {
-                String::from_utf8_lossy(&o.stdout)
-                    .lines()
-                    .next()
-                    .map(str::to_string)
-            })
-            .filter(|l| !l.is_empty())
-            .unwrap_or_else(|| "not found".into());
+        let qemu = crate::qemu::version_line().unwrap_or_else(|| "not found".into());
         Host {
             date,
             cpu,
