@@ -16,6 +16,7 @@ use std::process::Command;
 use std::time::{Instant, UNIX_EPOCH};
 
 use crate::error::{Context, Error, Result};
+use crate::kernel;
 use crate::util::{self, elapsed};
 
 pub struct KernelBuild {
@@ -61,30 +62,15 @@ pub fn build(b: &KernelBuild) -> Result<()> {
         b.features
     );
     util::run(
-        util::cargo(&b.toolchain)
-            .current_dir(&b.src)
-            .env(
-                "CARGO_ENCODED_RUSTFLAGS",
-                "-Zmutable-noalias=no\x1f-Cforce-unwind-tables=yes",
-            )
-            .args([
-                "build",
-                "--release",
-                "--locked",
-                "--target",
-                "x86_64-unknown-none",
-            ])
-            .args([
-                "-Zbuild-std=core,alloc",
-                "-Zbuild-std-features=compiler-builtins-mem",
-            ])
-            .args([
-                "--no-default-features",
-                "--features",
-                &b.features,
-                "--target-dir",
-            ])
-            .arg(out.join("target")),
+        kernel::cargo(
+            &b.toolchain,
+            &b.src,
+            &["build"],
+            &format!("{}\x1f-Cforce-unwind-tables=yes", kernel::RUSTFLAGS),
+            &b.features,
+        )
+        .arg("--target-dir")
+        .arg(out.join("target")),
     )?;
     println!("    kernel: {} s", elapsed(start));
 

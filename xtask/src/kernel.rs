@@ -9,6 +9,34 @@ use crate::error::{Context, Error, Result};
 use crate::series;
 use crate::util;
 
+/// The rustflags every kernel build here passes (the kernel's own build uses them).
+pub const RUSTFLAGS: &str = "-Zmutable-noalias=no";
+
+/// `cargo +TOOLCHAIN SUBCOMMAND` in the kernel source `src`, as the kernel archive and the
+/// kernel's own tests are built: release, locked, x86_64-unknown-none with core and alloc built
+/// from source, `rustflags` (separated by 0x1f), no default features but `features`. The caller
+/// adds the target directory and what else its subcommand needs.
+pub fn cargo(
+    toolchain: &str,
+    src: &Path,
+    subcommand: &[&str],
+    rustflags: &str,
+    features: &str,
+) -> Command {
+    let mut command = util::cargo(toolchain);
+    command
+        .current_dir(src)
+        .env("CARGO_ENCODED_RUSTFLAGS", rustflags)
+        .args(subcommand)
+        .args(["--release", "--locked", "--target", "x86_64-unknown-none"])
+        .args([
+            "-Zbuild-std=core,alloc",
+            "-Zbuild-std-features=compiler-builtins-mem",
+        ])
+        .args(["--no-default-features", "--features", features]);
+    command
+}
+
 /// Leaves a pristine copy of hermit-kernel VERSION's source in `dest`. A throw-away package whose
 /// only dependency is the kernel: resolving it (`cargo metadata`) makes cargo download the
 /// kernel's source (and its dependencies' sources, which the kernel build needs anyway) and name

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use crate::error::{Context, Error, Result};
+use crate::kernel;
 use crate::qemu::{self, Boot, BootArgs, Sink};
 use crate::util::{self, elapsed};
 
@@ -73,27 +74,17 @@ fn build(t: &KernelTests, v: &Variant, logs: &Path) -> Result<Vec<(String, PathB
     let log =
         File::create(&log_path).context(|| format!("cannot create {}", log_path.display()))?;
     // `--test NAME` for each wanted test instead of `--tests`: that would also build the crate's
-    // unit-test binary (which panics at boot upstream too). The same rustflags as the archive
-    // build, so the kernel's own code is compiled the same way.
-    let mut command = util::cargo(&t.toolchain);
-    command
-        .current_dir(&v.src)
-        .env("CARGO_ENCODED_RUSTFLAGS", "-Zmutable-noalias=no")
-        .args([
-            "test",
-            "--no-run",
-            "--release",
-            "--locked",
-            "--target",
-            "x86_64-unknown-none",
-        ])
-        .args([
-            "-Zbuild-std=core,alloc",
-            "-Zbuild-std-features=compiler-builtins-mem",
-        ])
-        .args(["--no-default-features", "--features", &t.features])
-        .arg("--target-dir")
-        .arg(&v.target);
+    // unit-test binary (which panics at boot upstream too). The archive build's rustflags
+    // without its unwind tables (which only debuggers read), so the kernel's own code is
+    // compiled the same way.
+    let mut command = kernel::cargo(
+        &t.toolchain,
+        &v.src,
+        &["test", "--no-run"],
+        kernel::RUSTFLAGS,
+        &t.features,
+    );
+    command.arg("--target-dir").arg(&v.target);
     for test in TESTS {
         command.args(["--test", test]);
     }
