@@ -281,34 +281,16 @@ impl<P: Platform> Ipiq<P> {
         (!fifo.is_null()).then(|| unsafe { &*fifo })
     }
 
-    pub(crate) fn senders_of(&self, me: CpuId) -> impl Iterator<Item = CpuId> + '_ {
-        self.cpus[me]
-            .senders
-            .iter()
-            .enumerate()
-            .flat_map(|(i, word)| {
-                // Acquire: pairs with the Release `fetch_or` in `fifo_to`.
-                let mut bits = word.load(Ordering::Acquire);
-                core::iter::from_fn(move || {
-                    if bits == 0 {
-                        return None;
-                    }
-                    let bit = bits.trailing_zeros() as usize;
-                    bits &= bits - 1;
-                    Some(i * 64 + bit)
-                })
-            })
-    }
-
     /// Calls `f` with every FIFO into `me` (sender order), until `f` returns `true`; returns
     /// whether one did.
     ///
     /// Every drain pass, every empty poll and every spin of a waiter walks these, so it is one
-    /// loop over the sender bits and `me`'s own pointer array: through `senders_of` and
-    /// `fifo_between` (an iterator chain and a bounds-checked lookup of `me` per sender) a look
-    /// at one FIFO took four times the instructions on the host. `f` may run message functions
-    /// that drain again (a nested walk reads the same bits). Context: core `me` (the FIFOs'
-    /// target), interrupts disabled.
+    /// loop over the sender bits and `me`'s own pointer array: as an iterator chain with a
+    /// bounds-checked lookup of `me` per sender, a look at one FIFO took four times the
+    /// instructions on the host. `f` may run message functions that drain again (a nested walk
+    /// reads the same bits). Context: the walk only reads, so any thread may make it
+    /// (`outstanding` does); taking from the FIFOs in `f` is for core `me` (their target), with
+    /// interrupts disabled.
     #[inline]
     pub(crate) fn any_incoming(&self, me: CpuId, mut f: impl FnMut(&Fifo<P>) -> bool) -> bool {
         let cpu = &self.cpus[me];

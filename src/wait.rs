@@ -117,13 +117,12 @@ impl<P: Platform> Ipiq<P> {
     pub fn outstanding(&self) -> u64 {
         let mut total = 0;
         for target in 0..self.cpus.len() {
-            for sender in self.senders_of(target) {
-                if let Some(fifo) = self.fifo_between(sender, target) {
-                    // xindex first (see `fifo.rs`): the later `issued` is never below it.
-                    let done = fifo.xindex();
-                    total += fifo.issued() - done;
-                }
-            }
+            self.any_incoming(target, |fifo| {
+                // xindex first (see `fifo.rs`): the later `issued` is never below it.
+                let done = fifo.xindex();
+                total += fifo.issued() - done;
+                false
+            });
         }
         total
     }
