@@ -74,15 +74,7 @@ impl<P: Platform> Ipiq<P> {
         let mut spill_watchdog = None;
         let mut hold_watchdog = None;
         loop {
-            let mut ran = 0;
-            self.any_incoming(me, |fifo| {
-                while let Some(taken) = fifo.take() {
-                    taken.message.run(self, me);
-                    fifo.finish(taken);
-                    ran += 1;
-                }
-                false
-            });
+            let ran = self.run_incoming(me, || {});
             let held = self.poll_holds(me, irqs);
             let spilling = self.flush_spills(me, irqs);
             total += ran;
@@ -143,18 +135,90 @@ impl<P: Platform> Ipiq<P> {
         total
     }
 
+    /// One pass over core `me`'s incoming FIFOs: each FIFO that holds messages is emptied, its
+    /// messages run in order; `first` is called once, before the first message runs, if any
+    /// does. Returns how many ran. Context: core `me`, interrupts disabled; re-entered from the
+    /// message functions it runs (a nested pass continues where the outer one stands in each
+    /// FIFO: `take` moves `rindex` before the function runs).
+    #[inline]
+    fn run_incoming(&self, me: CpuId, mut first: impl FnMut()) -> usize {
+        let mut ran = 0;
+        self.any_incoming(me, |fifo| {
+            while let Some(taken) = fifo.take() {
+                if ran == 0 {
+                    first();
+                }
+                taken.message.run(self, me);
+                fifo.finish(taken);
+                ran += 1;
+            }
+            false
+        });
+        ran
+    }
+
+    /// [`Ipiq::poll`]'s drain: one pass over the queues that leaves the core signalled, in
+    /// which the look that finds a message is the one that runs it. The drain's rules hold:
+    /// `npoll` is set before any message runs (as on entering a drain), the core counts as
+    /// draining while messages run, and they are counted. A core held in a cpusync or holding
+    /// spilled messages, before the pass or after it (a cpusync's message, a nested send into a
+    /// full FIFO), goes through [`Ipiq::drain_as`], which serves them. Messages that arrive
+    /// during the pass, in a FIFO it has passed, wait for the next `poll`, as the poll contract
+    /// says.
+    ///
+    /// The general loop looks before it drains and ends only after a pass that ran nothing;
+    /// here one pass is the look, the drain and the last pass, so a polling core's path from
+    /// finding a message to publishing its completion is only that (the empty pass the loop
+    /// would make next is the next `poll`).
+    ///
+    /// Context: core `me` itself, interrupts disabled; may run message functions.
+    pub(crate) fn drain_polled(&self, me: CpuId, irqs: IrqsOff<'_>) -> usize {
+        let Some(cpu) = self.cpus.get(me) else {
+            return 0;
+        };
+        if self.has_side_work(me, irqs) {
+            return self.drain_as(me, Hold::ServeWhileHeld, Exit::StaySignalled, irqs);
+        }
+        // Relaxed RMW, only when clear, as on entering a drain (`drain_as`): a core that stays
+        // signalled from its last poll does not write the line its senders read.
+        if !cpu.npoll.is_set() {
+            cpu.npoll.set();
+            cpu.diag.polling(true);
+        }
+        // The draining flag only around messages: an empty poll writes nothing.
+        let mut draining = None;
+        let ran = self.run_incoming(me, || draining = Some(cpu.diag.draining()));
+        let Some(draining) = draining else {
+            return 0;
+        };
+        cpu.diag.done_draining(draining);
+        cpu.diag.progressed(ran as u64);
+        self.count(me, |c| &c.processed, ran as u64);
+        if self.has_side_work(me, irqs) {
+            return ran + self.drain_as(me, Hold::ServeWhileHeld, Exit::StaySignalled, irqs);
+        }
+        ran
+    }
+
     /// Whether anything waits for core `me`'s drain: a message in one of its queues, a cpusync
     /// it is held in, or a spilled message of its own. Reads only (the holds and spill count are
     /// the core's own; the queues' next slots are the senders' to write). Context: core `me`,
-    /// interrupts disabled.
+    /// interrupts disabled; false for a core `new` does not serve.
     pub(crate) fn has_work(&self, me: CpuId, irqs: IrqsOff<'_>) -> bool {
+        me < self.cpus.len() && (self.has_incoming(me) || self.has_side_work(me, irqs))
+    }
+
+    /// Whether a drain of core `me` has work besides its queues: a cpusync it is held in, or a
+    /// spilled message of its own. Reads only the core's own state (false for a core `new` does
+    /// not serve). Context: core `me`, interrupts disabled.
+    #[inline]
+    fn has_side_work(&self, me: CpuId, irqs: IrqsOff<'_>) -> bool {
         self.cpus.get(me).is_some_and(|cpu| {
-            self.has_incoming(me)
-                // SAFETY: our own core (interrupts are disabled: `irqs`), and the
-                // closure does not call back into ipiq.
-                || unsafe { cpu.holds.with(irqs, |q| !q.is_empty()) }
-                // Relaxed: written only by this core.
-                || cpu.spilled.load(Ordering::Relaxed) > 0
+            // SAFETY: our own core (interrupts are disabled: `irqs`), and the closure does not
+            // call back into ipiq.
+            let held = unsafe { cpu.holds.with(irqs, |q| !q.is_empty()) };
+            // Relaxed: written only by this core.
+            held || cpu.spilled.load(Ordering::Relaxed) > 0
         })
     }
 

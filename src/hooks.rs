@@ -8,7 +8,7 @@
 //! shootdown deferred while the core was halted is done (`tlb.rs`) before anything else runs.
 //! Nothing in the protocol calls these; they sit on top of it.
 
-use crate::drain::{Exit, Hold};
+use crate::drain::Hold;
 use crate::irq::IrqOff;
 use crate::matrix::Ipiq;
 use crate::platform::{CpuId, Platform};
@@ -68,29 +68,17 @@ impl<P: Platform> Ipiq<P> {
     /// [`crate::Config::resend_after_ns`] if that contract is broken.)
     pub fn poll(&self) -> usize {
         let irq = IrqOff::new(&self.platform);
-        let irqs = irq.token();
         let me = self.platform.current_cpu();
-        let Some(cpu) = self.cpus.get(me) else {
-            // A core `new` does not serve has no queues.
-            return 0;
-        };
-        if self.has_work(me, irqs) {
-            return self.drain_as(me, Hold::ServeWhileHeld, Exit::StaySignalled, irqs);
-        }
-        // Nothing waits: nothing to run. Still signalled from the last poll: nothing to write
-        // either (Relaxed load: only this core clears `npoll`, so set stays set until our next
-        // drain; a message arriving after the look finds it set and waits for that drain, as the
-        // contract above says, and as it would after a full drain that found nothing). Not
-        // signalled yet (the first poll after `process` cleared the signal): become signalled as
-        // a drain pass that found nothing would, without the pass. Relaxed RMW, as every write to
-        // `npoll` (`wakeup.rs`); no fence is needed: a sender that publishes before the set and
-        // reads `npoll` clear sends an IPI (taken when this core enables interrupts), and one
-        // that reads it set leaves its message to our next `poll` or `process`, as above.
-        if !cpu.npoll.is_set() {
-            cpu.npoll.set();
-            cpu.diag.polling(true);
-        }
-        0
+        // One pass, staying signalled (`drain.rs`). Nothing queued: nothing runs, and a core still
+        // signalled from its last poll writes nothing either (only this core clears `npoll`, so
+        // set stays set until our next drain; a message arriving after the look finds it set and
+        // waits for that drain, as the contract above says, and as it would after a full drain
+        // that found nothing). The first poll after `process` cleared the signal sets it again
+        // (a Relaxed RMW, as every write to `npoll`, `wakeup.rs`); no fence is needed: a sender
+        // that publishes before the set and reads `npoll` clear sends an IPI (taken when this
+        // core enables interrupts), and one that reads it set leaves its message to our next
+        // `poll` or `process`, as above.
+        self.drain_polled(me, irq.token())
     }
 
     /// The timer-tick hook: drains everything, passive messages included, and counts it.

@@ -294,12 +294,12 @@ impl<P: Platform> Ipiq<P> {
     #[inline]
     pub(crate) fn any_incoming(&self, me: CpuId, mut f: impl FnMut(&Fifo<P>) -> bool) -> bool {
         let cpu = &self.cpus[me];
-        for (word, first) in cpu.senders.iter().zip((0..).step_by(64)) {
+        for (w, word) in cpu.senders.iter().enumerate() {
             // Acquire: pairs with the Release `fetch_or` in `new_fifo`, so the pointer stored
             // before the bit is seen below.
             let mut bits = word.load(Ordering::Acquire);
             while bits != 0 {
-                let sender = first + bits.trailing_zeros() as usize;
+                let sender = w * 64 + bits.trailing_zeros() as usize;
                 bits &= bits - 1;
                 // Acquire: as in `fifo_between`.
                 let fifo = cpu.incoming[sender].load(Ordering::Acquire);

@@ -491,6 +491,67 @@ fn i6_a_core_held_in_a_cpusync_serves_a_second_master() {
     machine.shutdown();
 }
 
+#[test]
+fn i6_a_polling_core_held_in_a_cpusync_serves_it_before_poll_returns() {
+    // `poll` runs what it finds in one pass; a pass that leaves the core held must keep serving
+    // the hold (as `process` does), not return to a caller that would run on while its master
+    // believes it held.
+    let machine = machine(2, 16);
+    let held = Arc::new(AtomicBool::new(false));
+    let released = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
+    let started = Arc::new(AtomicBool::new(false));
+    let (h, r, st, go) = (
+        held.clone(),
+        released.clone(),
+        stop.clone(),
+        started.clone(),
+    );
+    // Core 1 polls in a task, taking no interrupts: only its polls run the cpusync's message.
+    let target = machine
+        .spawn_on(1, move |core| {
+            go.store(true, Ordering::Release);
+            let (mut ran, mut early) = (0, 0);
+            while !st.load(Ordering::Acquire) {
+                let n = core.ipiq().poll();
+                if n > 0 {
+                    ran += n;
+                    if !r.load(Ordering::Acquire) {
+                        early += 1;
+                    }
+                }
+                std::hint::spin_loop();
+            }
+            core.ipiq().process();
+            (ran, early)
+        })
+        .unwrap();
+    while !started.load(Ordering::Acquire) {
+        std::thread::yield_now();
+    }
+    machine
+        .run_on(0, move |core| {
+            core.ipiq()
+                .cpusync(&CpuSet::single(1).unwrap(), SyncWork::default(), |_| {
+                    h.store(true, Ordering::Release);
+                    // Long enough for a poll that returned while held to be seen.
+                    let until = Instant::now() + Duration::from_millis(20);
+                    while Instant::now() < until {
+                        std::hint::spin_loop();
+                    }
+                    released.store(true, Ordering::Release);
+                })
+                .unwrap();
+        })
+        .unwrap();
+    assert!(held.load(Ordering::Acquire));
+    stop.store(true, Ordering::Release);
+    let (ran, early) = target.join();
+    assert!(ran >= 1, "core 1's polls ran the cpusync's message");
+    assert_eq!(early, 0, "a poll returned while its core was still held");
+    machine.shutdown();
+}
+
 /// Keeps cores `cpus` busy (running a task that takes interrupts, never halting) until the
 /// returned flag is cleared; returns once all run.
 fn keep_busy(
