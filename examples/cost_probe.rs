@@ -1,7 +1,9 @@
 //! The host cost of one message on each side, without a race between the two: core 1 is held
 //! in a task while core 0 queues `K` messages (one `send` each, or one `send_batch`), then core 1
 //! drains them with one `process()` (or `poll()`); then empty `poll()` and `process()` calls on a
-//! core with nothing queued. Prints nanoseconds per message (quartiles over the rounds); under
+//! core with nothing queued; then single messages, each sent alone and run by one `poll()`
+//! (`poll_one`, a polling target's side of a round trip), each followed by an empty `poll()`
+//! (`poll_empty`): out-of-line functions of their own, so callgrind counts them apart. Prints nanoseconds per message (quartiles over the rounds); under
 //! `valgrind --tool=callgrind` the same run gives instructions per call, which do not depend on
 //! the host's load (docs/results/2026-12-07-host-cost.md).
 //!
@@ -20,6 +22,24 @@ fn add(_: &Ipiq<HostPlatform>, _: usize, n: usize) {
     // Relaxed load and store: only core 1 runs this.
     SINK.store(SINK.load(Ordering::Relaxed) + n as u64, Ordering::Relaxed);
 }
+
+fn nop(_: &Ipiq<HostPlatform>, _: usize, _: usize) {}
+
+/// A `poll()` with one message queued (counted apart by callgrind).
+#[inline(never)]
+fn poll_one(q: &Ipiq<HostPlatform>) -> usize {
+    q.poll()
+}
+
+/// A `poll()` with nothing queued, right after `poll_one` (counted apart by callgrind; its
+/// different result keeps the linker from folding the two functions into one).
+#[inline(never)]
+fn poll_empty(q: &Ipiq<HostPlatform>) -> bool {
+    q.poll() == 0
+}
+
+/// Single messages for the `poll_one` phase.
+const SINGLES: u64 = 1000;
 
 /// Messages per round (under half of the default 256-slot FIFO: no drain while sending).
 const K: usize = 100;
@@ -111,6 +131,47 @@ fn main() {
         })
         .unwrap();
     println!("empty poll ns {ep:.1}, empty process ns {eq:.1}");
+    // Single messages: core 1 (in a task, so only its polls drain) sets `step` to 1 once it runs;
+    // then core 0 sends one message and bumps `step` to even, and core 1 polls it, polls once
+    // more, and bumps `step` to odd. Release/Acquire on `step`: the hand-shake orders the two
+    // cores' turns, nothing else.
+    let step = Arc::new(AtomicU64::new(0));
+    let st = step.clone();
+    let target = machine
+        .spawn_on(1, move |core| {
+            let q = core.ipiq();
+            let (mut one_ns, mut ran) = (Vec::new(), 0);
+            st.store(1, Ordering::Release);
+            for i in 0..SINGLES {
+                while st.load(Ordering::Acquire) != 2 * i + 2 {
+                    std::thread::yield_now();
+                }
+                let t = Instant::now();
+                ran += poll_one(q);
+                one_ns.push(t.elapsed().as_nanos() as f64);
+                assert!(poll_empty(q), "nothing was queued for the second poll");
+                st.store(2 * i + 3, Ordering::Release);
+            }
+            q.process();
+            (one_ns, ran)
+        })
+        .unwrap();
+    machine
+        .run_on(0, move |core| {
+            for i in 0..SINGLES {
+                while step.load(Ordering::Acquire) != 2 * i + 1 {
+                    std::thread::yield_now();
+                }
+                core.ipiq().send(1, nop, 0, 0).unwrap();
+                step.store(2 * i + 2, Ordering::Release);
+            }
+        })
+        .unwrap();
+    let (mut one_ns, ran) = target.join();
+    assert_eq!(
+        ran, SINGLES as usize,
+        "each single message ran in its poll_one"
+    );
     machine.shutdown();
     let med = |v: &mut Vec<f64>| {
         v.sort_by(f64::total_cmp);
@@ -120,4 +181,5 @@ fn main() {
     println!("send_batch  ns/msg, quartiles {:.1?}", med(&mut batch_ns));
     println!("process()   ns/msg, quartiles {:.1?}", med(&mut drain_ns));
     println!("poll()      ns/msg, quartiles {:.1?}", med(&mut poll_ns));
+    println!("poll_one    ns/msg, quartiles {:.1?}", med(&mut one_ns));
 }
