@@ -57,9 +57,12 @@ impl<P: Platform> Ipiq<P> {
     }
 
     /// [`Ipiq::process`] for a core that is about to look again soon: an idle loop polling before
-    /// it halts (the seed's idle spin; Linux calls it haltpoll). It runs everything queued but
-    /// leaves the core *signalled* (`npoll` set), so senders skip their IPIs while it polls and
-    /// a stream of messages into a polling core costs no IPI and no write to a line senders read.
+    /// it halts (the seed's idle spin; Linux calls it haltpoll). It runs what one pass over the
+    /// queues finds (a message that arrives behind the pass waits for the next call) but leaves
+    /// the core *signalled* (`npoll` set), so senders skip their IPIs while it polls and a
+    /// stream of messages into a polling core costs no IPI and no write to a line senders read.
+    /// A core held in a cpusync is served until released, as by `process`. Returns how many
+    /// messages ran.
     ///
     /// Context: as `process`. Contract: a core that called `poll` must call `poll` or
     /// [`Ipiq::process`] again before it halts or turns to other work, and `process` (which clears
