@@ -27,8 +27,6 @@
 //! The rendezvous state lives in an `Arc`: the master and every target hold a reference, so
 //! it stays valid however late a target leaves.
 
-use alloc::boxed::Box;
-
 use crate::drain::Hold;
 use crate::hold::Holder;
 use crate::irq::{IrqOff, IrqsOff};
@@ -66,23 +64,47 @@ impl<P: Platform> Default for SyncWork<P> {
 /// A bit map of cores, set by the cores themselves (which target has entered or left), read by
 /// the master's watchdog to know whom it still waits for. Relaxed: the counts below carry the
 /// ordering; the bits only steer re-sent IPIs and name cores in warnings.
-pub(crate) struct CoreBits(Box<[AtomicU64]>);
+///
+/// The words are inline (room for every core ipiq serves), not a separate allocation: each
+/// core's shootdown slot holds one for the machine's lifetime, and in the Hermit kernel every
+/// long-lived allocation lengthens the allocator's search on each later allocation
+/// (`docs/results/2026-12-07-wakeup-repeatable.md`).
+pub(crate) struct CoreBits {
+    words: [AtomicU64; CORE_WORDS],
+    /// Words in use: enough for the machine's cores.
+    used: usize,
+}
+
+/// Words in a bit map of every core ipiq serves. Loom models run a few cores, and each atomic
+/// is a tracked object there: one word.
+#[cfg(not(ipiq_loom))]
+pub(crate) const CORE_WORDS: usize = CpuSet::CAPACITY / 64;
+#[cfg(ipiq_loom)]
+pub(crate) const CORE_WORDS: usize = 1;
+
+/// A fresh array of `CORE_WORDS` zero words.
+pub(crate) fn zero_words() -> [AtomicU64; CORE_WORDS] {
+    core::array::from_fn(|_| AtomicU64::new(0))
+}
 
 impl CoreBits {
     pub(crate) fn new(cpus: usize) -> Self {
-        Self((0..cpus.div_ceil(64)).map(|_| AtomicU64::new(0)).collect())
+        Self {
+            words: zero_words(),
+            used: cpus.div_ceil(64).min(CORE_WORDS),
+        }
     }
 
     /// Clears every bit (the owner, before reusing the map).
     pub(crate) fn clear(&self) {
-        for word in self.0.iter() {
+        for word in &self.words[..self.used] {
             // Relaxed: see the type's docs; published to readers by whatever hands them the work.
             word.store(0, Ordering::Relaxed);
         }
     }
 
     pub(crate) fn set(&self, cpu: CpuId) {
-        if let Some(word) = self.0.get(cpu / 64) {
+        if let Some(word) = self.words[..self.used].get(cpu / 64) {
             // Relaxed: see the type's docs.
             word.fetch_or(1 << (cpu % 64), Ordering::Relaxed);
         }
@@ -90,7 +112,7 @@ impl CoreBits {
 
     pub(crate) fn contains(&self, cpu: CpuId) -> bool {
         // Relaxed: see the type's docs.
-        self.0
+        self.words[..self.used]
             .get(cpu / 64)
             .is_some_and(|w| w.load(Ordering::Relaxed) & (1 << (cpu % 64)) != 0)
     }

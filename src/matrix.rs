@@ -98,6 +98,8 @@ pub struct Ipiq<P: Platform> {
     pub(crate) platform: P,
     /// Each core's state, indexed by `CpuId`.
     pub(crate) cpus: Box<[PerCpu<P>]>,
+    /// Words of each core's `senders` map in use: enough for `cpus`.
+    sender_words: usize,
     pub(crate) config: Config,
     /// [`Config::ipi_avoidance`], switchable. Relaxed: a policy switch orders nothing.
     pub(crate) ipi_avoidance: AtomicBool,
@@ -138,6 +140,7 @@ impl<P: Platform> Ipiq<P> {
         Self {
             platform,
             cpus,
+            sender_words: ncpu.div_ceil(64),
             ipi_avoidance: AtomicBool::new(config.ipi_avoidance),
             stats_enabled: AtomicBool::new(config.stats),
             config,
@@ -294,7 +297,7 @@ impl<P: Platform> Ipiq<P> {
     #[inline]
     pub(crate) fn any_incoming(&self, me: CpuId, mut f: impl FnMut(&Fifo<P>) -> bool) -> bool {
         let cpu = &self.cpus[me];
-        for (w, word) in cpu.senders.iter().enumerate() {
+        for (w, word) in cpu.senders[..self.sender_words].iter().enumerate() {
             // Acquire: pairs with the Release `fetch_or` in `new_fifo`, so the pointer stored
             // before the bit is seen below.
             let mut bits = word.load(Ordering::Acquire);

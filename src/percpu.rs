@@ -8,6 +8,7 @@ use core::ptr;
 
 use hashbrown::HashMap;
 
+use crate::cpusync::{zero_words, CORE_WORDS};
 use crate::fifo::Fifo;
 use crate::hold::Holder;
 use crate::irq::IrqsOff;
@@ -63,8 +64,9 @@ pub(crate) struct PerCpu<P: Platform> {
     /// (Release) by the sender, read (Acquire) by this core and the sender.
     pub(crate) incoming: Box<[AtomicPtr<Fifo<P>>]>,
     /// Bit map of the senders whose `incoming` entry is set, so a drain visits only live FIFOs
-    /// (the seed's `gd_ipimask`). Bits are set (Release) by senders, never cleared.
-    pub(crate) senders: Box<[AtomicU64]>,
+    /// (the seed's `gd_ipimask`). Bits are set (Release) by senders, never cleared. Inline, as
+    /// `CoreBits` is (one allocation less per core); the first `Ipiq::sender_words` are used.
+    pub(crate) senders: [AtomicU64; CORE_WORDS],
     /// Whether the core has been brought up ([`Ipiq::cpu_online`]).
     pub(crate) online: AtomicBool,
     /// What holds this core (the cpusyncs it is held in), polled at the end of each drain (the
@@ -97,7 +99,7 @@ impl<P: Platform> PerCpu<P> {
             tick_stopped: WakeFlag::new(),
             tick_wanted: WakeFlag::new(),
             incoming: (0..ncpu).map(|_| AtomicPtr::new(ptr::null_mut())).collect(),
-            senders: (0..ncpu.div_ceil(64)).map(|_| AtomicU64::new(0)).collect(),
+            senders: zero_words(),
             online: AtomicBool::new(false),
             // Room for a few nested rendezvous from the start: a target entering a cpusync
             // (interrupts off, possibly while another core holds the allocator's lock to lead

@@ -24,7 +24,6 @@
 //! timer request), so every access is Relaxed.
 
 use alloc::boxed::Box;
-use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use crate::platform::CpuId;
@@ -44,22 +43,26 @@ use crate::platform::CpuId;
 pub struct TickTimer {
     /// Tick period in microseconds.
     period_us: u64,
-    /// Per core: the scheduler's requested deadline (`u64::MAX` = none). Only its own core
-    /// writes or reads it, with interrupts disabled; Relaxed.
-    scheduler_deadline: Box<[AtomicU64]>,
-    /// Per core: the next tick's time (`u64::MAX`: before `start`, and while stopped).
-    /// Same access rule.
-    next_tick: Box<[AtomicU64]>,
-    /// Per core: the deadline of the last setting handed out (`u64::MAX`: none), which the
-    /// kernel programs; `resume` leaves the timer alone when it already fires first. Same rule.
-    programmed: Box<[AtomicU64]>,
-    /// Per core: whether that setting was the tick's alone (the tick-only vector). With
-    /// `programmed`, what the timer holds: `program` skips a request that would write the same
-    /// thing again. Same rule.
-    programmed_tick_only: Box<[AtomicBool]>,
-    /// Per core: set while `stop` has stopped the tick and no `resume` has resumed it (a core
-    /// never started is not stopped: `resume` does not start it). Same rule.
-    stopped: Box<[AtomicBool]>,
+    /// Per core, in one allocation (`CoreTick`). Only its own core writes or reads a core's
+    /// entry, with interrupts disabled; Relaxed.
+    cores: Box<[CoreTick]>,
+}
+
+/// One core's tick bookkeeping ([`TickTimer`]'s access rule: its own core, interrupts off).
+struct CoreTick {
+    /// The scheduler's requested deadline (`u64::MAX` = none).
+    scheduler_deadline: AtomicU64,
+    /// The next tick's time (`u64::MAX`: before `start`, and while stopped).
+    next_tick: AtomicU64,
+    /// The deadline of the last setting handed out (`u64::MAX`: none), which the kernel
+    /// programs; `resume` leaves the timer alone when it already fires first.
+    programmed: AtomicU64,
+    /// Whether that setting was the tick's alone (the tick-only vector). With `programmed`,
+    /// what the timer holds: `program` skips a request that would write the same thing again.
+    programmed_tick_only: AtomicBool,
+    /// Set while `stop` has stopped the tick and no `resume` has resumed it (a core never
+    /// started is not stopped: `resume` does not start it).
+    stopped: AtomicBool,
 }
 
 /// Which timer vector fired ([`TickTimer::fired`]).
@@ -84,24 +87,17 @@ impl TickTimer {
     /// Bookkeeping for `cpu_count` cores with a tick every `period_us` microseconds (at least 1;
     /// 0 disables the tick).
     pub fn new(cpu_count: usize, period_us: u64) -> Self {
-        let per_core = || -> Box<[AtomicU64]> {
-            (0..cpu_count.max(1))
-                .map(|_| AtomicU64::new(u64::MAX))
-                .collect::<Vec<_>>()
-                .into()
-        };
-        let per_core_flag = || -> Box<[AtomicBool]> {
-            (0..cpu_count.max(1))
-                .map(|_| AtomicBool::new(false))
-                .collect()
-        };
         Self {
             period_us,
-            scheduler_deadline: per_core(),
-            next_tick: per_core(),
-            programmed: per_core(),
-            programmed_tick_only: per_core_flag(),
-            stopped: per_core_flag(),
+            cores: (0..cpu_count.max(1))
+                .map(|_| CoreTick {
+                    scheduler_deadline: AtomicU64::new(u64::MAX),
+                    next_tick: AtomicU64::new(u64::MAX),
+                    programmed: AtomicU64::new(u64::MAX),
+                    programmed_tick_only: AtomicBool::new(false),
+                    stopped: AtomicBool::new(false),
+                })
+                .collect(),
         }
     }
 
@@ -112,7 +108,7 @@ impl TickTimer {
 
     /// Starts the tick on `cpu` (at bring-up): the first tick is one period from `now`.
     pub fn start(&self, cpu: CpuId, now: u64) -> TimerSetting {
-        if let Some(next) = self.next_tick.get(cpu) {
+        if let Some(next) = self.cores.get(cpu).map(|c| &c.next_tick) {
             if self.period_us > 0 {
                 // Relaxed: core-local (see the field docs).
                 next.store(now.saturating_add(self.period_us), Ordering::Relaxed);
@@ -130,7 +126,7 @@ impl TickTimer {
     ///
     /// Context: the kernel's timer request, interrupts disabled, on core `cpu`.
     pub fn program(&self, cpu: CpuId, deadline: Option<u64>) -> Option<TimerSetting> {
-        if let Some(slot) = self.scheduler_deadline.get(cpu) {
+        if let Some(slot) = self.cores.get(cpu).map(|c| &c.scheduler_deadline) {
             // Relaxed: core-local.
             slot.store(deadline.unwrap_or(u64::MAX), Ordering::Relaxed);
         }
@@ -172,7 +168,10 @@ impl TickTimer {
     ///
     /// Context: the timer interrupt or the idle loop, interrupts disabled, on core `cpu`.
     pub fn stop(&self, cpu: CpuId) -> Option<TimerSetting> {
-        if let (Some(next), Some(stopped)) = (self.next_tick.get(cpu), self.stopped.get(cpu)) {
+        if let (Some(next), Some(stopped)) = (
+            self.cores.get(cpu).map(|c| &c.next_tick),
+            self.cores.get(cpu).map(|c| &c.stopped),
+        ) {
             // Relaxed: core-local.
             if self.period_us > 0 && next.load(Ordering::Relaxed) != u64::MAX {
                 next.store(u64::MAX, Ordering::Relaxed);
@@ -191,9 +190,9 @@ impl TickTimer {
     /// Context: an interrupt handler or the idle loop, interrupts disabled, on core `cpu`.
     pub fn resume(&self, cpu: CpuId, now: u64) -> Option<TimerSetting> {
         let (Some(next), Some(programmed), Some(stopped)) = (
-            self.next_tick.get(cpu),
-            self.programmed.get(cpu),
-            self.stopped.get(cpu),
+            self.cores.get(cpu).map(|c| &c.next_tick),
+            self.cores.get(cpu).map(|c| &c.programmed),
+            self.cores.get(cpu).map(|c| &c.stopped),
         ) else {
             return None;
         };
@@ -214,8 +213,9 @@ impl TickTimer {
         // Relaxed: core-local.
         self.period_us == 0
             || self
-                .next_tick
+                .cores
                 .get(cpu)
+                .map(|c| &c.next_tick)
                 .is_none_or(|t| t.load(Ordering::Relaxed) == u64::MAX)
     }
 
@@ -224,7 +224,10 @@ impl TickTimer {
     fn advance(&self, cpu: CpuId, now: u64, vector: TimerVector) -> bool {
         let scheduler_vector = vector == TimerVector::Scheduler;
         let mut due = false;
-        if let (Some(next), true) = (self.next_tick.get(cpu), self.period_us > 0) {
+        if let (Some(next), true) = (
+            self.cores.get(cpu).map(|c| &c.next_tick),
+            self.period_us > 0,
+        ) {
             // Relaxed: core-local.
             let tick = next.load(Ordering::Relaxed);
             if tick <= now {
@@ -235,7 +238,10 @@ impl TickTimer {
                 next.store(following, Ordering::Relaxed);
             }
         }
-        if let (Some(slot), true) = (self.scheduler_deadline.get(cpu), scheduler_vector) {
+        if let (Some(slot), true) = (
+            self.cores.get(cpu).map(|c| &c.scheduler_deadline),
+            scheduler_vector,
+        ) {
             // Relaxed: core-local.
             if slot.load(Ordering::Relaxed) <= now {
                 slot.store(u64::MAX, Ordering::Relaxed);
@@ -249,12 +255,14 @@ impl TickTimer {
     fn wanted(&self, cpu: CpuId) -> TimerSetting {
         // Relaxed: core-local.
         let scheduler = self
-            .scheduler_deadline
+            .cores
             .get(cpu)
+            .map(|c| &c.scheduler_deadline)
             .map_or(u64::MAX, |d| d.load(Ordering::Relaxed));
         let tick = if self.period_us > 0 {
-            self.next_tick
+            self.cores
                 .get(cpu)
+                .map(|c| &c.next_tick)
                 .map_or(u64::MAX, |t| t.load(Ordering::Relaxed))
         } else {
             u64::MAX
@@ -270,9 +278,10 @@ impl TickTimer {
     /// out, not yet fired: a fired timer's handler has programmed [`TickTimer::fired`]'s
     /// setting since), else `None`.
     fn changed_setting(&self, cpu: CpuId) -> Option<TimerSetting> {
-        let (Some(programmed), Some(tick_only)) =
-            (self.programmed.get(cpu), self.programmed_tick_only.get(cpu))
-        else {
+        let (Some(programmed), Some(tick_only)) = (
+            self.cores.get(cpu).map(|c| &c.programmed),
+            self.cores.get(cpu).map(|c| &c.programmed_tick_only),
+        ) else {
             return Some(self.setting(cpu));
         };
         // Relaxed: core-local.
@@ -290,9 +299,10 @@ impl TickTimer {
     /// [`TickTimer::wanted`], recorded as what the timer holds: the caller programs it.
     fn setting(&self, cpu: CpuId) -> TimerSetting {
         let setting = self.wanted(cpu);
-        if let (Some(programmed), Some(tick_only)) =
-            (self.programmed.get(cpu), self.programmed_tick_only.get(cpu))
-        {
+        if let (Some(programmed), Some(tick_only)) = (
+            self.cores.get(cpu).map(|c| &c.programmed),
+            self.cores.get(cpu).map(|c| &c.programmed_tick_only),
+        ) {
             // Relaxed: core-local.
             programmed.store(setting.deadline.unwrap_or(u64::MAX), Ordering::Relaxed);
             tick_only.store(setting.tick_only, Ordering::Relaxed);
