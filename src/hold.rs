@@ -78,7 +78,7 @@ impl<P: Platform> Ipiq<P> {
         let holds = &self.cpus[me].holds;
         // SAFETY: our own core (interrupts are disabled: `irqs`); the closure does not call into
         // ipiq. The common case (nothing holds the core) costs one look and no store: the list
-        // shares a cache line with what senders read on every send (`incoming`, `online`),
+        // may share a cache line with what senders read on every send (`online`, `npoll`),
         // which a store on every drain pass would take from them.
         if unsafe { holds.with(irqs, |q| q.is_empty()) } {
             return false;

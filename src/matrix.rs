@@ -16,13 +16,14 @@
 //! message functions) until the target catches up (I4).
 
 use alloc::boxed::Box;
+use core::ptr;
 
 use crate::fifo::Fifo;
 use crate::percpu::PerCpu;
 use crate::platform::{CpuId, Platform};
 use crate::stats::Counters;
 use crate::status::CoreDiag;
-use crate::sync::{AtomicBool, AtomicU64, Ordering};
+use crate::sync::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
 use crate::Error;
 use crate::{CpuSet, Stats};
 
@@ -98,6 +99,11 @@ pub struct Ipiq<P: Platform> {
     pub(crate) platform: P,
     /// Each core's state, indexed by `CpuId`.
     pub(crate) cpus: Box<[PerCpu<P>]>,
+    /// The FIFO from each sender into each target, null until that sender first talks to that
+    /// target: row `target`, column `sender` ([`Ipiq::incoming`]). One allocation for all cores
+    /// (a row per core would be one long-lived allocation each). Written once (Release) by the
+    /// sender, read (Acquire) by the target and the sender.
+    incoming: Box<[AtomicPtr<Fifo<P>>]>,
     /// Words of each core's `senders` map in use: enough for `cpus`.
     sender_words: usize,
     pub(crate) config: Config,
@@ -140,6 +146,9 @@ impl<P: Platform> Ipiq<P> {
         Self {
             platform,
             cpus,
+            incoming: (0..ncpu * ncpu)
+                .map(|_| AtomicPtr::new(ptr::null_mut()))
+                .collect(),
             sender_words: ncpu.div_ceil(64),
             ipi_avoidance: AtomicBool::new(config.ipi_avoidance),
             stats_enabled: AtomicBool::new(config.stats),
@@ -247,13 +256,19 @@ impl<P: Platform> Ipiq<P> {
         }
     }
 
+    /// The entry for the FIFO from `sender` into `target` (both below `cpu_count`).
+    #[inline]
+    fn incoming(&self, sender: CpuId, target: CpuId) -> &AtomicPtr<Fifo<P>> {
+        &self.incoming[target * self.cpus.len() + sender]
+    }
+
     /// The FIFO from `me` to `target`, allocated on first use (an idle pair costs a pointer).
     #[inline]
     pub(crate) fn fifo_to(&self, me: CpuId, target: CpuId) -> &Fifo<P> {
         // Acquire: pairs with the Release store in `new_fifo` (by this same core earlier,
         // or—after a migration—by the task's previous core, which is still the same sender
         // index).
-        let mut fifo = self.cpus[target].incoming[me].load(Ordering::Acquire);
+        let mut fifo = self.incoming(me, target).load(Ordering::Acquire);
         if fifo.is_null() {
             fifo = self.new_fifo(me, target);
         }
@@ -270,7 +285,7 @@ impl<P: Platform> Ipiq<P> {
         let fifo = Box::into_raw(Box::new(Fifo::new(self.config.fifo_slots)));
         // Release: the FIFO's initialised contents before the pointer. Only core `me` writes
         // this slot, with interrupts disabled, so no other writer races with this store.
-        self.cpus[target].incoming[me].store(fifo, Ordering::Release);
+        self.incoming(me, target).store(fifo, Ordering::Release);
         // Release: the pointer before the bit; the target reads the bit with Acquire.
         self.cpus[target].senders[me / 64].fetch_or(1 << (me % 64), Ordering::Release);
         fifo
@@ -279,7 +294,7 @@ impl<P: Platform> Ipiq<P> {
     /// The FIFO from `sender` to `target`, if they have talked.
     pub(crate) fn fifo_between(&self, sender: CpuId, target: CpuId) -> Option<&Fifo<P>> {
         // Acquire: pairs with the Release in `fifo_to`.
-        let fifo = self.cpus[target].incoming[sender].load(Ordering::Acquire);
+        let fifo = self.incoming(sender, target).load(Ordering::Acquire);
         // SAFETY: see `fifo_to`.
         (!fifo.is_null()).then(|| unsafe { &*fifo })
     }
@@ -288,7 +303,7 @@ impl<P: Platform> Ipiq<P> {
     /// whether one did.
     ///
     /// Every drain pass, every empty poll and every spin of a waiter walks these, so it is one
-    /// loop over the sender bits and `me`'s own pointer array: as an iterator chain with a
+    /// loop over the sender bits and `me`'s row of pointers: as an iterator chain with a
     /// bounds-checked lookup of `me` per sender, a look at one FIFO took four times the
     /// instructions on the host. `f` may run message functions that drain again (a nested walk
     /// reads the same bits). Context: the walk only reads, so any thread may make it
@@ -297,6 +312,8 @@ impl<P: Platform> Ipiq<P> {
     #[inline]
     pub(crate) fn any_incoming(&self, me: CpuId, mut f: impl FnMut(&Fifo<P>) -> bool) -> bool {
         let cpu = &self.cpus[me];
+        let n = self.cpus.len();
+        let row = &self.incoming[me * n..me * n + n];
         for (w, word) in cpu.senders[..self.sender_words].iter().enumerate() {
             // Acquire: pairs with the Release `fetch_or` in `new_fifo`, so the pointer stored
             // before the bit is seen below.
@@ -305,7 +322,7 @@ impl<P: Platform> Ipiq<P> {
                 let sender = w * 64 + bits.trailing_zeros() as usize;
                 bits &= bits - 1;
                 // Acquire: as in `fifo_between`.
-                let fifo = cpu.incoming[sender].load(Ordering::Acquire);
+                let fifo = row[sender].load(Ordering::Acquire);
                 // SAFETY: see `fifo_to` (a set bit follows a non-null pointer; checked anyway).
                 if !fifo.is_null() && f(unsafe { &*fifo }) {
                     return true;
@@ -358,14 +375,12 @@ impl<P: Platform> Ipiq<P> {
 
 impl<P: Platform> Drop for Ipiq<P> {
     fn drop(&mut self) {
-        for cpu in self.cpus.iter() {
-            for slot in cpu.incoming.iter() {
-                let fifo = slot.load(Ordering::Relaxed);
-                if !fifo.is_null() {
-                    // SAFETY: allocated by `Box::into_raw` in `fifo_to`; `&mut self` means no core
-                    // uses it any more.
-                    drop(unsafe { Box::from_raw(fifo) });
-                }
+        for slot in self.incoming.iter() {
+            let fifo = slot.load(Ordering::Relaxed);
+            if !fifo.is_null() {
+                // SAFETY: allocated by `Box::into_raw` in `fifo_to`; `&mut self` means no core
+                // uses it any more.
+                drop(unsafe { Box::from_raw(fifo) });
             }
         }
     }

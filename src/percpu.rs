@@ -1,22 +1,19 @@
 //! Per-core state: what each core owns as a target ([`PerCpu`]), and [`CoreLocal`], the cell for
 //! what only the core itself may touch.
 
-use alloc::boxed::Box;
 use alloc::collections::VecDeque;
 use alloc::vec::Vec;
-use core::ptr;
 
 use hashbrown::HashMap;
 
 use crate::cpusync::{zero_words, CORE_WORDS};
-use crate::fifo::Fifo;
 use crate::hold::Holder;
 use crate::irq::IrqsOff;
 use crate::message::Message;
 use crate::platform::{CpuId, Platform};
 use crate::stats::Counters;
 use crate::status::CoreDiag;
-use crate::sync::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, CachePadded, UnsafeCell};
+use crate::sync::{AtomicBool, AtomicU64, AtomicUsize, CachePadded, UnsafeCell};
 use crate::tlb::TlbState;
 use crate::wakeup::WakeFlag;
 
@@ -43,7 +40,7 @@ impl<T> CoreLocal<T> {
 
 /// One core's state as a target (plus its counters as a sender). The fields this core writes
 /// all the time (`running`, `spilled`, `counters`) sit on cache lines of their own, away from
-/// what senders read on every send (`online`, `incoming`, `npoll`).
+/// what senders read on every send (`online`, `npoll`).
 pub(crate) struct PerCpu<P: Platform> {
     /// Set by a sender that signalled this core, and by this core while it drains; cleared by this
     /// core before its final scan (`wakeup.rs`).
@@ -60,12 +57,10 @@ pub(crate) struct PerCpu<P: Platform> {
     /// messages may follow, so the core should run its tick again. Taken by this core
     /// ([`Ipiq::take_tick_request`]).
     pub(crate) tick_wanted: WakeFlag,
-    /// The FIFO from each sender, null until that sender first talks to this core. Written once
-    /// (Release) by the sender, read (Acquire) by this core and the sender.
-    pub(crate) incoming: Box<[AtomicPtr<Fifo<P>>]>,
-    /// Bit map of the senders whose `incoming` entry is set, so a drain visits only live FIFOs
-    /// (the seed's `gd_ipimask`). Bits are set (Release) by senders, never cleared. Inline, as
-    /// `CoreBits` is (one allocation less per core); the first `Ipiq::sender_words` are used.
+    /// Bit map of the senders whose FIFO into this core exists (`Ipiq::incoming`), so a drain
+    /// visits only live FIFOs (the seed's `gd_ipimask`). Bits are set (Release) by senders,
+    /// never cleared. Inline, as `CoreBits` is (one allocation less per core); the first
+    /// `Ipiq::sender_words` are used.
     pub(crate) senders: [AtomicU64; CORE_WORDS],
     /// Whether the core has been brought up ([`Ipiq::cpu_online`]).
     pub(crate) online: AtomicBool,
@@ -98,7 +93,6 @@ impl<P: Platform> PerCpu<P> {
             halted: WakeFlag::new(),
             tick_stopped: WakeFlag::new(),
             tick_wanted: WakeFlag::new(),
-            incoming: (0..ncpu).map(|_| AtomicPtr::new(ptr::null_mut())).collect(),
             senders: zero_words(),
             online: AtomicBool::new(false),
             // Room for a few nested rendezvous from the start: a target entering a cpusync
