@@ -312,9 +312,8 @@ impl<P: Platform> Ipiq<P> {
     #[inline]
     pub(crate) fn any_incoming(&self, me: CpuId, mut f: impl FnMut(&Fifo<P>) -> bool) -> bool {
         let cpu = &self.cpus[me];
-        let n = self.cpus.len();
-        let row = &self.incoming[me * n..me * n + n];
-        for (w, word) in cpu.senders[..self.sender_words].iter().enumerate() {
+        let row = me * self.cpus.len();
+        for (w, word) in cpu.senders.iter().take(self.sender_words).enumerate() {
             // Acquire: pairs with the Release `fetch_or` in `new_fifo`, so the pointer stored
             // before the bit is seen below.
             let mut bits = word.load(Ordering::Acquire);
@@ -322,7 +321,7 @@ impl<P: Platform> Ipiq<P> {
                 let sender = w * 64 + bits.trailing_zeros() as usize;
                 bits &= bits - 1;
                 // Acquire: as in `fifo_between`.
-                let fifo = row[sender].load(Ordering::Acquire);
+                let fifo = self.incoming[row + sender].load(Ordering::Acquire);
                 // SAFETY: see `fifo_to` (a set bit follows a non-null pointer; checked anyway).
                 if !fifo.is_null() && f(unsafe { &*fifo }) {
                     return true;
