@@ -3,7 +3,9 @@
 //! drains them with one `process()` (or `poll()`); then empty `poll()` and `process()` calls on a
 //! core with nothing queued; then single messages, each sent alone and run by one `poll()`
 //! (`poll_one`, a polling target's side of a round trip), each followed by an empty `poll()`
-//! (`poll_empty`): out-of-line functions of their own, so callgrind counts them apart. Prints nanoseconds per message (quartiles over the rounds); under
+//! (`poll_empty`) and a `process()` that finds the core still signalled and nothing queued
+//! (`process_signalled`, an idle loop turning to a task): out-of-line functions of their own,
+//! so callgrind counts them apart. Prints nanoseconds per message (quartiles over the rounds); under
 //! `valgrind --tool=callgrind` the same run gives instructions per call, which do not depend on
 //! the host's load (docs/results/2026-12-07-host-cost.md).
 //!
@@ -36,6 +38,13 @@ fn poll_one(q: &Ipiq<HostPlatform>) -> usize {
 #[inline(never)]
 fn poll_empty(q: &Ipiq<HostPlatform>) -> bool {
     q.poll() == 0
+}
+
+/// A `process()` on a core still signalled by its polls, with nothing queued: an idle loop
+/// turning to a task (counted apart by callgrind).
+#[inline(never)]
+fn process_signalled(q: &Ipiq<HostPlatform>) -> usize {
+    q.process() + 1
 }
 
 /// Single messages for the `poll_one` phase.
@@ -150,6 +159,11 @@ fn main() {
                 ran += poll_one(q);
                 one_ns.push(t.elapsed().as_nanos() as f64);
                 assert!(poll_empty(q), "nothing was queued for the second poll");
+                assert_eq!(
+                    process_signalled(q),
+                    1,
+                    "nothing was queued for the process"
+                );
                 st.store(2 * i + 3, Ordering::Release);
             }
             q.process();
