@@ -12,6 +12,7 @@
 
 use crate::irq::IrqsOff;
 use crate::matrix::Ipiq;
+use crate::percpu::PerCpu;
 use crate::platform::{CpuId, Platform};
 use crate::status::Waiting;
 use crate::sync::{fence, Ordering};
@@ -116,10 +117,9 @@ impl<P: Platform> Ipiq<P> {
             if exit == Exit::StaySignalled {
                 break;
             }
-            // Relaxed RMW, then the SeqCst fence: our store-load barrier (`wakeup.rs`). Then one
-            // more look; a message found there is run by another pass, signalled again.
-            cpu.npoll.clear();
-            fence(Ordering::SeqCst);
+            // One more look after the handshake; a message found there is run by another pass,
+            // signalled again.
+            Self::unsignal(cpu);
             if self.has_incoming(me) {
                 // Relaxed RMW: back to draining, as on entry.
                 cpu.npoll.set();
@@ -133,6 +133,16 @@ impl<P: Platform> Ipiq<P> {
         cpu.diag.done_draining(draining);
         self.count(me, |c| &c.processed, total as u64);
         total
+    }
+
+    /// The target's side of the `npoll` handshake (`wakeup.rs`) before its last look at its
+    /// queues: a Relaxed RMW clear, then the SeqCst fence, our store-load barrier against a
+    /// sender's "publish; fence; load `npoll`". The caller looks next, and drains (signalled
+    /// again) whatever it finds. Core `cpu`'s own, interrupts disabled.
+    #[inline]
+    pub(crate) fn unsignal(cpu: &PerCpu<P>) {
+        cpu.npoll.clear();
+        fence(Ordering::SeqCst);
     }
 
     /// One pass over core `me`'s incoming FIFOs: each FIFO that holds messages is emptied, its

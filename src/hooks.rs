@@ -43,12 +43,10 @@ impl<P: Platform> Ipiq<P> {
                 return 0;
             }
             // Signalled (a polling idle loop turning to a task): the drain's exit handshake
-            // alone (`drain.rs`): a Relaxed RMW clear, the SeqCst fence (our store-load barrier
-            // against a sender's "publish; fence; load `npoll`", `wakeup.rs`), and one more
-            // look; a message found there is drained below, signalled again.
+            // alone (`Ipiq::unsignal`) and one more look; a message found there is drained
+            // below, signalled again.
             cpu.diag.polling(false);
-            cpu.npoll.clear();
-            fence(Ordering::SeqCst);
+            Self::unsignal(cpu);
             if !self.has_work(me, irqs) {
                 return 0;
             }
