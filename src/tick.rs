@@ -108,11 +108,10 @@ impl TickTimer {
 
     /// Starts the tick on `cpu` (at bring-up): the first tick is one period from `now`.
     pub fn start(&self, cpu: CpuId, now: u64) -> TimerSetting {
-        if let Some(next) = self.cores.get(cpu).map(|c| &c.next_tick) {
-            if self.period_us > 0 {
-                // Relaxed: core-local (see the field docs).
-                next.store(now.saturating_add(self.period_us), Ordering::Relaxed);
-            }
+        if let (Some(core), true) = (self.cores.get(cpu), self.period_us > 0) {
+            // Relaxed: core-local (see the field docs).
+            core.next_tick
+                .store(now.saturating_add(self.period_us), Ordering::Relaxed);
         }
         self.setting(cpu)
     }
@@ -126,9 +125,10 @@ impl TickTimer {
     ///
     /// Context: the kernel's timer request, interrupts disabled, on core `cpu`.
     pub fn program(&self, cpu: CpuId, deadline: Option<u64>) -> Option<TimerSetting> {
-        if let Some(slot) = self.cores.get(cpu).map(|c| &c.scheduler_deadline) {
+        if let Some(core) = self.cores.get(cpu) {
             // Relaxed: core-local.
-            slot.store(deadline.unwrap_or(u64::MAX), Ordering::Relaxed);
+            core.scheduler_deadline
+                .store(deadline.unwrap_or(u64::MAX), Ordering::Relaxed);
         }
         self.changed_setting(cpu)
     }
@@ -168,14 +168,11 @@ impl TickTimer {
     ///
     /// Context: the timer interrupt or the idle loop, interrupts disabled, on core `cpu`.
     pub fn stop(&self, cpu: CpuId) -> Option<TimerSetting> {
-        if let (Some(next), Some(stopped)) = (
-            self.cores.get(cpu).map(|c| &c.next_tick),
-            self.cores.get(cpu).map(|c| &c.stopped),
-        ) {
+        if let Some(core) = self.cores.get(cpu) {
             // Relaxed: core-local.
-            if self.period_us > 0 && next.load(Ordering::Relaxed) != u64::MAX {
-                next.store(u64::MAX, Ordering::Relaxed);
-                stopped.store(true, Ordering::Relaxed);
+            if self.period_us > 0 && core.next_tick.load(Ordering::Relaxed) != u64::MAX {
+                core.next_tick.store(u64::MAX, Ordering::Relaxed);
+                core.stopped.store(true, Ordering::Relaxed);
             }
         }
         self.changed_setting(cpu)
@@ -189,20 +186,14 @@ impl TickTimer {
     ///
     /// Context: an interrupt handler or the idle loop, interrupts disabled, on core `cpu`.
     pub fn resume(&self, cpu: CpuId, now: u64) -> Option<TimerSetting> {
-        let (Some(next), Some(programmed), Some(stopped)) = (
-            self.cores.get(cpu).map(|c| &c.next_tick),
-            self.cores.get(cpu).map(|c| &c.programmed),
-            self.cores.get(cpu).map(|c| &c.stopped),
-        ) else {
-            return None;
-        };
+        let core = self.cores.get(cpu)?;
         // Relaxed: core-local.
-        if !stopped.swap(false, Ordering::Relaxed) {
+        if !core.stopped.swap(false, Ordering::Relaxed) {
             return None;
         }
         let tick = now.saturating_add(self.period_us);
-        next.store(tick, Ordering::Relaxed);
-        if programmed.load(Ordering::Relaxed) <= tick {
+        core.next_tick.store(tick, Ordering::Relaxed);
+        if core.programmed.load(Ordering::Relaxed) <= tick {
             return None;
         }
         Some(self.setting(cpu))
@@ -215,33 +206,30 @@ impl TickTimer {
             || self
                 .cores
                 .get(cpu)
-                .map(|c| &c.next_tick)
-                .is_none_or(|t| t.load(Ordering::Relaxed) == u64::MAX)
+                .is_none_or(|c| c.next_tick.load(Ordering::Relaxed) == u64::MAX)
     }
 
     /// Advances the next tick past `now` and forgets a passed scheduler deadline (scheduler
     /// vector only); returns whether a tick is due.
     fn advance(&self, cpu: CpuId, now: u64, vector: TimerVector) -> bool {
-        let scheduler_vector = vector == TimerVector::Scheduler;
+        let Some(core) = self.cores.get(cpu) else {
+            return false;
+        };
         let mut due = false;
-        if let (Some(next), true) = (
-            self.cores.get(cpu).map(|c| &c.next_tick),
-            self.period_us > 0,
-        ) {
-            // Relaxed: core-local.
-            let tick = next.load(Ordering::Relaxed);
-            if tick <= now {
+        let next = &core.next_tick;
+        // Relaxed: core-local.
+        let tick = next.load(Ordering::Relaxed);
+        if tick <= now {
+            // The periods missed since that tick (none without a tick: period 0). Skip them
+            // rather than firing a burst.
+            if let Some(missed) = (now - tick).checked_div(self.period_us) {
                 due = true;
-                // Skip missed ticks rather than firing a burst.
-                let missed = (now - tick) / self.period_us;
                 let following = tick.saturating_add((missed + 1).saturating_mul(self.period_us));
                 next.store(following, Ordering::Relaxed);
             }
         }
-        if let (Some(slot), true) = (
-            self.cores.get(cpu).map(|c| &c.scheduler_deadline),
-            scheduler_vector,
-        ) {
+        if vector == TimerVector::Scheduler {
+            let slot = &core.scheduler_deadline;
             // Relaxed: core-local.
             if slot.load(Ordering::Relaxed) <= now {
                 slot.store(u64::MAX, Ordering::Relaxed);
@@ -253,19 +241,12 @@ impl TickTimer {
     /// What core `cpu`'s timer should hold now: the earlier of the scheduler's deadline and
     /// the next tick.
     fn wanted(&self, cpu: CpuId) -> TimerSetting {
+        let core = self.cores.get(cpu);
         // Relaxed: core-local.
-        let scheduler = self
-            .cores
-            .get(cpu)
-            .map(|c| &c.scheduler_deadline)
-            .map_or(u64::MAX, |d| d.load(Ordering::Relaxed));
-        let tick = if self.period_us > 0 {
-            self.cores
-                .get(cpu)
-                .map(|c| &c.next_tick)
-                .map_or(u64::MAX, |t| t.load(Ordering::Relaxed))
-        } else {
-            u64::MAX
+        let scheduler = core.map_or(u64::MAX, |c| c.scheduler_deadline.load(Ordering::Relaxed));
+        let tick = match core {
+            Some(c) if self.period_us > 0 => c.next_tick.load(Ordering::Relaxed),
+            _ => u64::MAX,
         };
         let deadline = scheduler.min(tick);
         TimerSetting {
@@ -278,16 +259,13 @@ impl TickTimer {
     /// out, not yet fired: a fired timer's handler has programmed [`TickTimer::fired`]'s
     /// setting since), else `None`.
     fn changed_setting(&self, cpu: CpuId) -> Option<TimerSetting> {
-        let (Some(programmed), Some(tick_only)) = (
-            self.cores.get(cpu).map(|c| &c.programmed),
-            self.cores.get(cpu).map(|c| &c.programmed_tick_only),
-        ) else {
+        let Some(core) = self.cores.get(cpu) else {
             return Some(self.setting(cpu));
         };
         // Relaxed: core-local.
         let held = (
-            programmed.load(Ordering::Relaxed),
-            tick_only.load(Ordering::Relaxed),
+            core.programmed.load(Ordering::Relaxed),
+            core.programmed_tick_only.load(Ordering::Relaxed),
         );
         let wanted = self.wanted(cpu);
         if (wanted.deadline.unwrap_or(u64::MAX), wanted.tick_only) == held {
@@ -299,13 +277,12 @@ impl TickTimer {
     /// [`TickTimer::wanted`], recorded as what the timer holds: the caller programs it.
     fn setting(&self, cpu: CpuId) -> TimerSetting {
         let setting = self.wanted(cpu);
-        if let (Some(programmed), Some(tick_only)) = (
-            self.cores.get(cpu).map(|c| &c.programmed),
-            self.cores.get(cpu).map(|c| &c.programmed_tick_only),
-        ) {
+        if let Some(core) = self.cores.get(cpu) {
             // Relaxed: core-local.
-            programmed.store(setting.deadline.unwrap_or(u64::MAX), Ordering::Relaxed);
-            tick_only.store(setting.tick_only, Ordering::Relaxed);
+            core.programmed
+                .store(setting.deadline.unwrap_or(u64::MAX), Ordering::Relaxed);
+            core.programmed_tick_only
+                .store(setting.tick_only, Ordering::Relaxed);
         }
         setting
     }
