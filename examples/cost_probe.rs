@@ -4,8 +4,9 @@
 //! core with nothing queued; then single messages, each sent alone and run by one `poll()`
 //! (`poll_one`, a polling target's side of a round trip), each followed by an empty `poll()`
 //! (`poll_empty`) and a `process()` that finds the core still signalled and nothing queued
-//! (`process_signalled`, an idle loop turning to a task): out-of-line functions of their own,
-//! so callgrind counts them apart. Prints nanoseconds per message (quartiles over the rounds); under
+//! (`process_signalled`, an idle loop turning to a task); then round trips to a core that polls,
+//! each a `send_one` and a `wait_one` (the waiting side, its spin steps included): out-of-line
+//! functions of their own, so callgrind counts them apart. Prints nanoseconds per message (quartiles over the rounds); under
 //! `valgrind --tool=callgrind` the same run gives instructions per call, which do not depend on
 //! the host's load (docs/results/2026-12-07-host-cost.md).
 //!
@@ -16,7 +17,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use ipiq::host::{HostConfig, HostMachine, HostPlatform};
-use ipiq::{IpiFn, Ipiq, Message};
+use ipiq::{IpiFn, Ipiq, Message, Platform};
 
 static SINK: AtomicU64 = AtomicU64::new(0);
 
@@ -45,6 +46,20 @@ fn poll_empty(q: &Ipiq<HostPlatform>) -> bool {
 #[inline(never)]
 fn process_signalled(q: &Ipiq<HostPlatform>) -> usize {
     q.process() + 1
+}
+
+/// A `send` to a core its polls keep signalled (no IPI): a round trip's sending side (counted
+/// apart by callgrind).
+#[inline(never)]
+fn send_one(q: &Ipiq<HostPlatform>) -> ipiq::Seq {
+    q.send(1, nop, 0, 0).unwrap()
+}
+
+/// A `wait` for a message a polling core runs: a round trip's waiting side, its spin included
+/// (counted apart by callgrind, with the calls it makes per spin).
+#[inline(never)]
+fn wait_one(q: &Ipiq<HostPlatform>, seq: ipiq::Seq) {
+    q.wait(1, seq).unwrap()
 }
 
 /// Single messages for the `poll_one` phase.
@@ -176,7 +191,7 @@ fn main() {
                 while step.load(Ordering::Acquire) != 2 * i + 1 {
                     std::thread::yield_now();
                 }
-                core.ipiq().send(1, nop, 0, 0).unwrap();
+                send_one(core.ipiq());
                 step.store(2 * i + 2, Ordering::Release);
             }
         })
@@ -186,6 +201,35 @@ fn main() {
         ran, SINGLES as usize,
         "each single message ran in its poll_one"
     );
+    // Round trips: core 1 polls until told to stop; core 0 sends and waits, `SINGLES` times.
+    let stop = Arc::new(AtomicBool::new(false));
+    let sp = stop.clone();
+    let target = machine
+        .spawn_on(1, move |core| {
+            // Relaxed: a flag alone; the join orders what follows.
+            while !sp.load(Ordering::Relaxed) {
+                if core.ipiq().poll() == 0 {
+                    core.ipiq().platform().relax();
+                }
+            }
+            core.ipiq().process();
+        })
+        .unwrap();
+    let mut rt_ns = machine
+        .run_on(0, move |core| {
+            let q = core.ipiq();
+            (0..SINGLES)
+                .map(|_| {
+                    let t = Instant::now();
+                    wait_one(q, send_one(q));
+                    t.elapsed().as_nanos() as f64
+                })
+                .collect::<Vec<_>>()
+        })
+        .unwrap();
+    // Relaxed: see above.
+    stop.store(true, Ordering::Relaxed);
+    target.join();
     machine.shutdown();
     let med = |v: &mut Vec<f64>| {
         v.sort_by(f64::total_cmp);
@@ -196,4 +240,5 @@ fn main() {
     println!("process()   ns/msg, quartiles {:.1?}", med(&mut drain_ns));
     println!("poll()      ns/msg, quartiles {:.1?}", med(&mut poll_ns));
     println!("poll_one    ns/msg, quartiles {:.1?}", med(&mut one_ns));
+    println!("round trip  ns,     quartiles {:.1?}", med(&mut rt_ns));
 }
