@@ -177,8 +177,11 @@ pub fn document(run: &Run, t: &Tables) -> String {
         "Host: {} CPUs (`available_parallelism`); every case {} times, each figure the median \
          with the spread over the runs as (min–max); all peers measured in this same run. Wall \
          time {:.1} s. Load average (1/5/15 min) before: {}, after: {}. Spinning waiters \
-         everywhere (ipiq's host `relax`, the rings, the ping-pong) give the CPU away every 16 \
-         spins, so two busy threads on a shared host are measured on the same footing. The \
+         give the CPU away now and then: the rings and the streaming targets every 16 spins; \
+         ipiq's host `relax` (its own waits, and the round-trip targets between their looks) \
+         every 128 while the simulated cores fit the host's CPUs, as here, every 16 otherwise; \
+         the raw ping-pong every 16 or every 1024, and round trips are compared with the \
+         better of the two. The \
          figures as data: `bench-figures.csv` (medians and spreads), `bench-runs.csv` (every \
          run), `bench-latency.csv`, `bench-targets.csv`, `bench-meta.csv`, beside this file.\n",
         run.cpus, run.runs, run.wall_s, run.load_before, run.load_after

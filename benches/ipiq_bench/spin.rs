@@ -7,10 +7,12 @@ use std::thread;
 #[derive(Default)]
 pub struct Pad<T>(pub T);
 
-/// Spin with a `pause`, giving the OS CPU away every 16 spins, exactly as the host platform's
-/// `relax` does inside ipiq's own spin loops, so every spinner here is on the same footing (the
-/// host has few CPUs and other work beside us; a spinner that never yields can hold a CPU for a
-/// whole scheduler slice while the thread it waits for is queued behind it).
+/// Spin with a `pause`, giving the OS CPU away every 16 spins, so the streaming targets and the
+/// rings they are compared with are on the same footing (the host has few CPUs and other work
+/// beside us; a spinner that never yields can hold a CPU for a whole scheduler slice while the
+/// thread it waits for is queued behind it). ipiq's own spin loops use the host platform's
+/// `relax`, which yields every 16 spins only while its simulated cores outnumber the host's
+/// CPUs (every 128 otherwise); the round trips' targets spin with it too.
 pub struct Spin(u32);
 
 impl Spin {

@@ -26,6 +26,25 @@ pub struct HostPlatform {
     pub(super) delayed_len: AtomicUsize,
     pub(super) dropped: AtomicU64,
     pub(super) delayed_total: AtomicU64,
+    /// `relax` gives the OS CPU away once in `yield_mask + 1` calls (a power of two): see
+    /// [`yield_mask`].
+    yield_mask: u32,
+}
+
+/// How often a spinning core gives its OS CPU away, as a mask of `relax` calls. Cores that
+/// outnumber the host's CPUs yield every 16 spins, so that the thread a spinner waits for gets
+/// a CPU soon. Cores that each can have a CPU yield every 128: a `sched_yield` is a system
+/// call, and every 16 spins (under a microsecond of spinning) it falls inside the
+/// sub-microsecond hand-offs between two spinning cores often enough to show in their median
+/// (docs/results/2026-12-07-round-trip.md). Pending late IPIs are delivered every 16 spins
+/// either way.
+fn yield_mask(cores: usize) -> u32 {
+    let cpus = thread::available_parallelism().map_or(1, |n| n.get());
+    if cores <= cpus {
+        127
+    } else {
+        15
+    }
 }
 
 /// IPI delivery figures of a host machine.
@@ -69,6 +88,7 @@ impl HostPlatform {
             delayed_len: AtomicUsize::new(0),
             dropped: AtomicU64::new(0),
             delayed_total: AtomicU64::new(0),
+            yield_mask: yield_mask(config.cpus.max(1)),
         }
     }
 
@@ -306,8 +326,8 @@ unsafe impl Platform for HostPlatform {
 
     fn relax(&self) {
         std::hint::spin_loop();
-        // Simulated cores may outnumber the host's CPUs: let the others run now and then, and
-        // keep late IPIs flowing even while every core spins.
+        // Simulated cores may outnumber the host's CPUs: let the others run now and then (see
+        // `yield_mask`), and keep late IPIs flowing even while every core spins.
         let spins = SPINS.with(|s| {
             let n = s.get().wrapping_add(1);
             s.set(n);
@@ -315,7 +335,9 @@ unsafe impl Platform for HostPlatform {
         });
         if spins & 15 == 0 {
             self.deliver_due();
-            thread::yield_now();
+            if spins & self.yield_mask == 0 {
+                thread::yield_now();
+            }
         }
     }
 

@@ -6,12 +6,11 @@ use std::sync::{Arc, Barrier};
 use std::time::Instant;
 
 use ipiq::host::{HostConfig, HostMachine, HostPlatform};
-use ipiq::Ipiq;
+use ipiq::{Ipiq, Platform};
 
 use super::{LatencyCase, Params};
 use crate::peers::crossbeam;
 use crate::peers::ping_pong::{self, Yield};
-use crate::spin::Spin;
 
 /// How the target core of an ipiq round trip behaves.
 #[derive(Clone, Copy)]
@@ -82,19 +81,22 @@ fn ipiq_round_trips(k: usize, target: Target) -> Vec<u64> {
         .spawn_on(1, move |core| {
             b.wait();
             match target {
+                // Between looks the target spins as the platform's own spin loops do (its
+                // `relax`), as a kernel's polling idle loop would: the sender's `wait` spins the
+                // same way.
                 Target::Polls => {
-                    let mut spin = Spin::new();
+                    let q = core.ipiq();
                     while !s.load(Ordering::Relaxed) {
-                        if core.ipiq().process() == 0 {
-                            spin.spin();
+                        if q.process() == 0 {
+                            q.platform().relax();
                         }
                     }
                 }
                 Target::PollsSignalled => {
-                    let mut spin = Spin::new();
+                    let q = core.ipiq();
                     while !s.load(Ordering::Relaxed) {
-                        if core.ipiq().poll() == 0 {
-                            spin.spin();
+                        if q.poll() == 0 {
+                            q.platform().relax();
                         }
                     }
                     // `poll`'s contract: a drain that clears the signal before leaving.

@@ -13,7 +13,7 @@ use crate::spin::{Pad, Spin};
 /// How often a ping-pong spinner gives its CPU away.
 #[derive(Clone, Copy, Debug)]
 pub enum Yield {
-    /// Every 16 spins, like ipiq's host `relax` (the same footing as ipiq's waiters).
+    /// Every 16 spins, like ipiq's host `relax` when simulated cores outnumber the host's CPUs.
     Every16,
     /// Every 1024 spins: the hardware handoff when both threads have a CPU, very slow when the
     /// scheduler puts them on one.
