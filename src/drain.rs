@@ -105,7 +105,7 @@ impl<P: Platform> Ipiq<P> {
                 // Our spilled messages wait for room in their targets' FIFOs: keep serving our
                 // own queues (the targets may be waiting on us) until they are in, or until the
                 // watchdog says a target is not draining (then the next drain or tick retries).
-                let spilled = cpu.spilled.load(Ordering::Relaxed);
+                let spilled = cpu.side.spilled.load(Ordering::Relaxed);
                 let watchdog = spill_watchdog.get_or_insert_with(|| {
                     self.watchdog(me, Waiting::SpillRoom, None, Patience::Bounded, spilled)
                 });
@@ -226,9 +226,9 @@ impl<P: Platform> Ipiq<P> {
         self.cpus.get(me).is_some_and(|cpu| {
             // SAFETY: our own core (interrupts are disabled: `irqs`), and the closure does not
             // call back into ipiq.
-            let held = unsafe { cpu.holds.with(irqs, |q| !q.is_empty()) };
+            let held = unsafe { cpu.side.holds.with(irqs, |q| !q.is_empty()) };
             // Relaxed: written only by this core.
-            held || cpu.spilled.load(Ordering::Relaxed) > 0
+            held || cpu.side.spilled.load(Ordering::Relaxed) > 0
         })
     }
 

@@ -47,29 +47,41 @@
 //!   the sender reads the target's line only when that bound says the ring may be full.
 //! - The sender's line (`windex`, `spill_seq`, `rindex_seen`) is read by no one on the message
 //!   path: a push stores to it without a miss, and the target's polling reads only slot lines.
+//!
+//! # One allocation
+//! A ring is one block ([`FifoBox`]): the header ([`Fifo`]: the indices, each side on lines of
+//! its own) and then its slots. In the Hermit kernel every long-lived allocation lengthens the
+//! allocator's search on each later allocation, the scheduler's included
+//! (`docs/known-issues.md`), and a ring lives as long as the machine.
 
-use alloc::boxed::Box;
-use alloc::vec::Vec;
-use core::mem::MaybeUninit;
+use alloc::alloc::{alloc, dealloc, handle_alloc_error, Layout};
+use core::mem::{ManuallyDrop, MaybeUninit};
+use core::ops::Deref;
+use core::ptr::{self, NonNull};
 
 use crate::message::Message;
 use crate::sync::{AtomicU64, AtomicUsize, CachePadded, Ordering, UnsafeCell};
 use crate::Platform;
 
-/// A ring of `capacity` (a power of two) message slots between one sender and one target core.
+/// A ring of `capacity` (a power of two) message slots between one sender and one target core:
+/// the header of a [`FifoBox`], whose slots follow it in the same allocation.
 ///
 /// Layout: the read-only fields, the sender's line (`windex`, `spill_seq`, `rindex_seen`), the
 /// target's line (`rindex`, `xindex_nested`, `depth`) and `xindex`, which waiters poll, never
 /// share a cache line, and a slot (its sequence word and message, 32 bytes) never straddles
-/// one. A push reads neither the target's line (unless the ring may be full: the sender keeps
-/// the last `rindex` it saw) nor anything else the target writes; a take reads only the slot;
-/// a message's completion moves only `xindex`'s line.
+/// one: the header's size is a multiple of its alignment (128 bytes, `CachePadded`), so the
+/// slots start on a line of their own, and each is aligned to its size. A push reads neither
+/// the target's line (unless the ring may be full: the sender keeps the last `rindex` it saw)
+/// nor anything else the target writes; a take reads only the slot; a message's completion
+/// moves only `xindex`'s line.
 pub(crate) struct Fifo<P: Platform> {
     /// `capacity - 1`. Read-only.
     mask: u64,
-    /// The slots. Read-only pointer; contents handed over by the slots' sequence words and
-    /// `rindex` (module docs).
-    slots: Box<[Slot<P>]>,
+    /// The first of the `capacity` slots, which follow this header in its allocation
+    /// ([`FifoBox`]). Read-only pointer, made from the allocation's own pointer (so it may
+    /// reach every slot, where one made from a reference to the header may not); contents
+    /// handed over by the slots' sequence words and `rindex` (module docs).
+    slots: NonNull<Slot<P>>,
     /// Everything the sender core writes.
     sender: CachePadded<SenderSide>,
     /// What the target core writes, apart from `xindex`.
@@ -89,6 +101,16 @@ struct Slot<P: Platform> {
     seq: AtomicU64,
     /// The message; valid while `seq` says so and the target has not moved `rindex` past it.
     message: UnsafeCell<MaybeUninit<Message<P>>>,
+}
+
+impl<P: Platform> Slot<P> {
+    /// A slot that has held no message yet.
+    fn new() -> Self {
+        Self {
+            seq: AtomicU64::new(0),
+            message: UnsafeCell::new(MaybeUninit::uninit()),
+        }
+    }
 }
 
 /// The fields of a [`Fifo`] that only its sender core writes.
@@ -119,32 +141,48 @@ struct TargetSide {
 }
 
 // SAFETY: the slots are handed between the two cores by the protocol above (the slots'
-// sequence words one way, `rindex` the other); everything else is atomic. `Message<P>` is plain
-// data (a fn pointer and two words).
+// sequence words one way, `rindex` the other); everything else is atomic, and the `slots`
+// pointer is only read. `Message<P>` is plain data (a fn pointer and two words).
 unsafe impl<P: Platform> Sync for Fifo<P> {}
 // SAFETY: as above; a ring holds no reference to thread-local state.
 unsafe impl<P: Platform> Send for Fifo<P> {}
 
-/// A message taken from the ring, to be run and then reported with [`Fifo::finish`].
-pub(crate) struct Taken<P: Platform> {
-    pub(crate) message: Message<P>,
-    /// `rindex` after this message was taken.
-    index: u64,
-}
+/// An owned ring: one allocation holding the [`Fifo`] header and, after it, its slots
+/// (module docs, "One allocation"). Dereferences to the header; dropping it frees both.
+pub(crate) struct FifoBox<P: Platform>(NonNull<Fifo<P>>);
 
-impl<P: Platform> Fifo<P> {
-    /// A ring with `capacity` slots; `capacity` is a power of two, at least 2.
+impl<P: Platform> FifoBox<P> {
+    /// The allocation of a ring of `capacity` slots, and the offset of its first slot.
+    fn layout(capacity: usize) -> (Layout, usize) {
+        let slots = Layout::array::<Slot<P>>(capacity).ok();
+        match slots.and_then(|slots| Layout::new::<Fifo<P>>().extend(slots).ok()) {
+            Some((layout, offset)) => (layout.pad_to_align(), offset),
+            // `Ipiq::new` clamps the capacity to 2^20 slots (32 MiB), far below the limit.
+            None => panic!("ipiq: a FIFO of {capacity} slots is too large for one allocation"),
+        }
+    }
+
+    /// A ring with `capacity` slots; `capacity` is a power of two, at least 2. Aborts through
+    /// the allocator's error handler when memory is short, as `Box::new` does.
     pub(crate) fn new(capacity: usize) -> Self {
         debug_assert!(capacity.is_power_of_two() && capacity >= 2);
-        let slots: Vec<_> = (0..capacity)
-            .map(|_| Slot {
-                seq: AtomicU64::new(0),
-                message: UnsafeCell::new(MaybeUninit::uninit()),
-            })
-            .collect();
-        Self {
+        let (layout, offset) = Self::layout(capacity);
+        // SAFETY: the layout is not zero-sized (the header is not).
+        let Some(block) = NonNull::new(unsafe { alloc(layout) }) else {
+            handle_alloc_error(layout)
+        };
+        // SAFETY: `offset` lies within the block (`Layout::extend` put `capacity` slots there),
+        // so the pointer stays in bounds of the allocation it came from.
+        let slots = unsafe { block.add(offset) }.cast::<Slot<P>>();
+        for i in 0..capacity {
+            // SAFETY: slot `i` lies within the block, aligned for a slot (`extend` aligned the
+            // array), and is written once, before anything refers to it.
+            unsafe { slots.add(i).write(Slot::new()) };
+        }
+        let header = block.cast::<Fifo<P>>();
+        let fifo = Fifo {
             mask: capacity as u64 - 1,
-            slots: slots.into_boxed_slice(),
+            slots,
             sender: CachePadded(SenderSide {
                 windex: AtomicU64::new(0),
                 spill_seq: AtomicU64::new(0),
@@ -156,9 +194,70 @@ impl<P: Platform> Fifo<P> {
                 depth: AtomicUsize::new(0),
             }),
             xindex: CachePadded(AtomicU64::new(0)),
-        }
+        };
+        // SAFETY: the header goes at the block's start, which is aligned for it (the layout's
+        // alignment is at least the header's), and is written once, before anything refers to
+        // it.
+        unsafe { header.write(fifo) };
+        Self(header)
     }
 
+    /// Gives up ownership: the pointer goes to [`FifoBox::from_raw`] to be freed.
+    pub(crate) fn into_raw(self) -> *mut Fifo<P> {
+        ManuallyDrop::new(self).0.as_ptr()
+    }
+
+    /// Takes back a ring given up with [`FifoBox::into_raw`].
+    ///
+    /// # Safety
+    /// `fifo` came from `into_raw`, is taken back once, and nothing refers to the ring any more
+    /// (it is freed when the box drops).
+    pub(crate) unsafe fn from_raw(fifo: *mut Fifo<P>) -> Self {
+        // SAFETY: `into_raw` gave out a non-null pointer (the caller's contract).
+        Self(unsafe { NonNull::new_unchecked(fifo) })
+    }
+}
+
+impl<P: Platform> Deref for FifoBox<P> {
+    type Target = Fifo<P>;
+
+    #[inline]
+    fn deref(&self) -> &Fifo<P> {
+        // SAFETY: the header was written in `new` and lives until `drop`, which needs `&mut self`.
+        unsafe { self.0.as_ref() }
+    }
+}
+
+impl<P: Platform> Drop for FifoBox<P> {
+    /// Frees the header and the slots. Messages are plain data (`Copy`): nothing in a slot is
+    /// dropped. A `send_boxed` closure still queued when the whole `Ipiq` is dropped is leaked,
+    /// not run (drain before dropping).
+    fn drop(&mut self) {
+        let capacity = self.capacity() as usize;
+        let slots = self.slots.as_ptr();
+        let (layout, _) = Self::layout(capacity);
+        let header = self.0.as_ptr();
+        // SAFETY: this box owns the block and nothing refers to the ring any more (`&mut self`;
+        // `from_raw`'s contract). The slots and the header were initialised in `new`, each is
+        // dropped once (which ends loom's tracking of their atomics; nothing else to do), then
+        // the block is freed with the layout it was allocated with (`capacity` is the header's,
+        // set from the same `capacity` in `new`).
+        unsafe {
+            ptr::drop_in_place(ptr::slice_from_raw_parts_mut(slots, capacity));
+            ptr::drop_in_place(header);
+            dealloc(header.cast(), layout);
+        }
+    }
+}
+
+/// A message taken from the ring, to be run and then reported with [`Fifo::finish`].
+pub(crate) struct Taken<P: Platform> {
+    pub(crate) message: Message<P>,
+    /// `rindex` after this message was taken.
+    index: u64,
+}
+
+impl<P: Platform> Fifo<P> {
     #[inline]
     pub(crate) fn capacity(&self) -> u64 {
         self.mask + 1
@@ -168,11 +267,12 @@ impl<P: Platform> Fifo<P> {
     #[inline]
     fn slot(&self, index: u64) -> &Slot<P> {
         let i = (index & self.mask) as usize;
-        debug_assert!(i < self.slots.len());
-        // SAFETY: `mask` is `slots.len() - 1` (read-only, set in `new` with a power-of-two
-        // length), so `i <= mask` is in bounds. Unchecked because this sits on every take and
-        // every empty poll, where the bounds check and its panic path cost more than the load.
-        unsafe { self.slots.get_unchecked(i) }
+        // SAFETY: `mask` is the capacity less one (read-only, set in `FifoBox::new` with a
+        // power-of-two capacity), so slot `i <= mask` is one of the `capacity` slots initialised
+        // there, which live as long as the header (`self`). `slots` was made from the
+        // allocation's pointer, so it reaches them. Unchecked indexing, as the slots are not a
+        // slice: this sits on every take and every empty poll.
+        unsafe { self.slots.add(i).as_ref() }
     }
 
     /// Sender side: messages queued and not yet taken (exact: reads the target's `rindex`).
@@ -368,26 +468,27 @@ impl<P: Platform> Fifo<P> {
     }
 }
 
-impl<P: Platform> Drop for Fifo<P> {
-    fn drop(&mut self) {
-        // Messages are plain data (`Copy`): nothing to drop. A `send_boxed` closure still queued
-        // when the whole `Ipiq` is dropped is leaked, not run (drain before dropping).
-    }
-}
-
 #[cfg(all(test, feature = "std", not(ipiq_loom)))]
 mod tests {
     use super::*;
     use crate::host::HostPlatform;
 
     /// The layout the module docs rely on: two slots per 64-byte line, none across two lines,
-    /// and `xindex` on a line apart from the target's other fields.
+    /// none on a line of the header, and `xindex` on a line apart from the target's other
+    /// fields.
     #[test]
     fn slots_pair_up_within_a_line_and_xindex_has_its_own() {
         assert_eq!(core::mem::size_of::<Slot<HostPlatform>>(), 32);
         assert_eq!(core::mem::align_of::<Slot<HostPlatform>>(), 32);
-        let fifo = Fifo::<HostPlatform>::new(4);
+        let fifo = FifoBox::<HostPlatform>::new(4);
         let line = |p: *const u8| p as usize / 64;
+        let header = &*fifo as *const Fifo<HostPlatform> as *const u8;
+        let header_end = header.wrapping_add(core::mem::size_of::<Fifo<HostPlatform>>() - 1);
+        for i in 0..4 {
+            let slot = fifo.slot(i) as *const Slot<HostPlatform> as *const u8;
+            assert_eq!(line(slot), line(slot.wrapping_add(31)), "slot {i}");
+            assert!(line(slot) > line(header_end), "slot {i}");
+        }
         let x = &fifo.xindex.0 as *const AtomicU64 as *const u8;
         let r = &fifo.target.rindex as *const AtomicU64 as *const u8;
         let d = &fifo.target.depth as *const AtomicUsize as *const u8;

@@ -18,7 +18,7 @@
 use alloc::boxed::Box;
 use core::ptr;
 
-use crate::fifo::Fifo;
+use crate::fifo::{Fifo, FifoBox};
 use crate::percpu::PerCpu;
 use crate::platform::{CpuId, Platform};
 use crate::stats::Counters;
@@ -272,17 +272,17 @@ impl<P: Platform> Ipiq<P> {
         if fifo.is_null() {
             fifo = self.new_fifo(me, target);
         }
-        // SAFETY: non-null pointers in `incoming` come from `Box::into_raw` and are freed only in
-        // `Drop`, which has `&mut self`.
+        // SAFETY: non-null pointers in `incoming` come from `FifoBox::into_raw` and are freed
+        // only in `Drop`, which has `&mut self`.
         unsafe { &*fifo }
     }
 
-    /// `fifo_to`'s first use of a pair: allocates the FIFO and publishes it. Out of line: once
-    /// per pair.
+    /// `fifo_to`'s first use of a pair: allocates the FIFO (one block: `fifo.rs`) and publishes
+    /// it. Out of line: once per pair.
     #[cold]
     #[inline(never)]
     fn new_fifo(&self, me: CpuId, target: CpuId) -> *mut Fifo<P> {
-        let fifo = Box::into_raw(Box::new(Fifo::new(self.config.fifo_slots)));
+        let fifo = FifoBox::new(self.config.fifo_slots).into_raw();
         // Release: the FIFO's initialised contents before the pointer. Only core `me` writes
         // this slot, with interrupts disabled, so no other writer races with this store.
         self.incoming(me, target).store(fifo, Ordering::Release);
@@ -377,9 +377,9 @@ impl<P: Platform> Drop for Ipiq<P> {
         for slot in self.incoming.iter() {
             let fifo = slot.load(Ordering::Relaxed);
             if !fifo.is_null() {
-                // SAFETY: allocated by `Box::into_raw` in `fifo_to`; `&mut self` means no core
-                // uses it any more.
-                drop(unsafe { Box::from_raw(fifo) });
+                // SAFETY: from `FifoBox::into_raw` in `new_fifo`, taken back once (this drop);
+                // `&mut self` means no core uses it any more.
+                drop(unsafe { FifoBox::from_raw(fifo) });
             }
         }
     }

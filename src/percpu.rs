@@ -2,12 +2,11 @@
 //! what only the core itself may touch.
 
 use alloc::collections::VecDeque;
-use alloc::vec::Vec;
 
 use hashbrown::HashMap;
 
 use crate::cpusync::{zero_words, CORE_WORDS};
-use crate::hold::Holder;
+use crate::hold::HoldList;
 use crate::irq::IrqsOff;
 use crate::message::Message;
 use crate::platform::{CpuId, Platform};
@@ -16,10 +15,6 @@ use crate::status::CoreDiag;
 use crate::sync::{AtomicBool, AtomicU64, AtomicUsize, CachePadded, UnsafeCell};
 use crate::tlb::TlbState;
 use crate::wakeup::WakeFlag;
-
-/// Holds a core can be under at once before its hold list allocates (nesting: a held core
-/// serving a second master's cpusync holds two).
-const HOLD_SLOTS: usize = 4;
 
 /// A value only its own core touches, with interrupts disabled: reachable only with an
 /// [`IrqsOff`] proof.
@@ -39,7 +34,7 @@ impl<T> CoreLocal<T> {
 }
 
 /// One core's state as a target (plus its counters as a sender). The fields this core writes
-/// all the time (`running`, `spilled`, `counters`) sit on cache lines of their own, away from
+/// all the time (`running`, `side`, `counters`) sit on cache lines of their own, away from
 /// what senders read on every send (`online`, `npoll`).
 pub(crate) struct PerCpu<P: Platform> {
     /// Set by a sender that signalled this core, and by this core while it drains; cleared by this
@@ -64,16 +59,13 @@ pub(crate) struct PerCpu<P: Platform> {
     pub(crate) senders: [AtomicU64; CORE_WORDS],
     /// Whether the core has been brought up ([`Ipiq::cpu_online`]).
     pub(crate) online: AtomicBool,
-    /// What holds this core (the cpusyncs it is held in), polled at the end of each drain (the
-    /// seed's cpusync requeue FIFO, `hold.rs`). Touched only by this core.
-    pub(crate) holds: CoreLocal<Vec<Holder<P>>>,
     /// Messages this core queued for a target whose FIFO was full while it ran a message
     /// function, in send order per target; pushed into the FIFO as room appears. Touched only by
     /// this core.
     pub(crate) spill: CoreLocal<HashMap<CpuId, VecDeque<Message<P>>>>,
-    /// How many messages `spill` holds (Relaxed: written and read only by this core; other
-    /// cores count spilled messages through each FIFO's `spill_seq`, see `Ipiq::outstanding`).
-    pub(crate) spilled: CachePadded<AtomicU64>,
+    /// What a drain serves besides the queues (its holds, the count of its spilled messages),
+    /// touched only by this core: on a line of their own, read together by `has_side_work`.
+    pub(crate) side: CachePadded<SideWork<P>>,
     /// How many message functions are running on this core's stack (nesting depth). Touched
     /// only by this core; atomic only so that the type is `Sync` without unsafe.
     pub(crate) running: CachePadded<AtomicUsize>,
@@ -83,6 +75,19 @@ pub(crate) struct PerCpu<P: Platform> {
     pub(crate) diag: CachePadded<CoreDiag>,
     /// Deferred TLB flushes for this core and its own shootdown as a master (`tlb.rs`).
     pub(crate) tlb: TlbState,
+}
+
+/// The work a core's drain has besides its queues, touched only by the core itself: one padded
+/// line pair (128 bytes: the hold list 120, the count 8), so the inline hold list takes the
+/// count's padding and `PerCpu` does not grow.
+pub(crate) struct SideWork<P: Platform> {
+    /// What holds this core (the cpusyncs it is held in), polled at the end of each drain (the
+    /// seed's cpusync requeue FIFO, `hold.rs`): inline room for a few, no allocation unless
+    /// more hold the core at once.
+    pub(crate) holds: CoreLocal<HoldList<P>>,
+    /// How many messages `spill` holds (Relaxed: written and read only by this core; other
+    /// cores count spilled messages through each FIFO's `spill_seq`, see `Ipiq::outstanding`).
+    pub(crate) spilled: AtomicU64,
 }
 
 impl<P: Platform> PerCpu<P> {
@@ -95,16 +100,34 @@ impl<P: Platform> PerCpu<P> {
             tick_wanted: WakeFlag::new(),
             senders: zero_words(),
             online: AtomicBool::new(false),
-            // Room for a few nested rendezvous from the start: a target entering a cpusync
-            // (interrupts off, possibly while another core holds the allocator's lock to lead
-            // that very cpusync) then never allocates.
-            holds: CoreLocal(UnsafeCell::new(Vec::with_capacity(HOLD_SLOTS))),
             spill: CoreLocal(UnsafeCell::new(HashMap::new())),
-            spilled: CachePadded(AtomicU64::new(0)),
+            side: CachePadded(SideWork {
+                // Inline room for a few nested rendezvous: a target entering a cpusync
+                // (interrupts off, possibly while another core holds the allocator's lock to
+                // lead that very cpusync) then never allocates, and an idle core keeps no
+                // allocation for it.
+                holds: CoreLocal(UnsafeCell::new(HoldList::default())),
+                spilled: AtomicU64::new(0),
+            }),
             running: CachePadded(AtomicUsize::new(0)),
             counters: CachePadded(Counters::default()),
             diag: CachePadded(CoreDiag::default()),
             tlb: TlbState::new(ncpu),
         }
+    }
+}
+
+#[cfg(all(test, feature = "std", not(ipiq_loom)))]
+mod tests {
+    use super::*;
+    use crate::host::HostPlatform;
+
+    /// The hold list and the spilled count fill one padded line pair, no more.
+    #[test]
+    fn side_work_fits_one_line_pair() {
+        assert_eq!(
+            core::mem::size_of::<CachePadded<SideWork<HostPlatform>>>(),
+            128
+        );
     }
 }

@@ -323,7 +323,7 @@ impl<P: Platform> Ipiq<P> {
     #[inline]
     fn push_fast(&self, me: CpuId, fifo: &Fifo<P>, message: Message<P>) -> Option<u64> {
         // Relaxed: written and read only by this core.
-        if self.cpus[me].spilled.load(Ordering::Relaxed) != 0
+        if self.cpus[me].side.spilled.load(Ordering::Relaxed) != 0
             || fifo.used_at_most() * 2 >= fifo.capacity()
         {
             return None;

@@ -22,7 +22,7 @@ impl<P: Platform> Ipiq<P> {
     /// Messages `me` holds in its spill list for `target`.
     pub(crate) fn spill_len(&self, me: CpuId, target: CpuId, irqs: IrqsOff<'_>) -> usize {
         // Relaxed: core-local; the map is looked at only when something is spilled.
-        if self.cpus[me].spilled.load(Ordering::Relaxed) == 0 {
+        if self.cpus[me].side.spilled.load(Ordering::Relaxed) == 0 {
             return 0;
         }
         // SAFETY: our own core (interrupts are disabled: `irqs`); the closure does not call
@@ -52,7 +52,7 @@ impl<P: Platform> Ipiq<P> {
                 list.len()
             })
         };
-        let spilled = &self.cpus[me].spilled;
+        let spilled = &self.cpus[me].side.spilled;
         // Relaxed load and store: only this core writes it (see `spilled`).
         spilled.store(spilled.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
         self.count(me, |c| &c.sent, 1);
@@ -93,7 +93,7 @@ impl<P: Platform> Ipiq<P> {
             })
         };
         if pushed > 0 {
-            let spilled = &self.cpus[me].spilled;
+            let spilled = &self.cpus[me].side.spilled;
             // Relaxed load and store: only this core writes it.
             spilled.store(spilled.load(Ordering::Relaxed) - pushed, Ordering::Relaxed);
             self.signal(me, target);
@@ -104,7 +104,7 @@ impl<P: Platform> Ipiq<P> {
     /// Flushes every spill list of `me`; returns the targets that still have spilled messages.
     pub(crate) fn flush_spills(&self, me: CpuId, irqs: IrqsOff<'_>) -> Vec<CpuId> {
         // Relaxed: core-local.
-        if self.cpus[me].spilled.load(Ordering::Relaxed) == 0 {
+        if self.cpus[me].side.spilled.load(Ordering::Relaxed) == 0 {
             return Vec::new();
         }
         // SAFETY: as in `spill_len`.

@@ -18,9 +18,9 @@
 //!
 //! # Core and APIC ids
 //! Each core calls [`X86Platform::register_current`] at bring-up: it reads its own APIC id (and,
-//! on x2APIC, its logical destination register) and fills the core-id → APIC-id table (read
-//! lock-free by senders) and the APIC-id → core map (a `hashbrown` map behind an interrupt-safe
-//! lock, used when no core-id callback is given).
+//! on x2APIC, its logical destination register) into its entry of the per-core table, which
+//! senders read lock-free. Without a core-id callback, `current_cpu` searches the same table for
+//! the APIC id it reads (no second map, no lock).
 //!
 //! # Multicast in few ICR writes
 //! [`Platform::send_ipi_many`] reaches a set of cores in as few ICR writes as the APIC allows,
@@ -57,8 +57,6 @@ use alloc::boxed::Box;
 use core::arch::x86_64::{_mm_lfence, _mm_mfence};
 use core::sync::atomic::{AtomicU32, Ordering};
 
-use hashbrown::HashMap;
-use hermit_sync::InterruptSpinMutex;
 use x86_64::instructions::{interrupts, tlb};
 use x86_64::registers::control::{Cr3, Cr4, Cr4Flags};
 use x86_64::registers::model_specific::Msr;
@@ -122,18 +120,24 @@ pub struct X86Platform {
     tsc_mhz: u64,
     /// The kernel's "which core am I" (per-core data through GS); `None`: read the APIC id.
     current_cpu: Option<fn() -> CpuId>,
-    /// Core id → APIC id, `NO_APIC_ID` until the core registered. Written once per core at its
-    /// bring-up (Release), read by senders (Acquire), so a sender that sees an id also sees the
-    /// core online in ipiq's own tables, which the kernel marks after registering.
-    apic_ids: Box<[AtomicU32]>,
-    /// Core id → x2APIC logical destination register (MSR 0x80D), `NO_LOGICAL_ID` until the
-    /// core registered, on xAPIC, or if the value read was not a valid cluster address. Written
-    /// once per core at bring-up (Relaxed) before its `apic_ids` entry (Release), read Relaxed
-    /// after an Acquire load of that entry: a sender that sees the APIC id sees the LDR.
-    logical_ids: Box<[AtomicU32]>,
-    /// APIC id → core id, for `current_cpu` without a kernel callback. Interrupt-safe lock:
-    /// it is read from interrupt context.
-    cores_by_apic_id: InterruptSpinMutex<HashMap<u32, CpuId>>,
+    /// Core id → how its APIC is addressed. One entry per core, both ids side by side, so the
+    /// table is one allocation (in the Hermit kernel every long-lived allocation lengthens the
+    /// allocator's search on each later allocation, `docs/known-issues.md`); also searched for
+    /// the reverse lookup ([`X86Platform::cpu_of_apic_id`]).
+    cores: Box<[CoreApic]>,
+}
+
+/// One core's APIC addressing, written once at its bring-up ([`X86Platform::register_current`]).
+struct CoreApic {
+    /// The APIC id, `NO_APIC_ID` until the core registered. Written once (Release), read by
+    /// senders (Acquire), so a sender that sees an id also sees the core online in ipiq's own
+    /// tables, which the kernel marks after registering.
+    apic_id: AtomicU32,
+    /// The x2APIC logical destination register (MSR 0x80D), `NO_LOGICAL_ID` until the core
+    /// registered, on xAPIC, or if the value read was not a valid cluster address. Written once
+    /// (Relaxed) before `apic_id` (Release), read Relaxed after an Acquire load of `apic_id`: a
+    /// sender that sees the APIC id sees the LDR.
+    logical_id: AtomicU32,
 }
 
 impl X86Platform {
@@ -161,11 +165,12 @@ impl X86Platform {
             vector,
             tsc_mhz: tsc_mhz.max(1),
             current_cpu,
-            apic_ids: (0..cpu_count).map(|_| AtomicU32::new(NO_APIC_ID)).collect(),
-            logical_ids: (0..cpu_count)
-                .map(|_| AtomicU32::new(NO_LOGICAL_ID))
+            cores: (0..cpu_count)
+                .map(|_| CoreApic {
+                    apic_id: AtomicU32::new(NO_APIC_ID),
+                    logical_id: AtomicU32::new(NO_LOGICAL_ID),
+                })
                 .collect(),
-            cores_by_apic_id: InterruptSpinMutex::new(HashMap::new()),
         }
     }
 
@@ -176,22 +181,22 @@ impl X86Platform {
     ///
     /// Context: the core's bring-up, interrupts disabled, on the core being registered.
     pub fn register_current(&self, cpu: CpuId) -> Option<u32> {
-        let slot = self.apic_ids.get(cpu)?;
+        let entry = self.cores.get(cpu)?;
         let apic_id = self.read_apic_id();
-        if let (Some(logical), Some(ldr)) = (self.logical_ids.get(cpu), self.read_logical_id()) {
+        if let Some(ldr) = self.read_logical_id() {
             // Relaxed: published by the Release store of the APIC id below.
-            logical.store(ldr, Ordering::Relaxed);
+            entry.logical_id.store(ldr, Ordering::Relaxed);
         }
-        // Release: pairs with the Acquire in `apic_id_of` (and publishes the LDR above).
-        slot.store(apic_id, Ordering::Release);
-        self.cores_by_apic_id.lock().insert(apic_id, cpu);
+        // Release: pairs with the Acquire in `apic_id_of` and `cpu_of_apic_id` (and publishes
+        // the LDR above).
+        entry.apic_id.store(apic_id, Ordering::Release);
         Some(apic_id)
     }
 
     /// The APIC id of core `cpu`, once it has registered.
     pub fn apic_id_of(&self, cpu: CpuId) -> Option<u32> {
         // Acquire: pairs with the Release in `register_current`.
-        let id = self.apic_ids.get(cpu)?.load(Ordering::Acquire);
+        let id = self.cores.get(cpu)?.apic_id.load(Ordering::Acquire);
         (id != NO_APIC_ID).then_some(id)
     }
 
@@ -200,7 +205,7 @@ impl X86Platform {
     pub fn destination_of(&self, cpu: CpuId) -> Option<ApicDestination> {
         let apic_id = self.apic_id_of(cpu)?;
         // Relaxed: ordered by the Acquire load in `apic_id_of` (see the field docs).
-        let ldr = self.logical_ids.get(cpu)?.load(Ordering::Relaxed);
+        let ldr = self.cores.get(cpu)?.logical_id.load(Ordering::Relaxed);
         Some(ApicDestination {
             apic_id,
             logical_id: (ldr != NO_LOGICAL_ID).then_some(ldr),
@@ -221,9 +226,20 @@ impl X86Platform {
         }
     }
 
-    /// The core with APIC id `apic_id`, if it registered.
+    /// The core with APIC id `apic_id`, if it registered (the lowest-numbered one, should two
+    /// have registered the same id).
+    ///
+    /// A search of the per-core table (one load per core, no lock, no allocation): it serves
+    /// only `current_cpu` on a platform built without the kernel's callback.
+    /// Context: any, interrupt context included.
     pub fn cpu_of_apic_id(&self, apic_id: u32) -> Option<CpuId> {
-        self.cores_by_apic_id.lock().get(&apic_id).copied()
+        if apic_id == NO_APIC_ID {
+            return None;
+        }
+        // Acquire: pairs with the Release in `register_current`, as in `apic_id_of`.
+        self.cores
+            .iter()
+            .position(|entry| entry.apic_id.load(Ordering::Acquire) == apic_id)
     }
 
     /// The APIC access mode in use.
@@ -473,8 +489,11 @@ mod tests {
         // Core 0 registered (as `register_current` would, without reading the APIC): an
         // exception vector is still refused before the ICR.
         // Release: as in `register_current`, which this stands in for.
-        platform.apic_ids[0].store(0, Ordering::Release);
+        platform.cores[0].apic_id.store(0, Ordering::Release);
         assert_eq!(platform.apic_id_of(0), Some(0));
+        assert_eq!(platform.cpu_of_apic_id(0), Some(0));
+        assert_eq!(platform.cpu_of_apic_id(1), None);
+        assert_eq!(platform.cpu_of_apic_id(NO_APIC_ID), None);
         assert!(!platform.send_vector(0, 14));
         assert!(!platform.send_vector(0, 31));
     }

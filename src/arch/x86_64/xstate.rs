@@ -51,8 +51,6 @@ use core::arch::asm;
 use core::cell::UnsafeCell;
 use core::sync::atomic::{AtomicUsize, Ordering};
 
-use crate::sync::CachePadded;
-
 /// The XSAVE components a [`SaveArea`] holds: x87 (bit 0), SSE (bit 1), AVX (bit 2).
 pub const COMPONENTS: u64 = 0b111;
 /// Bytes of a save area: the legacy region (512: x87, MXCSR, XMM), the XSAVE header (64) and
@@ -289,11 +287,18 @@ pub unsafe fn release_fpu(claim: FpuClaim) {
     }
 }
 
-/// One core's nesting depth and save areas.
-struct CoreAreas {
-    /// How many brackets are open on this core. Written only by its own core.
+/// One nesting level of one core: its save area and, in a core's first level, the core's
+/// nesting depth. Each core's levels are consecutive in one table ([`SaveStacks`]), so the
+/// whole machine's areas are one allocation (in the Hermit kernel every long-lived allocation
+/// lengthens the allocator's search on each later allocation, `docs/known-issues.md`).
+/// A level is whole cache lines (the area is 64-aligned and whole lines, so the depth has a
+/// line of its own), so no two cores' levels share a line.
+struct Level {
+    /// In a core's first level: how many brackets are open on the core, written only by its own
+    /// core. Unused (0) in the other levels.
     depth: AtomicUsize,
-    areas: Box<[UnsafeCell<SaveArea>]>,
+    /// The state saved by the bracket open at this level.
+    area: UnsafeCell<SaveArea>,
 }
 
 /// Per-core, per-nesting-level save areas, and the bracket that uses them ([`SaveStacks::run`]).
@@ -327,7 +332,10 @@ struct CoreAreas {
 /// ```
 pub struct SaveStacks {
     how: SaveInstr,
-    cores: Box<[CachePadded<CoreAreas>]>,
+    /// Levels per core.
+    levels: usize,
+    /// Core `c`'s levels are `table[c * levels..(c + 1) * levels]`.
+    table: Box<[Level]>,
 }
 
 // SAFETY: each core's areas and depth are used only by that core (the contract of `run`),
@@ -337,22 +345,25 @@ unsafe impl Sync for SaveStacks {}
 unsafe impl Send for SaveStacks {}
 
 impl SaveStacks {
-    /// Areas for `cpus` cores, `levels` nesting levels each (`cpus * levels * 832` bytes), saved
-    /// with `how`. Allocates: call at bring-up, never in interrupt context.
+    /// Areas for `cpus` cores, `levels` nesting levels each (`cpus * levels * 896` bytes, one
+    /// allocation), saved with `how`. Allocates: call at bring-up, never in interrupt context.
     pub fn new(cpus: usize, levels: usize, how: SaveInstr) -> Self {
-        let cores = (0..cpus)
-            .map(|_| {
-                CachePadded(CoreAreas {
-                    depth: AtomicUsize::new(0),
-                    areas: (0..levels)
-                        .map(|_| UnsafeCell::new(SaveArea::new()))
-                        .collect::<Vec<_>>()
-                        .into_boxed_slice(),
-                })
+        let table = (0..cpus.saturating_mul(levels))
+            .map(|_| Level {
+                depth: AtomicUsize::new(0),
+                area: UnsafeCell::new(SaveArea::new()),
             })
             .collect::<Vec<_>>()
             .into_boxed_slice();
-        SaveStacks { how, cores }
+        SaveStacks { how, levels, table }
+    }
+
+    /// Core `cpu`'s levels; `None` past the cores or with no levels (the stack serves then).
+    #[inline]
+    fn core_levels(&self, cpu: usize) -> Option<&[Level]> {
+        let first = cpu.checked_mul(self.levels)?;
+        let levels = self.table.get(first..first.checked_add(self.levels)?)?;
+        (!levels.is_empty()).then_some(levels)
     }
 
     /// The save instruction in use.
@@ -363,9 +374,8 @@ impl SaveStacks {
     /// How many brackets are open on `cpu` now (0 outside any).
     pub fn depth(&self, cpu: usize) -> usize {
         // Relaxed: a core-local counter; another core reads it only for diagnostics.
-        self.cores
-            .get(cpu)
-            .map_or(0, |core| core.depth.load(Ordering::Relaxed))
+        self.core_levels(cpu)
+            .map_or(0, |levels| levels[0].depth.load(Ordering::Relaxed))
     }
 
     /// Runs `func(arg)` with its own extended state: saves the caller's into `cpu`'s area for
@@ -378,20 +388,22 @@ impl SaveStacks {
     /// Context: any, interrupt context included, interrupts disabled or not; it never blocks or
     /// allocates, and may be re-entered by an interrupt or by `func` itself.
     pub unsafe fn run(&self, cpu: usize, func: extern "C" fn(usize), arg: usize) {
-        let Some(core) = self.cores.get(cpu) else {
+        let Some(levels) = self.core_levels(cpu) else {
             // SAFETY: the caller's contract, passed on.
             return unsafe { run_on_stack(self.how, func, arg) };
         };
+        // The core's depth, in its first level (`core_levels` returns none empty).
+        let depth_word = &levels[0].depth;
         // Relaxed load and store: a core-local counter. An interrupt between them nests a whole
         // bracket that leaves the counter as it found it, and uses this level's area before
         // this bracket does (it reads the same depth): last in, first out either way.
-        let depth = core.depth.load(Ordering::Relaxed);
-        let Some(slot) = core.areas.get(depth) else {
+        let depth = depth_word.load(Ordering::Relaxed);
+        let Some(level) = levels.get(depth) else {
             // SAFETY: as above.
             return unsafe { run_on_stack(self.how, func, arg) };
         };
-        core.depth.store(depth + 1, Ordering::Relaxed);
-        let area = slot.get();
+        depth_word.store(depth + 1, Ordering::Relaxed);
+        let area = level.area.get();
         // SAFETY: `area` is this core's area for this level, which no other context uses while
         // the bracket is open (a nested bracket takes the next level); TS is clear and `how`
         // matches the CPU (the caller's contract).
@@ -403,7 +415,7 @@ impl SaveStacks {
         // SAFETY: as above; the area holds what `save` wrote with the same `how`.
         unsafe { (*area).restore(self.how) };
         // Relaxed: core-local (see above). The asm blocks before it are not moved across it.
-        core.depth.store(depth, Ordering::Relaxed);
+        depth_word.store(depth, Ordering::Relaxed);
     }
 }
 
