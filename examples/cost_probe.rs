@@ -3,9 +3,13 @@
 //! drains them with one `process()` (or `poll()`); then empty `poll()` and `process()` calls on a
 //! core with nothing queued; then single messages, each sent alone and run by one `poll()`
 //! (`poll_one`, a polling target's side of a round trip), each followed by an empty `poll()`
-//! (`poll_empty`) and a `process()` that finds the core still signalled and nothing queued
-//! (`process_signalled`, an idle loop turning to a task): out-of-line functions of their own,
-//! so callgrind counts them apart. Prints nanoseconds per message (quartiles over the rounds); under
+//! (`poll_empty`) and a `process()` that finds the core still signalled and nothing queued:
+//! every other message is sent to a core that holds the signal from an empty poll of its own
+//! before the send (the sender skips its IPI, as in the kernel's idle loop, whose backoff
+//! polls), and that `process()` is `process_signalled` (an idle loop turning to a task); the
+//! rest are sent to a core whose signal is clear, so the sender sets it and sends an IPI, and
+//! that `process()` is `process_after_ipi` (the reschedule before a late IPI's handler, or that
+//! handler). Out-of-line functions of their own, so callgrind counts them apart. Prints nanoseconds per message (quartiles over the rounds); under
 //! `valgrind --tool=callgrind` the same run gives instructions per call, which do not depend on
 //! the host's load (docs/results/2026-12-07-host-cost.md).
 //!
@@ -45,6 +49,14 @@ fn poll_empty(q: &Ipiq<HostPlatform>) -> bool {
 #[inline(never)]
 fn process_signalled(q: &Ipiq<HostPlatform>) -> usize {
     q.process() + 1
+}
+
+/// A `process()` on a core signalled by a sender (which sent an IPI), whose message a poll
+/// already ran, with nothing queued (counted apart by callgrind; its different result keeps the
+/// linker from folding it into `process_signalled`).
+#[inline(never)]
+fn process_after_ipi(q: &Ipiq<HostPlatform>) -> usize {
+    q.process() + 2
 }
 
 /// Single messages for the `poll_one` phase.
@@ -142,14 +154,16 @@ fn main() {
     println!("empty poll ns {ep:.1}, empty process ns {eq:.1}");
     // Single messages: core 1 (in a task, so only its polls drain) sets `step` to 1 once it runs;
     // then core 0 sends one message and bumps `step` to even, and core 1 polls it, polls once
-    // more, and bumps `step` to odd. Release/Acquire on `step`: the hand-shake orders the two
-    // cores' turns, nothing else.
+    // more, processes, and bumps `step` to odd (for every other message after an empty poll
+    // that signals it before the send). Release/Acquire on `step`: the hand-shake orders the
+    // two cores' turns, nothing else.
     let step = Arc::new(AtomicU64::new(0));
     let st = step.clone();
     let target = machine
         .spawn_on(1, move |core| {
             let q = core.ipiq();
             let (mut one_ns, mut ran) = (Vec::new(), 0);
+            q.poll();
             st.store(1, Ordering::Release);
             for i in 0..SINGLES {
                 while st.load(Ordering::Acquire) != 2 * i + 2 {
@@ -159,11 +173,17 @@ fn main() {
                 ran += poll_one(q);
                 one_ns.push(t.elapsed().as_nanos() as f64);
                 assert!(poll_empty(q), "nothing was queued for the second poll");
-                assert_eq!(
-                    process_signalled(q),
-                    1,
-                    "nothing was queued for the process"
-                );
+                let own = i % 2 == 0;
+                let processed = if own {
+                    process_signalled(q) - 1
+                } else {
+                    process_after_ipi(q) - 2
+                };
+                assert_eq!(processed, 0, "nothing was queued for the process");
+                if !own {
+                    // The next message comes to a core signalled by its own (empty) poll.
+                    q.poll();
+                }
                 st.store(2 * i + 3, Ordering::Release);
             }
             q.process();
