@@ -61,15 +61,15 @@ impl<P: Platform> Ipiq<P> {
             return 0;
         };
         let draining = cpu.diag.draining();
-        cpu.diag.polling(exit == Exit::StaySignalled);
         // Relaxed: tells senders we are draining so they may skip the IPI; the exit protocol
         // below (clear, SeqCst fence, look again) is what guarantees no message is missed. Every
         // write to `npoll` is a read-modify-write, so all of them form one chain that each reads
         // the last: a clear can never be ordered before a sender's set that it did not see.
         // Only the loaded-false case writes: a core that stayed signalled (`poll`) and drains
-        // again does not dirty the line its senders read.
-        if !cpu.npoll.is_set() {
-            cpu.npoll.set();
+        // again does not dirty the line its senders read. A poll's drain whose swap found the
+        // flag clear holds it on the core's own account (`PerCpu::polled`; Relaxed: own word).
+        if !cpu.npoll.is_set() && !cpu.npoll.set() && exit == Exit::StaySignalled {
+            cpu.polled.store(true, Ordering::Relaxed);
         }
         let mut total = 0;
         let mut spill_watchdog = None;
@@ -138,9 +138,12 @@ impl<P: Platform> Ipiq<P> {
     /// The target's side of the `npoll` handshake (`wakeup.rs`) before its last look at its
     /// queues: a Relaxed RMW clear, then the SeqCst fence, our store-load barrier against a
     /// sender's "publish; fence; load `npoll`". The caller looks next, and drains (signalled
-    /// again) whatever it finds. Core `cpu`'s own, interrupts disabled.
+    /// again) whatever it finds. The core no longer holds the flag from its polls
+    /// (`PerCpu::polled`). Core `cpu`'s own, interrupts disabled (also in interrupt context).
     #[inline]
     pub(crate) fn unsignal(cpu: &PerCpu<P>) {
+        // Relaxed: the core's own word, read only by the core (and by diagnostics).
+        cpu.polled.store(false, Ordering::Relaxed);
         cpu.npoll.clear();
         fence(Ordering::SeqCst);
     }
@@ -190,10 +193,11 @@ impl<P: Platform> Ipiq<P> {
             return self.drain_as(me, Hold::ServeWhileHeld, Exit::StaySignalled, irqs);
         }
         // Relaxed RMW, only when clear, as on entering a drain (`drain_as`): a core that stays
-        // signalled from its last poll does not write the line its senders read.
-        if !cpu.npoll.is_set() {
-            cpu.npoll.set();
-            cpu.diag.polling(true);
+        // signalled from its last poll does not write the line its senders read. A swap that
+        // found the flag clear set it on the core's own account (`PerCpu::polled`; Relaxed: own
+        // word); one that found it set lost the race to a sender, whose IPI is on its way.
+        if !cpu.npoll.is_set() && !cpu.npoll.set() {
+            cpu.polled.store(true, Ordering::Relaxed);
         }
         // The draining flag only around messages: an empty poll writes nothing.
         let mut draining = None;

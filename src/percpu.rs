@@ -77,6 +77,19 @@ pub(crate) struct PerCpu<P: Platform> {
     /// How many message functions are running on this core's stack (nesting depth). Touched
     /// only by this core; atomic only so that the type is `Sync` without unsafe.
     pub(crate) running: CachePadded<AtomicUsize>,
+    /// Whether `npoll` is set on this core's own account, by its polls: set when a poll
+    /// ([`Ipiq::poll`], `drain_polled`, or the general drain it falls back to) finds `npoll`
+    /// clear and sets it itself (its swap read clear), cleared whenever the core clears `npoll`
+    /// (`Ipiq::unsignal`). While it holds, no sender has claimed an IPI since the core's last
+    /// clear: a sender claims one only by setting a clear `npoll` (`wakeup.rs`; a watchdog's
+    /// re-send is the exception, and assumes the last IPI lost). So [`Ipiq::process`] may run
+    /// the exit handshake before it looks at the queues: a sender that finds the flag clear in
+    /// between sends the only IPI in flight. A flag a sender set (an interrupt-driven drain)
+    /// must instead stay set until the drain has run what it finds (I3), so `process` looks
+    /// first there. Written and read only by this core with interrupts disabled (Relaxed;
+    /// atomic only so that the type is `Sync` without unsafe); `Ipiq::core_status` reports it
+    /// as `polling`.
+    pub(crate) polled: CachePadded<AtomicBool>,
     /// This core's statistics.
     pub(crate) counters: CachePadded<Counters>,
     /// What this core is doing, for diagnostics (`status.rs`). Written only by this core.
@@ -102,6 +115,7 @@ impl<P: Platform> PerCpu<P> {
             spill: CoreLocal(UnsafeCell::new(HashMap::new())),
             spilled: CachePadded(AtomicU64::new(0)),
             running: CachePadded(AtomicUsize::new(0)),
+            polled: CachePadded(AtomicBool::new(false)),
             counters: CachePadded(Counters::default()),
             diag: CachePadded(CoreDiag::default()),
             tlb: TlbState::new(ncpu),
