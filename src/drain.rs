@@ -189,7 +189,7 @@ impl<P: Platform> Ipiq<P> {
         let Some(cpu) = self.cpus.get(me) else {
             return 0;
         };
-        if self.has_side_work(me, irqs) {
+        if Self::has_side_work(cpu, irqs) {
             return self.drain_as(me, Hold::ServeWhileHeld, Exit::StaySignalled, irqs);
         }
         // Relaxed RMW, only when clear, as on entering a drain (`drain_as`): a core that stays
@@ -208,7 +208,7 @@ impl<P: Platform> Ipiq<P> {
         cpu.diag.done_draining(draining);
         cpu.diag.progressed(ran as u64);
         self.count(me, |c| &c.processed, ran as u64);
-        if self.has_side_work(me, irqs) {
+        if Self::has_side_work(cpu, irqs) {
             return ran + self.drain_as(me, Hold::ServeWhileHeld, Exit::StaySignalled, irqs);
         }
         ran
@@ -219,21 +219,21 @@ impl<P: Platform> Ipiq<P> {
     /// the core's own; the queues' next slots are the senders' to write). Context: core `me`,
     /// interrupts disabled; false for a core `new` does not serve.
     pub(crate) fn has_work(&self, me: CpuId, irqs: IrqsOff<'_>) -> bool {
-        me < self.cpus.len() && (self.has_incoming(me) || self.has_side_work(me, irqs))
+        self.cpus
+            .get(me)
+            .is_some_and(|cpu| self.has_incoming(me) || Self::has_side_work(cpu, irqs))
     }
 
-    /// Whether a drain of core `me` has work besides its queues: a cpusync it is held in, or a
-    /// spilled message of its own. Reads only the core's own state (false for a core `new` does
-    /// not serve). Context: core `me`, interrupts disabled.
+    /// Whether a drain of core `cpu` (the caller's own) has work besides its queues: a cpusync
+    /// it is held in, or a spilled message of its own. Reads only the core's own state.
+    /// Context: the core itself, interrupts disabled (also in interrupt context).
     #[inline]
-    fn has_side_work(&self, me: CpuId, irqs: IrqsOff<'_>) -> bool {
-        self.cpus.get(me).is_some_and(|cpu| {
+    fn has_side_work(cpu: &PerCpu<P>, irqs: IrqsOff<'_>) -> bool {
+        // Relaxed: written only by this core.
+        cpu.spilled.load(Ordering::Relaxed) > 0
             // SAFETY: our own core (interrupts are disabled: `irqs`), and the closure does not
             // call back into ipiq.
-            let held = unsafe { cpu.holds.with(irqs, |q| !q.is_empty()) };
-            // Relaxed: written only by this core.
-            held || cpu.spilled.load(Ordering::Relaxed) > 0
-        })
+            || unsafe { cpu.holds.with(irqs, |q| !q.is_empty()) }
     }
 
     /// One step of a spinning caller's service of its own queues (a `wait`, a send waiting for
