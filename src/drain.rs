@@ -218,6 +218,7 @@ impl<P: Platform> Ipiq<P> {
     /// it is held in, or a spilled message of its own. Reads only (the holds and spill count are
     /// the core's own; the queues' next slots are the senders' to write). Context: core `me`,
     /// interrupts disabled; false for a core `new` does not serve.
+    #[inline]
     pub(crate) fn has_work(&self, me: CpuId, irqs: IrqsOff<'_>) -> bool {
         self.cpus
             .get(me)
