@@ -75,7 +75,7 @@ impl<P: Platform> Ipiq<P> {
         let mut spill_watchdog = None;
         let mut hold_watchdog = None;
         loop {
-            let ran = self.run_incoming(me, || {});
+            let ran = self.run_incoming(me, cpu, || {});
             let held = self.poll_holds(me, irqs);
             let spilling = self.flush_spills(me, irqs);
             total += ran;
@@ -148,20 +148,25 @@ impl<P: Platform> Ipiq<P> {
         fence(Ordering::SeqCst);
     }
 
-    /// One pass over core `me`'s incoming FIFOs: each FIFO that holds messages is emptied, its
-    /// messages run in order; `first` is called once, before the first message runs, if any
-    /// does. Returns how many ran. Context: core `me`, interrupts disabled; re-entered from the
-    /// message functions it runs (a nested pass continues where the outer one stands in each
-    /// FIFO: `take` moves `rindex` before the function runs).
+    /// One pass over core `me`'s incoming FIFOs (`cpu` is its state): each FIFO that holds
+    /// messages is emptied, its messages run in order, each counted in the core's nesting depth
+    /// as [`Message::run`](crate::Message) counts it, through the state the caller looked up;
+    /// `first` is called once, before the first message runs, if any does. Returns how many
+    /// ran. Context: core `me`, interrupts disabled; re-entered from the message functions it
+    /// runs (a nested pass continues where the outer one stands in each FIFO: `take` moves
+    /// `rindex` before the function runs).
     #[inline]
-    fn run_incoming(&self, me: CpuId, mut first: impl FnMut()) -> usize {
+    fn run_incoming(&self, me: CpuId, cpu: &PerCpu<P>, mut first: impl FnMut()) -> usize {
         let mut ran = 0;
         self.any_incoming(me, |fifo| {
             while let Some(taken) = fifo.take() {
                 if ran == 0 {
                     first();
                 }
-                taken.message.run(self, me);
+                let message = taken.message;
+                Self::enter_message_on(cpu);
+                (message.func)(self, message.arg0, message.arg1);
+                Self::exit_message_on(cpu);
                 fifo.finish(taken);
                 ran += 1;
             }
@@ -201,7 +206,7 @@ impl<P: Platform> Ipiq<P> {
         }
         // The draining flag only around messages: an empty poll writes nothing.
         let mut draining = None;
-        let ran = self.run_incoming(me, || draining = Some(cpu.diag.draining()));
+        let ran = self.run_incoming(me, cpu, || draining = Some(cpu.diag.draining()));
         let Some(draining) = draining else {
             return 0;
         };
@@ -258,9 +263,7 @@ impl<P: Platform> Ipiq<P> {
     pub(crate) fn enter_message(&self, me: CpuId) {
         // A core `new` does not serve keeps no depth (it can run only its own local messages).
         if let Some(cpu) = self.cpus.get(me) {
-            // Relaxed load and store, no locked RMW: core-local nesting depth, interrupts off.
-            let running = &cpu.running;
-            running.store(running.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+            Self::enter_message_on(cpu);
         }
     }
 
@@ -268,9 +271,25 @@ impl<P: Platform> Ipiq<P> {
     #[inline]
     pub(crate) fn exit_message(&self, me: CpuId) {
         if let Some(cpu) = self.cpus.get(me) {
-            // Relaxed load and store: core-local nesting depth (see `enter_message`).
-            let running = &cpu.running;
-            running.store(running.load(Ordering::Relaxed) - 1, Ordering::Relaxed);
+            Self::exit_message_on(cpu);
         }
+    }
+
+    /// [`Ipiq::enter_message`] on the state `cpu` of the calling core. Context: that core,
+    /// interrupts disabled (also in interrupt context).
+    #[inline]
+    fn enter_message_on(cpu: &PerCpu<P>) {
+        // Relaxed load and store, no locked RMW: core-local nesting depth, interrupts off.
+        let running = &cpu.running;
+        running.store(running.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+    }
+
+    /// [`Ipiq::exit_message`] on the state `cpu` of the calling core. Context: as
+    /// [`Ipiq::enter_message_on`].
+    #[inline]
+    fn exit_message_on(cpu: &PerCpu<P>) {
+        // Relaxed load and store: core-local nesting depth (see `enter_message_on`).
+        let running = &cpu.running;
+        running.store(running.load(Ordering::Relaxed) - 1, Ordering::Relaxed);
     }
 }
