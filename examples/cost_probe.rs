@@ -9,7 +9,9 @@
 //! polls), and that `process()` is `process_signalled` (an idle loop turning to a task); the
 //! rest are sent to a core whose signal is clear, so the sender sets it and sends an IPI, and
 //! that `process()` is `process_after_ipi` (the reschedule before a late IPI's handler, or that
-//! handler). Out-of-line functions of their own, so callgrind counts them apart. Prints nanoseconds per message (quartiles over the rounds); under
+//! handler); then a last `process()` finds the core not signalled and nothing queued
+//! (`process_quiet`, a task switch on a core that ran a task). Out-of-line functions of their
+//! own, so callgrind counts them apart. Prints nanoseconds per message (quartiles over the rounds); under
 //! `valgrind --tool=callgrind` the same run gives instructions per call, which do not depend on
 //! the host's load (docs/results/2026-12-07-host-cost.md).
 //!
@@ -49,6 +51,13 @@ fn poll_empty(q: &Ipiq<HostPlatform>) -> bool {
 #[inline(never)]
 fn process_signalled(q: &Ipiq<HostPlatform>) -> usize {
     q.process() + 1
+}
+
+/// A `process()` on a core that is not signalled, with nothing queued: a task switch on a core
+/// that ran a task (counted apart by callgrind; its result differs from the other two).
+#[inline(never)]
+fn process_quiet(q: &Ipiq<HostPlatform>) -> usize {
+    q.process() + 3
 }
 
 /// A `process()` on a core signalled by a sender (which sent an IPI), whose message a poll
@@ -180,6 +189,11 @@ fn main() {
                     process_after_ipi(q) - 2
                 };
                 assert_eq!(processed, 0, "nothing was queued for the process");
+                assert_eq!(
+                    process_quiet(q) - 3,
+                    0,
+                    "nothing was queued for the last process"
+                );
                 if !own {
                     // The next message comes to a core signalled by its own (empty) poll.
                     q.poll();
