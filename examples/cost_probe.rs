@@ -3,10 +3,16 @@
 //! drains them with one `process()` (or `poll()`); then empty `poll()` and `process()` calls on a
 //! core with nothing queued; then single messages, each sent alone and run by one `poll()`
 //! (`poll_one`, a polling target's side of a round trip), each followed by an empty `poll()`
-//! (`poll_empty`) and a `process()` that finds the core still signalled and nothing queued
-//! (`process_signalled`, an idle loop turning to a task); then round trips to a core that polls,
-//! each a `send_one` and a `wait_one` (the waiting side, its spin steps included): out-of-line
-//! functions of their own, so callgrind counts them apart. Prints nanoseconds per message (quartiles over the rounds); under
+//! (`poll_empty`) and a `process()` that finds the core still signalled and nothing queued:
+//! every other message is sent to a core that holds the signal from an empty poll of its own
+//! before the send (the sender skips its IPI, as in the kernel's idle loop, whose backoff
+//! polls), and that `process()` is `process_signalled` (an idle loop turning to a task); the
+//! rest are sent to a core whose signal is clear, so the sender sets it and sends an IPI, and
+//! that `process()` is `process_after_ipi` (the reschedule before a late IPI's handler, or that
+//! handler); then a last `process()` finds the core not signalled and nothing queued
+//! (`process_quiet`, a task switch on a core that ran a task); then round trips to a core that
+//! polls, each a `send_one` and a `wait_one` (the waiting side, its spin steps included).
+//! Out-of-line functions of their own, so callgrind counts them apart. Prints nanoseconds per message (quartiles over the rounds); under
 //! `valgrind --tool=callgrind` the same run gives instructions per call, which do not depend on
 //! the host's load (docs/results/2026-12-07-host-cost.md).
 //!
@@ -60,6 +66,21 @@ fn send_one(q: &Ipiq<HostPlatform>) -> ipiq::Seq {
 #[inline(never)]
 fn wait_one(q: &Ipiq<HostPlatform>, seq: ipiq::Seq) {
     q.wait(1, seq).unwrap()
+}
+
+/// A `process()` on a core that is not signalled, with nothing queued: a task switch on a core
+/// that ran a task (counted apart by callgrind; its result differs from the other two).
+#[inline(never)]
+fn process_quiet(q: &Ipiq<HostPlatform>) -> usize {
+    q.process() + 3
+}
+
+/// A `process()` on a core signalled by a sender (which sent an IPI), whose message a poll
+/// already ran, with nothing queued (counted apart by callgrind; its different result keeps the
+/// linker from folding it into `process_signalled`).
+#[inline(never)]
+fn process_after_ipi(q: &Ipiq<HostPlatform>) -> usize {
+    q.process() + 2
 }
 
 /// Single messages for the `poll_one` phase.
@@ -157,14 +178,16 @@ fn main() {
     println!("empty poll ns {ep:.1}, empty process ns {eq:.1}");
     // Single messages: core 1 (in a task, so only its polls drain) sets `step` to 1 once it runs;
     // then core 0 sends one message and bumps `step` to even, and core 1 polls it, polls once
-    // more, and bumps `step` to odd. Release/Acquire on `step`: the hand-shake orders the two
-    // cores' turns, nothing else.
+    // more, processes, and bumps `step` to odd (for every other message after an empty poll
+    // that signals it before the send). Release/Acquire on `step`: the hand-shake orders the
+    // two cores' turns, nothing else.
     let step = Arc::new(AtomicU64::new(0));
     let st = step.clone();
     let target = machine
         .spawn_on(1, move |core| {
             let q = core.ipiq();
             let (mut one_ns, mut ran) = (Vec::new(), 0);
+            q.poll();
             st.store(1, Ordering::Release);
             for i in 0..SINGLES {
                 while st.load(Ordering::Acquire) != 2 * i + 2 {
@@ -174,11 +197,22 @@ fn main() {
                 ran += poll_one(q);
                 one_ns.push(t.elapsed().as_nanos() as f64);
                 assert!(poll_empty(q), "nothing was queued for the second poll");
+                let own = i % 2 == 0;
+                let processed = if own {
+                    process_signalled(q) - 1
+                } else {
+                    process_after_ipi(q) - 2
+                };
+                assert_eq!(processed, 0, "nothing was queued for the process");
                 assert_eq!(
-                    process_signalled(q),
-                    1,
-                    "nothing was queued for the process"
+                    process_quiet(q) - 3,
+                    0,
+                    "nothing was queued for the last process"
                 );
+                if !own {
+                    // The next message comes to a core signalled by its own (empty) poll.
+                    q.poll();
+                }
                 st.store(2 * i + 3, Ordering::Release);
             }
             q.process();

@@ -61,21 +61,21 @@ impl<P: Platform> Ipiq<P> {
             return 0;
         };
         let draining = cpu.diag.draining();
-        cpu.diag.polling(exit == Exit::StaySignalled);
         // Relaxed: tells senders we are draining so they may skip the IPI; the exit protocol
         // below (clear, SeqCst fence, look again) is what guarantees no message is missed. Every
         // write to `npoll` is a read-modify-write, so all of them form one chain that each reads
         // the last: a clear can never be ordered before a sender's set that it did not see.
         // Only the loaded-false case writes: a core that stayed signalled (`poll`) and drains
-        // again does not dirty the line its senders read.
-        if !cpu.npoll.is_set() {
-            cpu.npoll.set();
+        // again does not dirty the line its senders read. A poll's drain whose swap found the
+        // flag clear holds it on the core's own account (`OwnState::polled`; Relaxed: own word).
+        if !cpu.npoll.is_set() && !cpu.npoll.set() && exit == Exit::StaySignalled {
+            cpu.own.polled.store(true, Ordering::Relaxed);
         }
         let mut total = 0;
         let mut spill_watchdog = None;
         let mut hold_watchdog = None;
         loop {
-            let ran = self.run_incoming(me, || {});
+            let ran = self.run_incoming(me, cpu, || {});
             let held = self.poll_holds(me, irqs);
             let spilling = self.flush_spills(me, irqs);
             total += ran;
@@ -138,27 +138,35 @@ impl<P: Platform> Ipiq<P> {
     /// The target's side of the `npoll` handshake (`wakeup.rs`) before its last look at its
     /// queues: a Relaxed RMW clear, then the SeqCst fence, our store-load barrier against a
     /// sender's "publish; fence; load `npoll`". The caller looks next, and drains (signalled
-    /// again) whatever it finds. Core `cpu`'s own, interrupts disabled.
+    /// again) whatever it finds. The core no longer holds the flag from its polls
+    /// (`OwnState::polled`). Core `cpu`'s own, interrupts disabled (also in interrupt context).
     #[inline]
     pub(crate) fn unsignal(cpu: &PerCpu<P>) {
+        // Relaxed: the core's own word, read only by the core (and by diagnostics).
+        cpu.own.polled.store(false, Ordering::Relaxed);
         cpu.npoll.clear();
         fence(Ordering::SeqCst);
     }
 
-    /// One pass over core `me`'s incoming FIFOs: each FIFO that holds messages is emptied, its
-    /// messages run in order; `first` is called once, before the first message runs, if any
-    /// does. Returns how many ran. Context: core `me`, interrupts disabled; re-entered from the
-    /// message functions it runs (a nested pass continues where the outer one stands in each
-    /// FIFO: `take` moves `rindex` before the function runs).
+    /// One pass over core `me`'s incoming FIFOs (`cpu` is its state): each FIFO that holds
+    /// messages is emptied, its messages run in order, each counted in the core's nesting depth
+    /// as [`Message::run`](crate::Message) counts it, through the state the caller looked up;
+    /// `first` is called once, before the first message runs, if any does. Returns how many
+    /// ran. Context: core `me`, interrupts disabled; re-entered from the message functions it
+    /// runs (a nested pass continues where the outer one stands in each FIFO: `take` moves
+    /// `rindex` before the function runs).
     #[inline]
-    fn run_incoming(&self, me: CpuId, mut first: impl FnMut()) -> usize {
+    fn run_incoming(&self, me: CpuId, cpu: &PerCpu<P>, mut first: impl FnMut()) -> usize {
         let mut ran = 0;
         self.any_incoming(me, |fifo| {
             while let Some(taken) = fifo.take() {
                 if ran == 0 {
                     first();
                 }
-                taken.message.run(self, me);
+                let message = taken.message;
+                Self::enter_message_on(cpu);
+                (message.func)(self, message.arg0, message.arg1);
+                Self::exit_message_on(cpu);
                 fifo.finish(taken);
                 ran += 1;
             }
@@ -186,25 +194,26 @@ impl<P: Platform> Ipiq<P> {
         let Some(cpu) = self.cpus.get(me) else {
             return 0;
         };
-        if self.has_side_work(me, irqs) {
+        if Self::has_side_work(cpu, irqs) {
             return self.drain_as(me, Hold::ServeWhileHeld, Exit::StaySignalled, irqs);
         }
         // Relaxed RMW, only when clear, as on entering a drain (`drain_as`): a core that stays
-        // signalled from its last poll does not write the line its senders read.
-        if !cpu.npoll.is_set() {
-            cpu.npoll.set();
-            cpu.diag.polling(true);
+        // signalled from its last poll does not write the line its senders read. A swap that
+        // found the flag clear set it on the core's own account (`OwnState::polled`; Relaxed: own
+        // word); one that found it set lost the race to a sender, whose IPI is on its way.
+        if !cpu.npoll.is_set() && !cpu.npoll.set() {
+            cpu.own.polled.store(true, Ordering::Relaxed);
         }
         // The draining flag only around messages: an empty poll writes nothing.
         let mut draining = None;
-        let ran = self.run_incoming(me, || draining = Some(cpu.diag.draining()));
+        let ran = self.run_incoming(me, cpu, || draining = Some(cpu.diag.draining()));
         let Some(draining) = draining else {
             return 0;
         };
         cpu.diag.done_draining(draining);
         cpu.diag.progressed(ran as u64);
         self.count(me, |c| &c.processed, ran as u64);
-        if self.has_side_work(me, irqs) {
+        if Self::has_side_work(cpu, irqs) {
             return ran + self.drain_as(me, Hold::ServeWhileHeld, Exit::StaySignalled, irqs);
         }
         ran
@@ -214,22 +223,23 @@ impl<P: Platform> Ipiq<P> {
     /// it is held in, or a spilled message of its own. Reads only (the holds and spill count are
     /// the core's own; the queues' next slots are the senders' to write). Context: core `me`,
     /// interrupts disabled; false for a core `new` does not serve.
+    #[inline]
     pub(crate) fn has_work(&self, me: CpuId, irqs: IrqsOff<'_>) -> bool {
-        me < self.cpus.len() && (self.has_incoming(me) || self.has_side_work(me, irqs))
+        self.cpus
+            .get(me)
+            .is_some_and(|cpu| self.has_incoming(me) || Self::has_side_work(cpu, irqs))
     }
 
-    /// Whether a drain of core `me` has work besides its queues: a cpusync it is held in, or a
-    /// spilled message of its own. Reads only the core's own state (false for a core `new` does
-    /// not serve). Context: core `me`, interrupts disabled.
+    /// Whether a drain of core `cpu` (the caller's own) has work besides its queues: a cpusync
+    /// it is held in, or a spilled message of its own. Reads only the core's own state.
+    /// Context: the core itself, interrupts disabled (also in interrupt context).
     #[inline]
-    fn has_side_work(&self, me: CpuId, irqs: IrqsOff<'_>) -> bool {
-        self.cpus.get(me).is_some_and(|cpu| {
+    fn has_side_work(cpu: &PerCpu<P>, irqs: IrqsOff<'_>) -> bool {
+        // Relaxed: written only by this core.
+        cpu.side.spilled.load(Ordering::Relaxed) > 0
             // SAFETY: our own core (interrupts are disabled: `irqs`), and the closure does not
             // call back into ipiq.
-            let held = unsafe { cpu.side.holds.with(irqs, |q| !q.is_empty()) };
-            // Relaxed: written only by this core.
-            held || cpu.side.spilled.load(Ordering::Relaxed) > 0
-        })
+            || unsafe { cpu.side.holds.with(irqs, |q| !q.is_empty()) }
     }
 
     /// One step of a spinning caller's service of its own queues (a `wait`, a send waiting for
@@ -253,9 +263,7 @@ impl<P: Platform> Ipiq<P> {
     pub(crate) fn enter_message(&self, me: CpuId) {
         // A core `new` does not serve keeps no depth (it can run only its own local messages).
         if let Some(cpu) = self.cpus.get(me) {
-            // Relaxed load and store, no locked RMW: core-local nesting depth, interrupts off.
-            let running = &cpu.running;
-            running.store(running.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+            Self::enter_message_on(cpu);
         }
     }
 
@@ -263,9 +271,25 @@ impl<P: Platform> Ipiq<P> {
     #[inline]
     pub(crate) fn exit_message(&self, me: CpuId) {
         if let Some(cpu) = self.cpus.get(me) {
-            // Relaxed load and store: core-local nesting depth (see `enter_message`).
-            let running = &cpu.running;
-            running.store(running.load(Ordering::Relaxed) - 1, Ordering::Relaxed);
+            Self::exit_message_on(cpu);
         }
+    }
+
+    /// [`Ipiq::enter_message`] on the state `cpu` of the calling core. Context: that core,
+    /// interrupts disabled (also in interrupt context).
+    #[inline]
+    fn enter_message_on(cpu: &PerCpu<P>) {
+        // Relaxed load and store, no locked RMW: core-local nesting depth, interrupts off.
+        let running = &cpu.own.running;
+        running.store(running.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+    }
+
+    /// [`Ipiq::exit_message`] on the state `cpu` of the calling core. Context: as
+    /// [`Ipiq::enter_message_on`].
+    #[inline]
+    fn exit_message_on(cpu: &PerCpu<P>) {
+        // Relaxed load and store: core-local nesting depth (see `enter_message_on`).
+        let running = &cpu.own.running;
+        running.store(running.load(Ordering::Relaxed) - 1, Ordering::Relaxed);
     }
 }

@@ -313,7 +313,16 @@ impl<P: Platform> Ipiq<P> {
     pub(crate) fn any_incoming(&self, me: CpuId, mut f: impl FnMut(&Fifo<P>) -> bool) -> bool {
         let cpu = &self.cpus[me];
         let row = me * self.cpus.len();
-        for (w, word) in cpu.senders.iter().take(self.sender_words).enumerate() {
+        // The words in use as one slice (`new` never makes more than the inline words hold; a
+        // longer count would read none rather than panic): the loop then keeps fewer counters
+        // than `take` beside `enumerate` did, each one kept on the stack across `f`'s calls.
+        for (w, word) in cpu
+            .senders
+            .get(..self.sender_words)
+            .unwrap_or_default()
+            .iter()
+            .enumerate()
+        {
             // Acquire: pairs with the Release `fetch_or` in `new_fifo`, so the pointer stored
             // before the bit is seen below.
             let mut bits = word.load(Ordering::Acquire);

@@ -34,7 +34,7 @@ impl<T> CoreLocal<T> {
 }
 
 /// One core's state as a target (plus its counters as a sender). The fields this core writes
-/// all the time (`running`, `side`, `counters`) sit on cache lines of their own, away from
+/// all the time (`own`, `side`, `counters`) sit on cache lines of their own, away from
 /// what senders read on every send (`online`, `npoll`).
 pub(crate) struct PerCpu<P: Platform> {
     /// Set by a sender that signalled this core, and by this core while it drains; cleared by this
@@ -66,15 +66,35 @@ pub(crate) struct PerCpu<P: Platform> {
     /// What a drain serves besides the queues (its holds, the count of its spilled messages),
     /// touched only by this core: on a line of their own, read together by `has_side_work`.
     pub(crate) side: CachePadded<SideWork<P>>,
-    /// How many message functions are running on this core's stack (nesting depth). Touched
-    /// only by this core; atomic only so that the type is `Sync` without unsafe.
-    pub(crate) running: CachePadded<AtomicUsize>,
+    /// The core's own nesting depth and poll record, written and read only by the core itself
+    /// (one padded line: the drain and the message path touch both, nobody else does).
+    pub(crate) own: CachePadded<OwnState>,
     /// This core's statistics.
     pub(crate) counters: CachePadded<Counters>,
     /// What this core is doing, for diagnostics (`status.rs`). Written only by this core.
     pub(crate) diag: CachePadded<CoreDiag>,
     /// Deferred TLB flushes for this core and its own shootdown as a master (`tlb.rs`).
     pub(crate) tlb: TlbState,
+}
+
+/// What only the core itself writes and reads on its message and drain paths ([`PerCpu::own`]).
+pub(crate) struct OwnState {
+    /// How many message functions are running on this core's stack (nesting depth). Touched
+    /// only by this core; atomic only so that the type is `Sync` without unsafe.
+    pub(crate) running: AtomicUsize,
+    /// Whether `npoll` is set on this core's own account, by its polls: set when a poll
+    /// ([`Ipiq::poll`], `drain_polled`, or the general drain it falls back to) finds `npoll`
+    /// clear and sets it itself (its swap read clear), cleared whenever the core clears `npoll`
+    /// (`Ipiq::unsignal`). While it holds, no sender has claimed an IPI since the core's last
+    /// clear: a sender claims one only by setting a clear `npoll` (`wakeup.rs`; a watchdog's
+    /// re-send is the exception, and assumes the last IPI lost). So [`Ipiq::process`] may run
+    /// the exit handshake before it looks at the queues: a sender that finds the flag clear in
+    /// between sends the only IPI in flight. A flag a sender set (an interrupt-driven drain)
+    /// must instead stay set until the drain has run what it finds (I3), so `process` looks
+    /// first there. Written and read only by this core with interrupts disabled (Relaxed;
+    /// atomic only so that the type is `Sync` without unsafe); `Ipiq::core_status` reports it
+    /// as `polling`.
+    pub(crate) polled: AtomicBool,
 }
 
 /// The work a core's drain has besides its queues, touched only by the core itself: one padded
@@ -109,7 +129,10 @@ impl<P: Platform> PerCpu<P> {
                 holds: CoreLocal(UnsafeCell::new(HoldList::default())),
                 spilled: AtomicU64::new(0),
             }),
-            running: CachePadded(AtomicUsize::new(0)),
+            own: CachePadded(OwnState {
+                running: AtomicUsize::new(0),
+                polled: AtomicBool::new(false),
+            }),
             counters: CachePadded(Counters::default()),
             diag: CachePadded(CoreDiag::default()),
             tlb: TlbState::new(ncpu),

@@ -349,7 +349,7 @@ impl<P: Platform> Ipiq<P> {
     ) -> Result<Seq, Error> {
         let capacity = fifo.capacity();
         // Relaxed: core-local.
-        let nested = self.cpus[me].running.load(Ordering::Relaxed) > 0;
+        let nested = self.cpus[me].own.running.load(Ordering::Relaxed) > 0;
         if self.spill_len(me, target, irqs) > 0 {
             // Earlier messages to this target still wait in the spill list: they go first (I1).
             if matches!(kind, Kind::Nowait | Kind::Lazy) {

@@ -1,10 +1,11 @@
 //! What each core is doing, kept cheaply so that a stall can be diagnosed from one log.
 //!
-//! Each core keeps a few words about itself ([`CoreDiag`]): whether it is draining or polling,
+//! Each core keeps a few words about itself ([`CoreDiag`]): whether it is draining,
 //! which cpusyncs hold it, whether it leads one, what it is waiting for and on whom, and how
 //! many messages it has run (a count, not a time: successive warnings show whether it moves). Only the core itself writes them (plain Relaxed load-and-store, no RMW);
 //! any core may read them for [`Ipiq::core_status`], which is a racy snapshot meant for humans
-//! and for tests that wait for a state, never for the protocol's decisions. Watchdogs print every
+//! and for tests that wait for a state, never for the protocol's decisions (whether the core
+//! polls is the protocol's own record, `OwnState::polled`, read here). Watchdogs print every
 //! core's status when a wait passes its warning bound (see `watchdog.rs`).
 //!
 //! Cost: two stores when a drain starts and stops, one core-local add per drain pass that ran
@@ -71,7 +72,6 @@ impl Waiting {
 }
 
 const DRAINING: usize = 1;
-const POLLING: usize = 2;
 const LEADING: usize = 4;
 /// Between `prepare_halt` returning true and `end_halt` (the core's own view: unlike the shared
 /// `halted` flag, no lazy sender clears it).
@@ -81,7 +81,7 @@ const HALTING: usize = 8;
 /// by anyone (Relaxed everywhere: a snapshot for humans and tests, ordering nothing).
 #[derive(Debug, Default)]
 pub(crate) struct CoreDiag {
-    /// `DRAINING | POLLING | LEADING`.
+    /// `DRAINING | LEADING | HALTING`.
     flags: AtomicUsize,
     /// How many cpusyncs hold this core.
     holds: AtomicUsize,
@@ -133,16 +133,6 @@ impl CoreDiag {
     #[inline]
     pub(crate) fn done_draining(&self, token: FlagSet) {
         self.clear_flag(DRAINING, token);
-    }
-
-    #[inline]
-    pub(crate) fn polling(&self, on: bool) {
-        // Relaxed: as in `set_flag`.
-        let old = self.flags.load(Ordering::Relaxed);
-        let new = if on { old | POLLING } else { old & !POLLING };
-        if new != old {
-            self.flags.store(new, Ordering::Relaxed);
-        }
     }
 
     #[inline]
@@ -239,7 +229,8 @@ pub struct CoreStatus {
     pub online: bool,
     /// Inside a drain of its queues ([`Ipiq::process`], the tick, a wait's own drain).
     pub draining: bool,
-    /// Its idle loop is polling with the wake-up signal held ([`Ipiq::poll`]).
+    /// Its idle loop is polling with the wake-up signal held on its own account: a poll
+    /// ([`Ipiq::poll`]) set `npoll`, and no drain has cleared it since.
     pub polling: bool,
     /// Halted in its idle loop ([`Ipiq::prepare_halt`] without [`Ipiq::end_halt`] yet; a lazy
     /// sender's wake-up also clears it).
@@ -312,9 +303,10 @@ impl<P: Platform> Ipiq<P> {
             cpu,
             online: self.is_online(cpu),
             draining: flags & DRAINING != 0,
-            polling: flags & POLLING != 0,
+            // Relaxed: a snapshot of the core's own word.
+            polling: core.own.polled.load(Ordering::Relaxed),
             halted: core.halted.is_set(),
-            message_depth: core.running.load(Ordering::Relaxed),
+            message_depth: core.own.running.load(Ordering::Relaxed),
             holds: diag.holds.load(Ordering::Relaxed),
             held_by: diag.held_by.load(Ordering::Relaxed).checked_sub(1),
             leading: flags & LEADING != 0,

@@ -77,7 +77,7 @@ impl<P: Platform> Ipiq<P> {
             return Err(Error::InvalidSequence);
         }
         // Relaxed: our own nesting depth, written only by this core (interrupts are off).
-        let in_message = self.cpus[me].running.load(Ordering::Relaxed) > 0;
+        let in_message = self.cpus[me].own.running.load(Ordering::Relaxed) > 0;
         let reached = || {
             if in_message {
                 fifo.xindex_in_message()

@@ -1,5 +1,5 @@
-//! Loom models of the wake-up handshake (FIFO + npoll, 2 cores; also with a polling idle loop
-//! and with a lazy send against a halting core), of FIFO-full progress (2 cores, 2-slot FIFOs),
+//! Loom models of the wake-up handshake (FIFO + npoll, 2 cores; also with a polling idle loop,
+//! with a lazy send against a halting core, and an interrupt's drain against a second sender), of FIFO-full progress (2 cores, 2-slot FIFOs),
 //! of cpusync (3 cores), of the kernel's idle loop against a lazy and an active sender
 //! (3 cores), of a passive send against a core stopping its tick, of a TLB shootdown against a
 //! halting core, and of `outstanding()` read beside a sender and a drain (also spilled).
@@ -171,7 +171,8 @@ fn builder(default_preemptions: usize) -> loom::model::Builder {
 /// The npoll handshake: core 1 publishes two messages while core 0 drains concurrently (as if
 /// an earlier IPI or the idle loop ran it); with `poll_first`, core 0 is an idle loop that polls
 /// (staying signalled, so the sender may skip its IPI) and then runs `process` (clear, fence,
-/// last look) as it must before halting. Afterwards either every message ran or an IPI is
+/// last look) as it must before halting: a core whose own poll set the flag runs that exit
+/// handshake before any look (`PerCpu::polled`). Afterwards either every message ran or an IPI is
 /// pending for core 0: no lost wake-up.
 fn handshake_model(poll_first: bool) {
     builder(3).check(move || {
@@ -220,6 +221,52 @@ fn npoll_handshake_never_loses_a_wakeup() {
 #[test]
 fn polling_target_then_process_never_loses_a_wakeup() {
     handshake_model(true);
+}
+
+/// The message [`interrupt_drain_keeps_its_senders_signal_until_it_ran_the_message`] sends
+/// first: when it runs, no second IPI has been claimed (I3).
+fn first_of_two(q: &Q, counter: usize, _: usize) {
+    assert_eq!(
+        q.platform().ipis.load(Ordering::Relaxed),
+        1,
+        "a second IPI was claimed before the drain ran the message the first was sent for"
+    );
+    inc(q, counter, 0);
+}
+
+/// An interrupt-driven drain against a second sender (I3): core 1 sends (its `npoll` claim and
+/// IPI), then core 0 takes the IPI and runs `process` while core 2 sends. The flag core 0 finds
+/// set is core 1's, not its own polls' (`PerCpu::polled`), so `process` looks before it clears
+/// it: core 2 claims a second IPI only after core 0's drain has run core 1's message. Fails when
+/// `process` runs the exit handshake before its first look on such a core (core 2 finds the
+/// flag clear in between). Both messages run exactly once.
+#[test]
+fn interrupt_drain_keeps_its_senders_signal_until_it_ran_the_message() {
+    builder(3).check(|| {
+        let q = new_ipiq(3, 8);
+        let ran = Arc::new(AtomicUsize::new(0));
+        let counter = &*ran as *const AtomicUsize as usize;
+        CPU.with(|c| c.set(1));
+        q.send(0, first_of_two, counter, 0).unwrap();
+        assert_eq!(q.platform().ipis.load(Ordering::Relaxed), 1);
+        let second = {
+            let q = q.clone();
+            thread::spawn(move || {
+                CPU.with(|c| c.set(2));
+                q.send(0, inc, counter, 0).unwrap();
+            })
+        };
+        CPU.with(|c| c.set(0));
+        // The IPI's handler.
+        assert!(q.platform().pending[0].swap(false, Ordering::Acquire));
+        q.process();
+        second.join().unwrap();
+        if q.platform().pending[0].swap(false, Ordering::Acquire) {
+            q.process();
+        }
+        assert_eq!(ran.load(Ordering::Relaxed), 2);
+        drop(ran);
+    });
 }
 
 /// A lazy send (IPI only to a halted core) against a core about to halt: core 0 drains, then
