@@ -172,7 +172,7 @@ fn builder(default_preemptions: usize) -> loom::model::Builder {
 /// an earlier IPI or the idle loop ran it); with `poll_first`, core 0 is an idle loop that polls
 /// (staying signalled, so the sender may skip its IPI) and then runs `process` (clear, fence,
 /// last look) as it must before halting: a core whose own poll set the flag runs that exit
-/// handshake before any look (`PerCpu::polled`). Afterwards either every message ran or an IPI is
+/// handshake before any look (`OwnState::polled`). Afterwards either every message ran or an IPI is
 /// pending for core 0: no lost wake-up.
 fn handshake_model(poll_first: bool) {
     builder(3).check(move || {
@@ -236,7 +236,7 @@ fn first_of_two(q: &Q, counter: usize, _: usize) {
 
 /// An interrupt-driven drain against a second sender (I3): core 1 sends (its `npoll` claim and
 /// IPI), then core 0 takes the IPI and runs `process` while core 2 sends. The flag core 0 finds
-/// set is core 1's, not its own polls' (`PerCpu::polled`), so `process` looks before it clears
+/// set is core 1's, not its own polls' (`OwnState::polled`), so `process` looks before it clears
 /// it: core 2 claims a second IPI only after core 0's drain has run core 1's message. Fails when
 /// `process` runs the exit handshake before its first look on such a core (core 2 finds the
 /// flag clear in between). Both messages run exactly once.
