@@ -143,7 +143,7 @@ struct CoreApic {
 impl X86Platform {
     /// A platform for `cpu_count` cores sending `vector`, reaching the APIC through `access`,
     /// with a TSC running at `tsc_mhz` MHz. `current_cpu` is the kernel's cheap "current core"
-    /// (recommended: the fallback reads the APIC id and looks it up under a lock).
+    /// (recommended: the fallback reads the APIC id and searches the per-core table for it).
     ///
     /// # Safety
     /// The APIC is in the mode `access` names, and an `XApic` base is the kernel's uncached,
