@@ -313,18 +313,23 @@ impl<P: Platform> Ipiq<P> {
     }
 
     /// The active and lazy sends' common case, exactly what `enqueue_slow` does for it: nothing
-    /// spilled on this core (so nothing for `target` waits ahead of `message`, I1) and the FIFO,
-    /// by the sender's own bound, under half full (so no drain is due; for a lazy send, under the
-    /// 2/3 at which it is refused). Pushes `message` and returns its sequence number, or `None`
-    /// (nothing queued) for `enqueue_slow` to decide. Reads only the sender's own lines. The
-    /// caller counts the message as sent and signals.
+    /// spilled on this core (so nothing for `target` waits ahead of `message`, I1) and the FIFO
+    /// under half full (so no drain is due; for a lazy send, under the 2/3 at which it is
+    /// refused). Pushes `message` and returns its sequence number, or `None` (nothing queued)
+    /// for `enqueue_slow` to decide. Reads the sender's own lines, and the target's index only
+    /// when the sender's bound of it says half full: that read renews the bound, so a sender
+    /// whose target keeps up reads the target's line once per half a FIFO of sends and stays on
+    /// this path (a lazy send between half and 2/3 full by a stale bound would otherwise go
+    /// through `enqueue_slow`, which renews the bound only at 2/3). The caller counts the
+    /// message as sent and signals.
     ///
     /// Context: core `me`, interrupts disabled by the caller; `fifo` is the `me -> target` FIFO.
     #[inline]
     fn push_fast(&self, me: CpuId, fifo: &Fifo<P>, message: Message<P>) -> Option<u64> {
+        let capacity = fifo.capacity();
         // Relaxed: written and read only by this core.
         if self.cpus[me].side.spilled.load(Ordering::Relaxed) != 0
-            || fifo.used_at_most() * 2 >= fifo.capacity()
+            || (fifo.used_at_most() * 2 >= capacity && fifo.used() * 2 >= capacity)
         {
             return None;
         }
@@ -469,5 +474,47 @@ impl<P: Platform> Ipiq<P> {
             let _ = queued.insert(target);
         }
         (queued, Ok(()))
+    }
+}
+
+#[cfg(all(test, feature = "std"))]
+mod tests {
+    use crate::host::{HostConfig, HostMachine, HostPlatform};
+    use crate::Ipiq;
+
+    fn nop(_: &Ipiq<HostPlatform>, _: usize, _: usize) {}
+
+    /// A sender whose target keeps up never goes on believing its FIFO half full: once the
+    /// bound it keeps of the target's index says so, the send reads the real index, so sends
+    /// stay on the fast path (the kernel's cross-core wake-ups are lazy sends, one per hand-off).
+    #[test]
+    fn a_sender_whose_target_keeps_up_keeps_a_fresh_view_of_its_fifo() {
+        let machine = HostMachine::start(HostConfig::cpus(2));
+        let capacity = machine.ipiq().config().fifo_slots as u64;
+        for i in 0..3 * capacity {
+            let bound = machine
+                .run_on(0, |core| {
+                    let q = core.ipiq();
+                    q.try_send_lazy(1, nop, 0, 0)
+                        .expect("room: the target keeps up");
+                    q.fifo_between(0, 1).map(|f| f.used_at_most())
+                })
+                .expect("core 0");
+            machine
+                .run_on(1, |core| core.ipiq().process())
+                .expect("core 1");
+            assert_eq!(
+                machine.ipiq().outstanding(),
+                0,
+                "the target runs each message before the next is sent"
+            );
+            let bound = bound.expect("the first send made the FIFO");
+            assert!(
+                bound * 2 <= capacity,
+                "send {i}: the sender's bound says {bound} of {capacity} slots are used, \
+                 with at most one queued"
+            );
+        }
+        machine.shutdown();
     }
 }
