@@ -34,7 +34,7 @@ pub struct HostPlatform {
 /// How often a spinning core gives its OS CPU away, as a mask of `relax` calls. Cores that
 /// outnumber the host's CPUs yield every 16 spins, so that the thread a spinner waits for gets
 /// a CPU soon. Cores that each can have a CPU yield every 128: a `sched_yield` is a system
-/// call, and every 16 spins (under a microsecond of spinning) it falls inside the
+/// call, and every 16 spins (about a microsecond of ipiq's spinning) it falls inside the
 /// sub-microsecond hand-offs between two spinning cores often enough to show in their median
 /// (docs/results/2026-12-07-round-trip.md). Pending late IPIs are delivered every 16 spins
 /// either way.
