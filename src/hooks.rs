@@ -1,7 +1,8 @@
 //! The kernel's hooks: what the interrupt handler, the idle loop, the timer tick and a voluntary
 //! reschedule call ([`Ipiq::process`], [`Ipiq::poll`], [`Ipiq::prepare_halt`],
 //! [`Ipiq::end_halt`], [`Ipiq::interrupt_entry`], [`Ipiq::tick`], [`Ipiq::pending`],
-//! [`Ipiq::prepare_tick_stop`], [`Ipiq::take_tick_request`]).
+//! [`Ipiq::prepare_tick_stop`], [`Ipiq::take_tick_request`], and the idle loop's wake-up in one
+//! call, [`Ipiq::end_halt_take_tick_request`]).
 //!
 //! Each one disables interrupts for its duration, and each that can end a halt ends it first:
 //! the core stops counting as halted for lazy senders (`wakeup.rs`), and a TLB flush that a
@@ -185,22 +186,13 @@ impl<P: Platform> Ipiq<P> {
     /// Whether a passive sender asked the calling core, whose tick had stopped, to run it again
     /// (it sent a passive message, and more may follow). If so the request is taken and the
     /// core counts as ticking from here (`tick_stopped` cleared): the caller starts the tick at
-    /// once, before interrupts are enabled. Context: the kernel's interrupt entry and idle
-    /// wake-up, on the core itself; interrupts are disabled inside; one load when nothing was
-    /// asked.
+    /// once, before interrupts are enabled. Context: the kernel's interrupt entry, on the core
+    /// itself (the idle loop's wake-up takes it with the halt's end:
+    /// [`Ipiq::end_halt_take_tick_request`]); interrupts are disabled inside; one load when
+    /// nothing was asked.
     pub fn take_tick_request(&self) -> bool {
         let _irq = IrqOff::new(&self.platform);
-        let me = self.platform.current_cpu();
-        let Some(cpu) = self.cpus.get(me) else {
-            return false;
-        };
-        // Relaxed: a request is a hint (a missed one only leaves the tick stopped, and passive
-        // sends keep coming with IPIs); RMWs as for every wake-up flag.
-        if !(cpu.tick_wanted.is_set() && cpu.tick_wanted.clear()) {
-            return false;
-        }
-        cpu.tick_stopped.clear();
-        true
+        self.take_tick_request_on(self.platform.current_cpu())
     }
 
     /// The core stopped halting (or decided not to halt after [`Ipiq::prepare_halt`]): lazy
@@ -222,6 +214,43 @@ impl<P: Platform> Ipiq<P> {
     pub fn interrupt_entry(&self) {
         let _irq = IrqOff::new(&self.platform);
         self.end_halt_on(self.platform.current_cpu());
+    }
+
+    /// The idle loop's wake-up in one call: [`Ipiq::end_halt`], then [`Ipiq::take_tick_request`],
+    /// under one interrupt-disabled section and one look at the core's id. If a passive sender
+    /// asked for the tick, the request is taken and `start_tick` runs, interrupts still disabled,
+    /// so the tick starts before they are enabled again, as `take_tick_request` asks of its
+    /// caller. Returns whether the tick was asked for.
+    ///
+    /// The halt ends first (a TLB flush a shootdown deferred while the core halted is done before
+    /// `start_tick` or anything after runs), exactly as the two calls in that order. Context: the
+    /// idle loop on the core itself, after its halt or when it turns to a task instead; not
+    /// interrupt context (interrupt handlers use [`Ipiq::interrupt_entry`]); interrupts on or off
+    /// on entry, disabled inside. One load each for the halt and the request when neither is there.
+    pub fn end_halt_take_tick_request(&self, start_tick: impl FnOnce()) -> bool {
+        let _irq = IrqOff::new(&self.platform);
+        let me = self.platform.current_cpu();
+        self.end_halt_on(me);
+        let asked = self.take_tick_request_on(me);
+        if asked {
+            start_tick();
+        }
+        asked
+    }
+
+    /// `take_tick_request` on core `me`, interrupts disabled. A core `new` does not serve: no
+    /// request.
+    fn take_tick_request_on(&self, me: CpuId) -> bool {
+        let Some(cpu) = self.cpus.get(me) else {
+            return false;
+        };
+        // Relaxed: a request is a hint (a missed one only leaves the tick stopped, and passive
+        // sends keep coming with IPIs); RMWs as for every wake-up flag.
+        if !(cpu.tick_wanted.is_set() && cpu.tick_wanted.clear()) {
+            return false;
+        }
+        cpu.tick_stopped.clear();
+        true
     }
 
     /// `end_halt` on core `me`, interrupts disabled. A core `new` does not serve: nothing.

@@ -967,17 +967,28 @@ fn a_passive_send_to_a_core_whose_tick_stopped_costs_one_ipi_and_asks_for_the_ti
         "(ipis, avoided, passive) with the tick stopped"
     );
     wait_for(3);
-    assert!(
-        machine
-            .run_on(1, |core| core.ipiq().take_tick_request())
-            .unwrap(),
-        "the IPI came with a request for the tick"
+    // Taken as the idle loop takes it on its wake-up (the halt's end and the request in one
+    // call): the tick starts inside, once.
+    fn start_tick(core: &ipiq::host::HostCore<'_>) -> (bool, u32) {
+        let mut started = 0;
+        let asked = core.ipiq().end_halt_take_tick_request(|| started += 1);
+        (asked, started)
+    }
+    assert_eq!(
+        machine.run_on(1, start_tick).unwrap(),
+        (true, 1),
+        "the IPI came with a request for the tick, and the tick started"
+    );
+    assert_eq!(
+        machine.run_on(1, start_tick).unwrap(),
+        (false, 0),
+        "a request is taken once"
     );
     assert!(
         !machine
             .run_on(1, |core| core.ipiq().take_tick_request())
             .unwrap(),
-        "a request is taken once"
+        "and not again by the plain call"
     );
     // Its tick running again, the busy core gets passive messages without an IPI.
     let (ipis, _, passive) = sends_to_busy_core();
