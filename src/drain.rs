@@ -2,7 +2,7 @@
 //! `hooks.rs`), which runs every queued message, polls what holds the core (`hold.rs`), pushes
 //! spilled sends (`spill.rs`), and ends with the target's side of the `npoll` handshake
 //! (`wakeup.rs`). Also here: the nesting depth every message function counts in
-//! (`enter_message`, `exit_message`).
+//! (`run_message_on`).
 //!
 //! # Context
 //! Core `me` itself, interrupts disabled by the caller; message functions run with interrupts
@@ -12,6 +12,7 @@
 
 use crate::irq::IrqsOff;
 use crate::matrix::Ipiq;
+use crate::message::Message;
 use crate::percpu::PerCpu;
 use crate::platform::{CpuId, Platform};
 use crate::status::Waiting;
@@ -149,8 +150,8 @@ impl<P: Platform> Ipiq<P> {
     }
 
     /// One pass over core `me`'s incoming FIFOs (`cpu` is its state): each FIFO that holds
-    /// messages is emptied, its messages run in order, each counted in the core's nesting depth
-    /// as [`Message::run`](crate::Message) counts it, through the state the caller looked up;
+    /// messages is emptied, its messages run in order ([`Ipiq::run_message_on`], with the state
+    /// the caller looked up);
     /// `first` is called once, before the first message runs, if any does. Returns how many
     /// ran. Context: core `me`, interrupts disabled; re-entered from the message functions it
     /// runs (a nested pass continues where the outer one stands in each FIFO: `take` moves
@@ -163,10 +164,7 @@ impl<P: Platform> Ipiq<P> {
                 if ran == 0 {
                     first();
                 }
-                let message = taken.message;
-                Self::enter_message_on(cpu);
-                (message.func)(self, message.arg0, message.arg1);
-                Self::exit_message_on(cpu);
+                self.run_message_on(cpu, taken.message);
                 fifo.finish(taken);
                 ran += 1;
             }
@@ -258,38 +256,16 @@ impl<P: Platform> Ipiq<P> {
         }
     }
 
-    /// Marks a message function as running on `me` (called around every message).
+    /// Runs `message` on the calling core, whose state is `cpu`, counted in the core's nesting
+    /// depth while it runs, so that sends from inside it never block (`spill.rs`) and `wait`
+    /// knows it is inside a message function. Context: that core, interrupts disabled (also in
+    /// interrupt context).
     #[inline]
-    pub(crate) fn enter_message(&self, me: CpuId) {
-        // A core `new` does not serve keeps no depth (it can run only its own local messages).
-        if let Some(cpu) = self.cpus.get(me) {
-            Self::enter_message_on(cpu);
-        }
-    }
-
-    /// The message function entered last on `me` returned.
-    #[inline]
-    pub(crate) fn exit_message(&self, me: CpuId) {
-        if let Some(cpu) = self.cpus.get(me) {
-            Self::exit_message_on(cpu);
-        }
-    }
-
-    /// [`Ipiq::enter_message`] on the state `cpu` of the calling core. Context: that core,
-    /// interrupts disabled (also in interrupt context).
-    #[inline]
-    fn enter_message_on(cpu: &PerCpu<P>) {
-        // Relaxed load and store, no locked RMW: core-local nesting depth, interrupts off.
+    pub(crate) fn run_message_on(&self, cpu: &PerCpu<P>, message: Message<P>) {
+        // Relaxed loads and stores, no locked RMW: the core-local nesting depth, interrupts off.
         let running = &cpu.own.running;
         running.store(running.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
-    }
-
-    /// [`Ipiq::exit_message`] on the state `cpu` of the calling core. Context: as
-    /// [`Ipiq::enter_message_on`].
-    #[inline]
-    fn exit_message_on(cpu: &PerCpu<P>) {
-        // Relaxed load and store: core-local nesting depth (see `enter_message_on`).
-        let running = &cpu.own.running;
+        (message.func)(self, message.arg0, message.arg1);
         running.store(running.load(Ordering::Relaxed) - 1, Ordering::Relaxed);
     }
 }

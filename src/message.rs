@@ -30,9 +30,12 @@ impl<P: Platform> Message<P> {
     /// that sends from inside it never block (see `spill.rs`).
     #[inline]
     pub(crate) fn run(self, ipiq: &Ipiq<P>, me: crate::CpuId) {
-        ipiq.enter_message(me);
-        (self.func)(ipiq, self.arg0, self.arg1);
-        ipiq.exit_message(me);
+        match ipiq.per_cpu(me) {
+            Some(cpu) => ipiq.run_message_on(cpu, self),
+            // A core `new` does not serve keeps no depth (it can run only its own local
+            // messages).
+            None => (self.func)(ipiq, self.arg0, self.arg1),
+        }
     }
 }
 
