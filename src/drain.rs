@@ -62,16 +62,9 @@ impl<P: Platform> Ipiq<P> {
             return 0;
         };
         let draining = cpu.diag.draining();
-        // Relaxed: tells senders we are draining so they may skip the IPI; the exit protocol
-        // below (clear, SeqCst fence, look again) is what guarantees no message is missed. Every
-        // write to `npoll` is a read-modify-write, so all of them form one chain that each reads
-        // the last: a clear can never be ordered before a sender's set that it did not see.
-        // Only the loaded-false case writes: a core that stayed signalled (`poll`) and drains
-        // again does not dirty the line its senders read. A poll's drain whose swap found the
-        // flag clear holds it on the core's own account (`OwnState::polled`; Relaxed: own word).
-        if !cpu.npoll.is_set() && !cpu.npoll.set() && exit == Exit::StaySignalled {
-            cpu.own.polled.store(true, Ordering::Relaxed);
-        }
+        // Tells senders we are draining so they may skip the IPI; the exit protocol below
+        // (clear, SeqCst fence, look again) is what guarantees no message is missed.
+        Self::signal_self(cpu, exit == Exit::StaySignalled);
         let mut total = 0;
         let mut spill_watchdog = None;
         let mut hold_watchdog = None;
@@ -149,6 +142,22 @@ impl<P: Platform> Ipiq<P> {
         fence(Ordering::SeqCst);
     }
 
+    /// A drain's entry: sets the core's own `npoll`, and for a poll (`by_poll`) records that the
+    /// core holds it on its own account (`OwnState::polled`) when its swap found it clear (one
+    /// that found it set lost the race to a sender, whose IPI is on its way). Relaxed RMW, and
+    /// only when the flag is clear: a core that stayed signalled (`poll`) and drains again does
+    /// not dirty the line its senders read. Every write to `npoll` is a read-modify-write, so
+    /// all of them form one chain that each reads the last: a clear can never be ordered before
+    /// a sender's set that it did not see. Core `cpu`'s own, interrupts disabled (also in
+    /// interrupt context).
+    #[inline]
+    fn signal_self(cpu: &PerCpu<P>, by_poll: bool) {
+        if !cpu.npoll.is_set() && !cpu.npoll.set() && by_poll {
+            // Relaxed: the core's own word, read only by the core (and by diagnostics).
+            cpu.own.polled.store(true, Ordering::Relaxed);
+        }
+    }
+
     /// One pass over core `me`'s incoming FIFOs (`cpu` is its state): each FIFO that holds
     /// messages is emptied, its messages run in order ([`Ipiq::run_message_on`], with the state
     /// the caller looked up);
@@ -195,13 +204,8 @@ impl<P: Platform> Ipiq<P> {
         if Self::has_side_work(cpu, irqs) {
             return self.drain_as(me, Hold::ServeWhileHeld, Exit::StaySignalled, irqs);
         }
-        // Relaxed RMW, only when clear, as on entering a drain (`drain_as`): a core that stays
-        // signalled from its last poll does not write the line its senders read. A swap that
-        // found the flag clear set it on the core's own account (`OwnState::polled`; Relaxed: own
-        // word); one that found it set lost the race to a sender, whose IPI is on its way.
-        if !cpu.npoll.is_set() && !cpu.npoll.set() {
-            cpu.own.polled.store(true, Ordering::Relaxed);
-        }
+        // As on entering a drain (`drain_as`).
+        Self::signal_self(cpu, true);
         // The draining flag only around messages: an empty poll writes nothing.
         let mut draining = None;
         let ran = self.run_incoming(me, cpu, || draining = Some(cpu.diag.draining()));
