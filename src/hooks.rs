@@ -33,33 +33,28 @@ impl<P: Platform> Ipiq<P> {
             return 0;
         };
         // Relaxed: the core's own word (`OwnState::polled`).
-        if cpu.own.polled.load(Ordering::Relaxed) {
-            // Signalled on our own account by our polls (an idle loop turning to a task, or
-            // about to halt): no sender has claimed an IPI since our last clear, so the drain's
-            // exit handshake (`Ipiq::unsignal`) goes first and one look after it decides. A
-            // sender that finds the flag clear meanwhile sends the only IPI in flight; a message
-            // found is drained below, signalled again.
-            Self::unsignal(cpu);
-            if !self.has_work(me, irqs) {
+        let polled = cpu.own.polled.load(Ordering::Relaxed);
+        // Signalled on our own account by our polls (an idle loop turning to a task, or about to
+        // halt): no sender has claimed an IPI since our last clear, so the drain's exit
+        // handshake goes first and one look after it decides; a sender that finds the flag clear
+        // meanwhile sends the only IPI in flight. Otherwise look first: the look before the
+        // handshake is what keeps an interrupt-driven drain from clearing its sender's flag
+        // before it has run the message (I3: senders in between would send more IPIs).
+        if polled || !self.has_work(me, irqs) {
+            // Nothing waited at the look (or we have not looked yet). Not signalled (a task
+            // switch on a core that ran a task): the handshake would clear a flag that is clear
+            // already, so nothing at all. Relaxed load: `npoll` is set only by this core's
+            // drains and by senders that send an IPI with it; a message published after the look
+            // is one whose sender finds `npoll` clear and sends that IPI (an active send), or one
+            // that waits for this core's next drain (a lazy or passive send, as after a drain
+            // that found nothing).
+            if !polled && !cpu.npoll.is_set() {
                 return 0;
             }
-        } else if !self.has_work(me, irqs) {
-            // Nothing waits: nothing to run, and the drain would make one empty pass before its
-            // exit handshake. Not signalled (a task switch on a core that ran a task): the
-            // handshake would clear a flag that is clear already, so nothing at all. Relaxed
-            // load: `npoll` is set only by this core's drains and by senders that send an IPI
-            // with it; a message published after the look is one whose sender finds `npoll`
-            // clear and sends that IPI (an active send), or one that waits for this core's next
-            // drain (a lazy or passive send, as after a drain that found nothing).
-            if !cpu.npoll.is_set() {
-                return 0;
-            }
-            // Signalled by a sender (its IPI runs this or is on its way, and what it sent was
-            // run by an earlier drain) or by an outer drain of ours: the exit handshake and one
-            // more look; a message found there is drained below, signalled again. The look
-            // before the handshake is what keeps an interrupt-driven drain from clearing its
-            // sender's flag before it has run the message (I3: senders in between would send
-            // more IPIs).
+            // Signalled by our polls, by a sender (its IPI runs this or is on its way, and what
+            // it sent was run by an earlier drain) or by an outer drain of ours: the exit
+            // handshake (`Ipiq::unsignal`) and one more look; a message found there is drained
+            // below, signalled again.
             Self::unsignal(cpu);
             if !self.has_work(me, irqs) {
                 return 0;
